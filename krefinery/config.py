@@ -1,0 +1,119 @@
+"""One settings object for a refinery run, checked once, before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from krefinery.errors import UserError
+
+RELABEL_MODES = ("offline", "online")
+LR_SCHEDULES = ("cosine", "step")
+RESNET_VERSIONS = (1, 2)
+
+
+def check_depth(depth: int) -> int:
+    """Returns n, the residual blocks per stage, of a CIFAR-style ResNet of this depth."""
+    if depth < 8 or (depth - 2) % 6:
+        raise UserError(
+            f"--depth={depth} is not a CIFAR-style ResNet depth: it must be 6n+2 with "
+            "n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)."
+        )
+    return (depth - 2) // 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run depends on; `results.json` stores it so a run can be repeated.
+
+    The defaults are the quick offline recipe on scikit-learn's digits; the presets in
+    `flags/` hold the full-length recipes for SVHN and CIFAR.
+    """
+
+    # Data.
+    dataset: str = "digits"
+    data_dir: str | None = None
+    svhn_extra: bool = False
+    val_fraction: float = 0.1
+    augment: bool = True
+    # Refinery.
+    generations: int = 3
+    temperature: float = 1.0
+    alpha: float = 0.0
+    relabel: str = "offline"
+    # Model.
+    depth: int = 20
+    width: int = 1
+    resnet_version: int = 1
+    # Optimisation (per generation: every generation runs the whole schedule).
+    epochs: int = 15
+    batch_size: int = 64
+    learning_rate: float = 0.1
+    lr_schedule: str = "cosine"
+    warmup_epochs: int = 1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # Bookkeeping.
+    seed: int = 0
+    workdir: str | None = None
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        _require(bool(self.dataset.strip()), "--dataset is empty; try --dataset=digits.")
+        _require(
+            0.0 < self.val_fraction < 1.0,
+            f"--val_fraction={self.val_fraction} must be between 0 and 1 (exclusive): "
+            "selection needs a validation split carved from train.",
+        )
+        _require(self.generations >= 1, f"--generations={self.generations} must be >= 1.")
+        _require(
+            math.isfinite(self.temperature) and self.temperature > 0,
+            f"--temperature={self.temperature} must be a positive number.",
+        )
+        _require(
+            0.0 <= self.alpha <= 1.0,
+            f"--alpha={self.alpha} must be in [0, 1]: it is the share of ground truth "
+            "kept in the refined labels.",
+        )
+        _require(
+            self.relabel in RELABEL_MODES,
+            f"--relabel={self.relabel} must be one of {', '.join(RELABEL_MODES)}.",
+        )
+        check_depth(self.depth)
+        _require(self.width >= 1, f"--width={self.width} must be >= 1.")
+        _require(
+            self.resnet_version in RESNET_VERSIONS,
+            f"--resnet_version={self.resnet_version} must be 1 (post-activation) or 2 "
+            "(pre-activation).",
+        )
+        _require(self.epochs >= 1, f"--epochs={self.epochs} must be >= 1.")
+        _require(self.batch_size >= 1, f"--batch_size={self.batch_size} must be >= 1.")
+        _require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            f"--learning_rate={self.learning_rate} must be a positive number.",
+        )
+        _require(
+            self.lr_schedule in LR_SCHEDULES,
+            f"--lr_schedule={self.lr_schedule} must be one of {', '.join(LR_SCHEDULES)}.",
+        )
+        _require(
+            0 <= self.warmup_epochs < self.epochs,
+            f"--warmup_epochs={self.warmup_epochs} must be >= 0 and less than "
+            f"--epochs={self.epochs}.",
+        )
+        _require(
+            self.lr_schedule == "cosine" or self.warmup_epochs == 0,
+            "--warmup_epochs applies to --lr_schedule=cosine only; pass --warmup_epochs=0 "
+            "with --lr_schedule=step.",
+        )
+        _require(0.0 <= self.momentum < 1.0, f"--momentum={self.momentum} must be in [0, 1).")
+        _require(self.weight_decay >= 0, f"--weight_decay={self.weight_decay} must be >= 0.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)

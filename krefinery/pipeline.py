@@ -1,0 +1,175 @@
+"""tf.data pipelines whose every example carries an id, so labels can be joined by id.
+
+Each training example's position in its source is its id. The refined labels live in a
+`[num_ids, num_classes]` table; the training pipeline gathers each batch's targets from
+the table by id *after* shuffling and augmenting, so no reordering can misalign an
+image and its label, and relabelling is a write to the table, not a new pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from krefinery.datasets import Source
+from krefinery.errors import UserError
+
+TRAIN, VAL, TEST = 0, 1, 2
+MAX_SHUFFLE_BUFFER = 50_000
+INFERENCE_BATCH_SIZE = 1024
+
+Example = dict[str, tf.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Train, validation and test examples `{"id", "image", "label"}`, each cached.
+
+    `train` and `val` (and `test`, when carved) share the id space `0..num_ids-1` of the
+    source's training split, so a label table indexed by id covers every train example.
+    """
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    test: tf.data.Dataset
+    num_ids: int
+    num_train: int
+    num_val: int
+    num_test: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    flip_safe: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:
+    """Carves validation (and test, if the source has none) out of train, fixed by `seed`."""
+    num_ids = _count(source.train)
+    test_fraction = val_fraction if source.test is None else 0.0
+    roles = assign_roles(num_ids, val_fraction, test_fraction, seed)
+    examples = with_ids(source.train)
+    role_of = tf.constant(roles)
+
+    def subset(role: int) -> tf.data.Dataset:
+        chosen = examples.filter(lambda ex: tf.gather(role_of, ex["id"]) == role)
+        # A known size lets Keras show progress from the first epoch.
+        size = tf.data.experimental.assert_cardinality(int(np.sum(roles == role)))
+        return chosen.apply(size).cache()
+
+    if source.test is None:
+        test, num_test = subset(TEST), int(np.sum(roles == TEST))
+    else:
+        test, num_test = with_ids(source.test).cache(), _count(source.test)
+    return Splits(
+        train=subset(TRAIN),
+        val=subset(VAL),
+        test=test,
+        num_ids=num_ids,
+        num_train=int(np.sum(roles == TRAIN)),
+        num_val=int(np.sum(roles == VAL)),
+        num_test=num_test,
+        class_names=source.class_names,
+        image_shape=source.image_shape,
+        flip_safe=source.flip_safe,
+    )
+
+
+def assign_roles(num_ids: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """TRAIN, VAL or TEST per id: a seeded random subset of exact size for each role."""
+    num_val = max(1, round(num_ids * val_fraction))
+    num_test = round(num_ids * test_fraction)
+    if num_ids - num_val - num_test < 1:
+        raise UserError(
+            f"{num_ids} training examples are too few to carve out validation"
+            f"{' and test' if num_test else ''} splits; lower --val_fraction or add data."
+        )
+    order = np.random.default_rng(seed).permutation(num_ids)
+    roles = np.full(num_ids, TRAIN, np.int8)
+    roles[order[:num_val]] = VAL
+    roles[order[num_val : num_val + num_test]] = TEST
+    return roles
+
+
+def with_ids(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Numbers examples by position: `{"id": int64, "image": uint8, "label": int32}`."""
+    return dataset.enumerate().map(
+        lambda i, ex: {"id": i, "image": ex["image"], "label": tf.cast(ex["label"], tf.int32)}
+    )
+
+
+def onehot_table(train: tf.data.Dataset, num_ids: int, num_classes: int) -> tf.Variable:
+    """The ground-truth label table that generation 1 trains on (rows of non-train ids stay 0).
+
+    Iterating `train` once here also fills its cache before the first epoch.
+    """
+    table = np.zeros((num_ids, num_classes), np.float32)
+    for batch in train.batch(INFERENCE_BATCH_SIZE).as_numpy_iterator():
+        table[batch["id"], batch["label"]] = 1.0
+    return tf.Variable(table, trainable=False, name="training_labels")
+
+
+def make_augment(image_shape: tuple[int, int, int], flip: bool) -> Callable:
+    """Random translation by up to 1/8 of the size (pad-4 crop at 32x32), plus optional flip.
+
+    Stateless ops keyed by a per-example seed: the same run seed gives the same
+    augmentations, and each epoch draws new ones.
+    """
+    height, width, channels = image_shape
+    pad = max(1, round(min(height, width) / 8))
+
+    def augment(example: Example, seed: tf.Tensor) -> Example:
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        image = tf.image.pad_to_bounding_box(
+            example["image"], pad, pad, height + 2 * pad, width + 2 * pad
+        )
+        image = tf.image.stateless_random_crop(image, (height, width, channels), seed=crop_seed)
+        if flip:
+            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        return {**example, "image": image}
+
+    return augment
+
+
+def training_dataset(
+    train: tf.data.Dataset,
+    labels: tf.Variable,
+    batch_size: int,
+    seed: int,
+    augment: Callable | None = None,
+    num_train: int = MAX_SHUFFLE_BUFFER,
+) -> tf.data.Dataset:
+    """Shuffled, augmented batches `{"id", "image", "label", "target"}`.
+
+    `target` is read from `labels` by id when each batch is made, so writing new
+    labels into the table relabels every later epoch of this same pipeline.
+    """
+    dataset = train.shuffle(
+        min(num_train, MAX_SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True
+    )
+    if augment is not None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(
+            augment, num_parallel_calls=tf.data.AUTOTUNE
+        )
+    dataset = dataset.batch(batch_size).map(
+        lambda batch: {**batch, "target": tf.gather(labels, batch["id"])}
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(examples: tf.data.Dataset, batch_size: int = INFERENCE_BATCH_SIZE) -> tf.data.Dataset:
+    """Un-augmented batches in a fixed order, for evaluation and relabelling."""
+    return examples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _count(dataset: tf.data.Dataset) -> int:
+    count = int(dataset.cardinality())
+    if count < 0:  # Unknown or infinite: count by reading once.
+        count = int(dataset.reduce(np.int64(0), lambda n, _: n + 1))
+    return count

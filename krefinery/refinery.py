@@ -1,0 +1,195 @@
+"""The refinery: generations of fresh classifiers, each trained on the last one's softmax.
+
+`LabelRefinery` is the refinery step (relabel, then start afresh); `train_and_evaluate`
+is the whole run: data in, one `fit` per generation, `results.json` out.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from krefinery import reporting
+from krefinery.config import Config
+from krefinery.datasets import load_source
+from krefinery.losses import refined_labels
+from krefinery.pipeline import (
+    eval_dataset,
+    make_augment,
+    make_splits,
+    onehot_table,
+    training_dataset,
+)
+from krefinery.resnet import build_resnet
+from krefinery.train import Trainer, make_optimizer
+
+
+def generation_seed(seed: int, generation: int) -> int:
+    """The weight-initialisation seed of a generation, derived from the run seed."""
+    return int(np.random.SeedSequence([seed, generation]).generate_state(1)[0])
+
+
+class LabelRefinery(keras.callbacks.Callback):
+    """Makes each `fit` of a `Trainer` one Label Refinery generation.
+
+    - `on_train_begin`: generation k starts from scratch: the classifier's weights are
+      replaced by those of `build_classifier(generation_seed(seed, k))` and the optimizer's
+      state (momenta, iteration count, hence the learning-rate schedule) by a fresh one's.
+    - `on_train_end`, if generations remain: the trained classifier, in inference mode,
+      refines the labels. Offline (the trainer has no teacher): `softmax(logits / T)`
+      of every example in `examples` is written into the `labels` table by example id,
+      which the training pipeline reads. Online: the trained weights are copied into
+      the trainer's frozen teacher, which labels each augmented batch from then on.
+
+    Example:
+
+        refinery = LabelRefinery(labels, eval_dataset(splits.train), build, generations=3)
+        for _ in range(3):
+            trainer.fit(train_ds, epochs=30, callbacks=[refinery])
+    """
+
+    def __init__(
+        self,
+        labels: tf.Variable,
+        examples: tf.data.Dataset,
+        build_classifier: Callable[[int], keras.Model],
+        generations: int,
+        temperature: float = 1.0,
+        alpha: float = 0.0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.labels = labels
+        self.examples = examples
+        self.build_classifier = build_classifier
+        self.generations = generations
+        self.temperature = temperature
+        self.alpha = alpha
+        self.seed = seed
+        self.generation = 0
+        self._relabel_batch = tf.function(self._relabel_batch_eager, reduce_retracing=True)
+
+    def on_train_begin(self, logs=None):
+        if self.generation == self.generations:
+            raise RuntimeError(f"all {self.generations} generations have been trained already.")
+        self.generation += 1
+        self.start_fresh()
+
+    def on_train_end(self, logs=None):
+        if self.generation < self.generations:
+            self.refine()
+
+    def start_fresh(self) -> None:
+        """New weights and a new optimizer state, in place, so compiled steps stay valid."""
+        trainer = self.model
+        fresh = self.build_classifier(generation_seed(self.seed, self.generation))
+        trainer.classifier.set_weights(fresh.get_weights())
+        optimizer = trainer.optimizer
+        if optimizer.built:
+            blank = optimizer.__class__.from_config(optimizer.get_config())
+            blank.build(trainer.classifier.trainable_variables)
+            for variable, initial in zip(optimizer.variables, blank.variables, strict=True):
+                variable.assign(initial.value)
+
+    def refine(self) -> None:
+        """Refined labels from the classifier just trained, for the next generation."""
+        trainer = self.model
+        if trainer.teacher is not None:
+            trainer.teacher.set_weights(trainer.classifier.get_weights())
+            if not trainer.teacher_ready:
+                trainer.teacher_ready = True
+                trainer.train_function = None  # Retrace the step with the teacher in it.
+            return
+        for batch in self.examples:
+            self._relabel_batch(batch)
+
+    def _relabel_batch_eager(self, batch):
+        logits = self.model.classifier(batch["image"], training=False)
+        targets = refined_labels(logits, batch["label"], self.temperature, self.alpha)
+        self.labels.scatter_nd_update(batch["id"][:, None], targets)
+
+
+def train_and_evaluate(config: Config) -> dict[str, Any]:
+    """Runs the refinery chain that `config` describes; returns (and saves) the results.
+
+    Every bad input (dataset, folder, flags) is reported before the work directory is
+    made and before any training starts.
+    """
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    source = load_source(config.dataset, config.data_dir, config.svhn_extra)
+    splits = make_splits(source, config.val_fraction, config.seed)
+    workdir = reporting.create_workdir(config)
+
+    def build_classifier(seed: int) -> keras.Model:
+        keras.utils.set_random_seed(seed)
+        return build_resnet(
+            splits.image_shape,
+            splits.num_classes,
+            depth=config.depth,
+            width=config.width,
+            version=config.resnet_version,
+            weight_decay=config.weight_decay,
+        )
+
+    labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
+    augment = make_augment(splits.image_shape, splits.flip_safe) if config.augment else None
+    train_ds = training_dataset(
+        splits.train, labels, config.batch_size, config.seed, augment, splits.num_train
+    )
+    val_ds, test_ds = eval_dataset(splits.val), eval_dataset(splits.test)
+    online = config.relabel == "online"
+    trainer = Trainer(
+        build_classifier(config.seed),
+        teacher=build_classifier(config.seed) if online else None,
+        temperature=config.temperature,
+        alpha=config.alpha,
+    )
+    trainer.compile(make_optimizer(config, math.ceil(splits.num_train / config.batch_size)))
+    refinery = LabelRefinery(
+        labels,
+        eval_dataset(splits.train),
+        build_classifier,
+        config.generations,
+        temperature=config.temperature,
+        alpha=config.alpha,
+        seed=config.seed,
+    )
+    generations = []
+    for generation in range(1, config.generations + 1):
+        if config.verbose:
+            print(f"Generation {generation}/{config.generations}", flush=True)
+        start = time.perf_counter()
+        history = trainer.fit(
+            train_ds,
+            epochs=config.epochs,
+            validation_data=val_ds,
+            shuffle=False,  # The pipeline shuffles, seeded.
+            callbacks=[refinery, reporting.tensorboard_callback(workdir, generation)],
+            verbose=config.verbose,
+        )
+        test = trainer.evaluate(test_ds, verbose=0, return_dict=True)
+        weights = workdir / f"gen_{generation}.weights.h5"
+        trainer.classifier.save_weights(weights)
+        last = {name: values[-1] for name, values in history.history.items()}
+        generations.append(
+            {
+                "generation": generation,
+                "val_accuracy": float(last["val_accuracy"]),
+                "test_accuracy": float(test["accuracy"]),
+                "train_accuracy": float(last["accuracy"]),
+                "train_label_agreement": float(last["label_agreement"]),
+                "train_label_entropy": float(last["label_entropy"]),
+                "seconds": round(time.perf_counter() - start, 2),
+                "weights": weights.name,
+            }
+        )
+    results = reporting.results(config, splits, generations, Path(workdir))
+    reporting.write_results(workdir, results)
+    return results

@@ -1,0 +1,81 @@
+"""Label Refinery from the command line.
+
+  python run.py                                  # digits, offline, a few minutes on a CPU
+  python run.py --dataset=svhn --generations=3   # TFDS svhn_cropped
+  python run.py --flagfile=flags/cifar10.flags   # a full-length preset
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from krefinery.config import LR_SCHEDULES, RELABEL_MODES, Config  # noqa: E402
+from krefinery.errors import UserError  # noqa: E402
+
+_DEFAULTS = Config()
+
+flags.DEFINE_string(
+    "dataset",
+    _DEFAULTS.dataset,
+    "'digits' (bundled, offline), 'folder:PATH' (PATH/train/<class>/*, optional "
+    "PATH/test/<class>/*), or a TFDS name: svhn, cifar10, cifar100, mnist, fashion_mnist, ...",
+)
+flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "TFDS data directory (prepared datasets).")
+flags.DEFINE_bool("svhn_extra", _DEFAULTS.svhn_extra, "Add SVHN's 531k 'extra' split to training.")
+flags.DEFINE_float("val_fraction", _DEFAULTS.val_fraction, "Share of train held out for validation.")
+flags.DEFINE_bool("augment", _DEFAULTS.augment, "Random translation (and flips where safe).")
+flags.DEFINE_integer("generations", _DEFAULTS.generations, "Generations in the chain.")
+flags.DEFINE_float("temperature", _DEFAULTS.temperature, "Softmax temperature of refined labels.")
+flags.DEFINE_float("alpha", _DEFAULTS.alpha, "Share of ground truth kept in refined labels.")
+flags.DEFINE_enum(
+    "relabel",
+    _DEFAULTS.relabel,
+    RELABEL_MODES,
+    "offline: relabel the training set once per generation; online: the previous "
+    "generation, frozen, labels every augmented batch.",
+)
+flags.DEFINE_integer("depth", _DEFAULTS.depth, "ResNet depth, 6n+2 (20, 32, 56, 110, ...).")
+flags.DEFINE_integer("width", _DEFAULTS.width, "ResNet filter multiplier.")
+flags.DEFINE_integer("resnet_version", _DEFAULTS.resnet_version, "1: post-, 2: pre-activation.")
+flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs per generation.")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training batch size.")
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Peak SGD learning rate.")
+flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, LR_SCHEDULES, "Per-generation schedule.")
+flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Linear warm-up (cosine only).")
+flags.DEFINE_float("momentum", _DEFAULTS.momentum, "SGD momentum.")
+flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "L2 weight decay on kernels.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for splits, shuffling, augmentation, weights.")
+flags.DEFINE_string("workdir", _DEFAULTS.workdir, "Output folder (default: runs/<dataset>-<time>).")
+flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras verbosity: 0 silent, 1 bars, 2 lines.")
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> Config:
+    """The only place that reads flags: every Config field has a flag of the same name."""
+    return Config(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)})
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = config_from_flags()
+        # Imported here so that --help and flag errors need not wait for TensorFlow.
+        from krefinery import refinery, reporting
+
+        results = refinery.train_and_evaluate(config)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(reporting.format_table(results))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,52 @@
+"""Small in-memory sources with known content, for pipeline and refinery tests."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from krefinery.datasets import Source
+from krefinery.resnet import build_resnet
+
+
+def constant_images(num: int = 60, classes: int = 4, shape=(16, 16, 1)) -> Source:
+    """Example i is an image filled with the value 4i+3 (distinct, non-zero); label i % classes."""
+    values = np.arange(num) * 4 + 3
+    images = np.broadcast_to(values[:, None, None, None], (num, *shape)).astype(np.uint8)
+    labels = np.arange(num) % classes
+    data = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+    return Source("constant", data, None, tuple(map(str, range(classes))), shape)
+
+
+def random_images(num: int = 96, classes: int = 4, shape=(8, 8, 1), seed: int = 0) -> Source:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, num)
+    images = (rng.integers(0, 60, (num, *shape)) + 50 * labels[:, None, None, None]).astype(np.uint8)
+    data = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+    test = tf.data.Dataset.from_tensor_slices({"image": images[:16], "label": labels[:16]})
+    return Source("random", data, test, tuple(map(str, range(classes))), shape)
+
+
+class KnownFunction(keras.Model):
+    """Logits that are a fixed function of an image's brightest pixel.
+
+    Translation and flips keep the brightest pixel of a constant image, so the right
+    refined label of an augmented image is known from its pixels alone.
+    """
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.frequencies = tf.range(1, classes + 1, dtype=tf.float32)
+
+    def call(self, images, training=False):
+        brightest = tf.reduce_max(tf.cast(images, tf.float32), axis=[1, 2, 3])
+        return 4.0 * tf.sin(brightest[:, None] * self.frequencies / 17.0)
+
+
+def classifier_builder(shape, classes):
+    def build(seed: int) -> keras.Model:
+        keras.utils.set_random_seed(seed)
+        return build_resnet(shape, classes, depth=8)
+
+    return build

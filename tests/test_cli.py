@@ -1,0 +1,146 @@
+"""run.py end to end: real digits, mocked TFDS datasets, and every kind of bad input."""
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, mocked_tfds, run_cli, run_subprocess, write_images
+
+TINY = ("--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0")
+
+
+def read_results(workdir: Path) -> dict:
+    return json.loads((workdir / "results.json").read_text())
+
+
+def check_results(results: dict, generations: int) -> None:
+    assert [g["generation"] for g in results["generations"]] == list(range(1, generations + 1))
+    for g in results["generations"]:
+        for key in ("val_accuracy", "test_accuracy", "train_label_agreement"):
+            assert 0.0 <= g[key] <= 1.0
+        assert g["seconds"] > 0
+    assert results["generations"][0]["train_label_agreement"] == 1.0  # Ground truth.
+    assert results["generations"][0]["train_label_entropy"] == 0.0
+    best = max(results["generations"], key=lambda g: g["val_accuracy"])
+    assert results["best_generation"] == best["generation"]
+
+
+def test_default_digits_chain_reaches_95_percent_every_generation(tmp_path, capsys):
+    run_cli(f"--workdir={tmp_path}")
+    results = read_results(tmp_path)
+    check_results(results, generations=3)
+    assert results["dataset"] == "digits" and results["config"]["generations"] == 3
+    assert results["data"]["num_train"] + results["data"]["num_val"] == 1437
+    for g in results["generations"]:
+        assert g["test_accuracy"] >= 0.95, results["generations"]
+        assert (tmp_path / g["weights"]).exists()
+    # Later generations trained on refined labels, not one-hot ground truth.
+    assert all(g["train_label_entropy"] > 0 for g in results["generations"][1:])
+    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == ["gen_1", "gen_2", "gen_3"]
+    table = capsys.readouterr().out
+    assert "test acc" in table and "results.json" in table
+
+
+def test_same_seed_gives_the_same_results(tmp_path):
+    runs = []
+    for name in ("a", "b", "c"):
+        seed = "--seed=7" if name != "c" else "--seed=8"
+        run_cli(*TINY, seed, f"--workdir={tmp_path / name}")
+        runs.append([(g["val_accuracy"], g["test_accuracy"]) for g in read_results(tmp_path / name)["generations"]])
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+@pytest.mark.parametrize("dataset, extra", [("svhn", ()), ("cifar10", ("--relabel=online", "--temperature=2"))])
+def test_tfds_datasets_end_to_end_on_mock_data(tmp_path, dataset, extra):
+    with mocked_tfds(num_examples=40):
+        run_cli(f"--dataset={dataset}", *TINY, *extra, f"--workdir={tmp_path}")
+    results = read_results(tmp_path)
+    check_results(results, generations=2)
+    assert results["dataset"] == dataset
+    assert results["data"]["image_shape"] == [32, 32, 3]
+    assert (results["data"]["num_train"], results["data"]["num_val"], results["data"]["num_test"]) == (36, 4, 40)
+
+
+def test_folder_dataset_end_to_end(tmp_path):
+    write_images(tmp_path / "data" / "train", {"dark": 20, "mid": 20, "bright": 20})
+    run_cli(f"--dataset=folder:{tmp_path / 'data'}", *TINY, f"--workdir={tmp_path / 'run'}")
+    results = read_results(tmp_path / "run")
+    check_results(results, generations=2)
+    assert results["data"]["class_names"] == ["bright", "dark", "mid"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--generations=0"], "--generations=0 must be >= 1"),
+        (["--temperature=0"], "--temperature=0.0 must be a positive number"),
+        (["--temperature=-2"], "must be a positive number"),
+        (["--alpha=1.5"], "--alpha=1.5 must be in [0, 1]"),
+        (["--depth=21"], "--depth=21 is not a CIFAR-style ResNet depth"),
+        (["--val_fraction=0"], "--val_fraction=0.0 must be between 0 and 1"),
+        (["--epochs=0"], "--epochs=0 must be >= 1"),
+        (["--lr_schedule=step"], "--warmup_epochs applies to --lr_schedule=cosine only"),
+        (["--dataset=folder:/no/such/folder"], "no such folder"),
+        (["--dataset=not_a_dataset"], "unknown --dataset=not_a_dataset"),
+    ],
+)
+def test_bad_input_is_one_clear_error_before_any_training(tmp_path, args, message):
+    workdir = tmp_path / "run"
+    result = run_subprocess(*args, f"--workdir={workdir}")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and "Epoch" not in result.stdout
+    assert not workdir.exists()
+
+
+def test_bad_enum_flag_is_rejected_by_absl():
+    result = run_subprocess("--relabel=sometimes")
+    assert result.returncode != 0
+    assert "--relabel" in result.stderr and "offline" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_folder_with_one_class_is_rejected(tmp_path):
+    write_images(tmp_path / "train", {"only": 4})
+    result = run_subprocess(f"--dataset=folder:{tmp_path}", f"--workdir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "at least 2" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_finished_workdir_is_never_overwritten(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    result = run_subprocess(f"--workdir={tmp_path}")
+    assert result.returncode == 2 and "already holds a finished run" in result.stderr
+    assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(_resolves("ufldl.stanford.edu"), reason="needs a machine without network")
+def test_svhn_offline_fails_fast_with_a_clear_message(tmp_path):
+    result = run_subprocess("--dataset=svhn", "--generations=3", f"--data_dir={tmp_path}", timeout=120)
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    for part in ("svhn_cropped", "could not be downloaded", "--data_dir", "--dataset=digits"):
+        assert part in error_lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "flags").glob("*.flags")))
+def test_presets_are_valid_configs(preset):
+    import run
+
+    run.FLAGS.unparse_flags()
+    run.FLAGS(["run.py", f"--flagfile={ROOT / 'flags' / preset}"])
+    config = run.config_from_flags()
+    assert config.dataset == preset.removesuffix(".flags")

@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from conftest import mocked_tfds, write_images
+from krefinery import datasets
+from krefinery.datasets import load_source
+from krefinery.errors import UserError
+from krefinery.pipeline import make_splits
+
+
+def test_digits_is_the_real_bundled_dataset_split_80_20():
+    source = load_source("digits")
+    train = list(source.train.as_numpy_iterator())
+    test = list(source.test.as_numpy_iterator())
+    assert (len(train), len(test)) == (1437, 360)
+    assert source.image_shape == (8, 8, 1) and source.num_classes == 10
+    images = np.stack([e["image"] for e in train])
+    assert images.dtype == np.uint8 and images.max() == 255
+    test_labels = np.bincount([e["label"] for e in test])
+    assert test_labels.min() >= 35  # Stratified: every digit is in the test split.
+    assert not source.flip_safe
+
+
+def test_folder_with_train_only_carves_test_from_train(tmp_path):
+    write_images(tmp_path / "train", {"cat": 10, "dog": 12, "owl": 8})
+    source = load_source(f"folder:{tmp_path}")
+    assert source.class_names == ("cat", "dog", "owl")
+    assert source.image_shape == (12, 12, 3) and source.test is None
+    labels = sorted(int(e["label"]) for e in source.train)
+    assert labels == [0] * 10 + [1] * 12 + [2] * 8
+    splits = make_splits(source, val_fraction=0.1, seed=0)
+    assert (splits.num_train, splits.num_val, splits.num_test) == (24, 3, 3)
+
+
+def test_folder_test_split_and_resizing(tmp_path):
+    write_images(tmp_path / "train", {"a": 3, "b": 3})
+    write_images(tmp_path / "test", {"b": 2}, size=(20, 16))
+    source = load_source(f"folder:{tmp_path}")
+    test = list(source.test.as_numpy_iterator())
+    assert [e["label"] for e in test] == [1, 1]  # Class ids follow train's folders.
+    assert test[0]["image"].shape == (12, 12, 3)
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        (None, "no such folder"),
+        ({}, "expected class folders"),
+        ({"train/only": 3}, "at least 2"),
+        ({"train/a": 0, "train/b": 0}, "no .png or .jpg"),
+        ({"train/a": 2, "train/b": 2, "test/zebra": 1}, "do not appear in train"),
+    ],
+)
+def test_bad_folders_are_clear_errors(tmp_path, layout, message):
+    root = tmp_path / "data"
+    if layout is not None:
+        root.mkdir()
+        for folder, count in layout.items():
+            (root / folder).mkdir(parents=True)
+            if count:
+                write_images(root / folder.split("/")[0], {folder.split("/")[1]: count})
+    with pytest.raises(UserError, match=message):
+        load_source(f"folder:{root}")
+
+
+def test_undecodable_image_is_a_clear_error(tmp_path):
+    write_images(tmp_path / "train", {"a": 2, "b": 2})
+    (tmp_path / "train" / "a" / "0.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="cannot decode"):
+        load_source(f"folder:{tmp_path}")
+
+
+def test_unknown_dataset_is_a_clear_error():
+    with pytest.raises(UserError, match="unknown --dataset=no_such_dataset"):
+        load_source("no_such_dataset")
+
+
+def test_svhn_extra_needs_svhn():
+    with pytest.raises(UserError, match="--svhn_extra only applies"):
+        load_source("cifar10", svhn_extra=True)
+
+
+def test_unprepared_tfds_dataset_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "unreachable_download_hosts", lambda builder: ["ufldl.stanford.edu"])
+    with pytest.raises(UserError) as error:
+        load_source("svhn", data_dir=str(tmp_path))
+    message = str(error.value)
+    for part in ("svhn_cropped", "not prepared", "could not be downloaded", "--data_dir", "--dataset=digits"):
+        assert part in message
+
+
+def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def refuse(self, *args, **kwargs):
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(datasets, "unreachable_download_hosts", lambda builder: [])
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+    with pytest.raises(UserError, match="ConnectionError: connection refused"):
+        load_source("mnist", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "name, tfds_name, flip", [("svhn", "svhn_cropped", False), ("cifar10", "cifar10", True)]
+)
+def test_tfds_sources_from_mock_data(name, tfds_name, flip):
+    with mocked_tfds(num_examples=12):
+        source = load_source(name)
+        examples = list(source.train.as_numpy_iterator())
+        assert len(examples) == 12 and len(list(source.test)) == 12
+    assert source.image_shape == (32, 32, 3) and source.num_classes == 10
+    assert source.flip_safe is flip
+    assert examples[0]["image"].dtype == np.uint8

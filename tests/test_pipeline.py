@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import KnownFunction, constant_images
+from krefinery.errors import UserError
+from krefinery.losses import refined_labels
+from krefinery.pipeline import (
+    TEST,
+    TRAIN,
+    VAL,
+    assign_roles,
+    eval_dataset,
+    make_augment,
+    make_splits,
+    onehot_table,
+    training_dataset,
+)
+from krefinery.refinery import LabelRefinery
+from krefinery.train import Trainer
+
+
+def test_roles_have_exact_sizes_fixed_by_the_seed():
+    roles = assign_roles(1000, 0.1, 0.2, seed=3)
+    assert [int(np.sum(roles == r)) for r in (TRAIN, VAL, TEST)] == [700, 100, 200]
+    np.testing.assert_array_equal(roles, assign_roles(1000, 0.1, 0.2, seed=3))
+    assert np.any(roles != assign_roles(1000, 0.1, 0.2, seed=4))
+
+
+def test_too_few_examples_to_carve_is_a_clear_error():
+    with pytest.raises(UserError, match="too few"):
+        assign_roles(2, 0.5, 0.5, seed=0)
+
+
+def test_splits_partition_the_examples_by_id():
+    splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
+    ids = {name: [int(i) for i in getattr(splits, name).map(lambda e: e["id"])] for name in ("train", "val", "test")}
+    assert (len(ids["train"]), len(ids["val"]), len(ids["test"])) == (48, 6, 6)
+    assert (splits.num_train, splits.num_val, splits.num_test, splits.num_ids) == (48, 6, 6, 60)
+    assert sorted(ids["train"] + ids["val"] + ids["test"]) == list(range(60))
+    for example in splits.val:  # Each id still carries its own image and label.
+        i = int(example["id"])
+        assert int(example["image"][0, 0, 0]) == 4 * i + 3 and int(example["label"]) == i % 4
+
+
+def test_onehot_table_holds_ground_truth_by_id():
+    splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
+    table = onehot_table(splits.train, splits.num_ids, splits.num_classes).numpy()
+    train_ids = [int(e["id"]) for e in splits.train]
+    np.testing.assert_array_equal(table[train_ids].argmax(-1), np.array(train_ids) % 4)
+    assert table.sum() == len(train_ids)
+
+
+def test_refined_labels_stay_aligned_under_shuffling_and_augmentation():
+    splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
+    labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
+    known = KnownFunction()
+    refinery = LabelRefinery(labels, eval_dataset(splits.train, 7), None, 2, temperature=2.0)
+    refinery.set_model(Trainer(known))
+    refinery.refine()
+
+    augment = make_augment(splits.image_shape, flip=True)
+    pipeline = training_dataset(splits.train, labels, 8, seed=1, augment=augment, num_train=48)
+    orders = []
+    for _ in range(2):  # The same pipeline object, as fit uses it, epoch after epoch.
+        order, translated = [], 0
+        for batch in pipeline:
+            ids = batch["id"].numpy()
+            images = tf.cast(batch["image"], tf.float32)
+            # The brightest pixel of each (augmented) image tells which example it is...
+            np.testing.assert_array_equal(tf.reduce_max(images, [1, 2, 3]), ids * 4 + 3)
+            np.testing.assert_array_equal(batch["label"], ids % 4)
+            # ...and its target is the known function's refined label of that very image.
+            expected = refined_labels(known(batch["image"]), batch["label"], 2.0, 0.0)
+            np.testing.assert_allclose(batch["target"], expected, atol=1e-6)
+            translated += int(tf.reduce_sum(tf.cast(tf.reduce_min(images, [1, 2, 3]) == 0, tf.int32)))
+            order += ids.tolist()
+        assert sorted(order) == sorted(int(e["id"]) for e in splits.train)
+        assert translated > 0, "augmentation should move some images"
+        orders.append(order)
+    assert orders[0] != orders[1], "each epoch should be shuffled anew"
+
+
+def test_pipeline_is_fixed_by_the_seed():
+    splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
+    labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
+    augment = make_augment(splits.image_shape, flip=False)
+
+    def first_epoch(seed):
+        pipeline = training_dataset(splits.train, labels, 16, seed=seed, augment=augment, num_train=48)
+        return [(b["id"].numpy(), b["image"].numpy()) for b in pipeline]
+
+    same, again, other = first_epoch(5), first_epoch(5), first_epoch(6)
+    for (ids_a, images_a), (ids_b, images_b) in zip(same, again):
+        np.testing.assert_array_equal(ids_a, ids_b)
+        np.testing.assert_array_equal(images_a, images_b)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(same, other))
