@@ -53,15 +53,22 @@ def test_same_seed_gives_the_same_results(tmp_path):
     assert runs[0] != runs[2]
 
 
-@pytest.mark.parametrize("dataset, extra", [("svhn", ()), ("cifar10", ("--relabel=online", "--temperature=2"))])
-def test_tfds_datasets_end_to_end_on_mock_data(tmp_path, dataset, extra):
+@pytest.mark.parametrize(
+    "dataset, extra, sizes",
+    [
+        ("svhn", (), (36, 4, 40)),
+        ("cifar10", ("--relabel=online", "--temperature=2"), (36, 4, 40)),
+    ],
+)
+def test_tfds_datasets_end_to_end_on_mock_data(tmp_path, dataset, extra, sizes):
     with mocked_tfds(num_examples=40):
         run_cli(f"--dataset={dataset}", *TINY, *extra, f"--workdir={tmp_path}")
     results = read_results(tmp_path)
     check_results(results, generations=2)
     assert results["dataset"] == dataset
     assert results["data"]["image_shape"] == [32, 32, 3]
-    assert (results["data"]["num_train"], results["data"]["num_val"], results["data"]["num_test"]) == (36, 4, 40)
+    data = results["data"]
+    assert (data["num_train"], data["num_val"], data["num_test"]) == sizes
 
 
 def test_folder_dataset_end_to_end(tmp_path):

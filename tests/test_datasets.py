@@ -112,3 +112,19 @@ def test_tfds_sources_from_mock_data(name, tfds_name, flip):
     assert source.image_shape == (32, 32, 3) and source.num_classes == 10
     assert source.flip_safe is flip
     assert examples[0]["image"].dtype == np.uint8
+
+
+def test_svhn_extra_trains_on_train_plus_extra():
+    import tensorflow_datasets as tfds
+
+    requested = []
+    with mocked_tfds(num_examples=4), pytest.MonkeyPatch.context() as patch:
+        mocked = tfds.core.DatasetBuilder.as_dataset
+
+        def spy(self, split=None, **kwargs):
+            requested.append(split)
+            return mocked(self, split=split, **kwargs)
+
+        patch.setattr(tfds.core.DatasetBuilder, "as_dataset", spy)
+        load_source("svhn", svhn_extra=True)
+    assert requested == ["train+extra", "test"]
