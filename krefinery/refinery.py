@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import keras
@@ -190,6 +189,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
                 "weights": weights.name,
             }
         )
-    results = reporting.results(config, splits, generations, Path(workdir))
-    reporting.write_results(workdir, results)
+        # Written after every generation, so a crash loses at most the one in flight.
+        finished = generation == config.generations
+        results = reporting.results_record(config, splits, generations, workdir, finished)
+        reporting.write_results(workdir, results)
     return results

@@ -19,7 +19,11 @@ RESULTS = "results.json"
 
 
 def create_workdir(config: Config) -> Path:
-    """`--workdir`, or a new `runs/<dataset>-<time>`; never one that holds a finished run."""
+    """`--workdir`, or a new `runs/<dataset>-<time>`; never one that already holds results.
+
+    `results.json` is rewritten after every generation (`finished` turns true after
+    the last), so even an interrupted run's folder holds work worth keeping.
+    """
     if config.workdir:
         workdir = Path(config.workdir)
     else:
@@ -28,7 +32,7 @@ def create_workdir(config: Config) -> Path:
         workdir = Path("runs") / f"{name}-{stamp}"
     if (workdir / RESULTS).exists():
         raise UserError(
-            f"--workdir={workdir} already holds a finished run ({RESULTS}); choose another "
+            f"--workdir={workdir} already holds a run ({RESULTS}); choose another "
             "--workdir or remove that one."
         )
     try:
@@ -47,8 +51,12 @@ def tensorboard_callback(workdir: Path, generation: int) -> keras.callbacks.Tens
     )
 
 
-def results(
-    config: Config, splits: Splits, generations: list[dict[str, Any]], workdir: Path
+def results_record(
+    config: Config,
+    splits: Splits,
+    generations: list[dict[str, Any]],
+    workdir: Path,
+    finished: bool,
 ) -> dict[str, Any]:
     """The `results.json` record; the best generation is chosen on validation accuracy."""
     best = max(generations, key=lambda g: g["val_accuracy"])
@@ -65,6 +73,7 @@ def results(
         },
         "generations": generations,
         "best_generation": best["generation"],
+        "finished": finished,
         "workdir": os.fspath(workdir),
     }
 

@@ -32,6 +32,7 @@ def test_default_digits_chain_reaches_95_percent_every_generation(tmp_path, caps
     results = read_results(tmp_path)
     check_results(results, generations=3)
     assert results["dataset"] == "digits" and results["config"]["generations"] == 3
+    assert results["finished"] is True
     assert results["data"]["num_train"] + results["data"]["num_val"] == 1437
     for g in results["generations"]:
         assert g["test_accuracy"] >= 0.95, results["generations"]
@@ -51,6 +52,25 @@ def test_same_seed_gives_the_same_results(tmp_path):
         runs.append([(g["val_accuracy"], g["test_accuracy"]) for g in read_results(tmp_path / name)["generations"]])
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
+
+
+def test_an_interrupted_run_keeps_its_finished_generations(tmp_path, monkeypatch):
+    from krefinery import reporting
+
+    make_callback = reporting.tensorboard_callback
+
+    def interrupt_generation_two(workdir, generation):
+        if generation == 2:
+            raise KeyboardInterrupt
+        return make_callback(workdir, generation)
+
+    monkeypatch.setattr(reporting, "tensorboard_callback", interrupt_generation_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(*TINY, f"--workdir={tmp_path}")
+    results = read_results(tmp_path)
+    assert results["finished"] is False
+    assert [g["generation"] for g in results["generations"]] == [1]
+    assert (tmp_path / "gen_1.weights.h5").exists()
 
 
 @pytest.mark.parametrize(
@@ -117,10 +137,10 @@ def test_folder_with_one_class_is_rejected(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_finished_workdir_is_never_overwritten(tmp_path):
+def test_a_workdir_with_results_is_never_overwritten(tmp_path):
     (tmp_path / "results.json").write_text("{}")
     result = run_subprocess(f"--workdir={tmp_path}")
-    assert result.returncode == 2 and "already holds a finished run" in result.stderr
+    assert result.returncode == 2 and "already holds a run" in result.stderr
     assert (tmp_path / "results.json").read_text() == "{}"
 
 
