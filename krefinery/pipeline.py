@@ -142,15 +142,16 @@ def training_dataset(
     batch_size: int,
     seed: int,
     augment: Callable | None = None,
-    num_train: int = MAX_SHUFFLE_BUFFER,
+    shuffle_buffer: int = MAX_SHUFFLE_BUFFER,
 ) -> tf.data.Dataset:
     """Shuffled, augmented batches `{"id", "image", "label", "target"}`.
 
     `target` is read from `labels` by id when each batch is made, so writing new
-    labels into the table relabels every later epoch of this same pipeline.
+    labels into the table relabels every later epoch of this same pipeline. A
+    `shuffle_buffer` of the training set's size (capped at 50k images) shuffles fully.
     """
     dataset = train.shuffle(
-        min(num_train, MAX_SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True
+        min(shuffle_buffer, MAX_SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True
     )
     if augment is not None:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)

@@ -60,7 +60,7 @@ def test_refined_labels_stay_aligned_under_shuffling_and_augmentation():
     refinery.refine()
 
     augment = make_augment(splits.image_shape, flip=True)
-    pipeline = training_dataset(splits.train, labels, 8, seed=1, augment=augment, num_train=48)
+    pipeline = training_dataset(splits.train, labels, 8, seed=1, augment=augment, shuffle_buffer=48)
     orders = []
     for _ in range(2):  # The same pipeline object, as fit uses it, epoch after epoch.
         order, translated = [], 0
@@ -87,7 +87,7 @@ def test_pipeline_is_fixed_by_the_seed():
     augment = make_augment(splits.image_shape, flip=False)
 
     def first_epoch(seed):
-        pipeline = training_dataset(splits.train, labels, 16, seed=seed, augment=augment, num_train=48)
+        pipeline = training_dataset(splits.train, labels, 16, seed=seed, augment=augment, shuffle_buffer=48)
         return [(b["id"].numpy(), b["image"].numpy()) for b in pipeline]
 
     same, again, other = first_epoch(5), first_epoch(5), first_epoch(6)

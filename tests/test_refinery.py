@@ -42,7 +42,7 @@ def make_run(online=False, temperature=1.0, augment=None):
     splits = make_splits(random_images(), val_fraction=0.2, seed=0)
     build = classifier_builder(splits.image_shape, splits.num_classes)
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
-    train_ds = training_dataset(splits.train, labels, BATCH, seed=0, augment=augment, num_train=splits.num_train)
+    train_ds = training_dataset(splits.train, labels, BATCH, seed=0, augment=augment, shuffle_buffer=splits.num_train)
     trainer = Trainer(build(0), teacher=build(0) if online else None, temperature=temperature)
     steps = math.ceil(splits.num_train / BATCH)
     config = Config(epochs=EPOCHS, batch_size=BATCH, warmup_epochs=1, learning_rate=0.05)
