@@ -171,3 +171,43 @@ def test_presets_are_valid_configs(preset):
     run.FLAGS(["run.py", f"--flagfile={ROOT / 'flags' / preset}"])
     config = run.config_from_flags()
     assert config.dataset == preset.removesuffix(".flags")
+
+
+def test_prepared_tfds_data_dir_is_read_without_download(tmp_path, monkeypatch):
+    """The real TFDS read path (prepared TFRecords in --data_dir), no mocks."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    class TinyShapes(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(16, 16, 3)),
+                    "label": tfds.features.ClassLabel(names=["dark", "mid", "bright"]),
+                }
+            )
+            return tfds.core.DatasetInfo(builder=self, features=features)
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(60, seed=0), "test": self._generate_examples(21, seed=1)}
+
+        def _generate_examples(self, count, seed):
+            rng = np.random.default_rng(seed)
+            for i in range(count):
+                image = rng.integers(0, 60, (16, 16, 3)) + 90 * (i % 3)
+                yield i, {"image": image.astype(np.uint8), "label": i % 3}
+
+    TinyShapes(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    from krefinery import datasets
+
+    def no_download(builder, dataset):
+        raise AssertionError(f"{dataset} is prepared; nothing should be downloaded")
+
+    monkeypatch.setattr(datasets, "_download", no_download)
+    run_cli("--dataset=tiny_shapes", f"--data_dir={tmp_path / 'tfds'}", *TINY, f"--workdir={tmp_path / 'run'}")
+    results = read_results(tmp_path / "run")
+    check_results(results, generations=2)
+    assert results["data"]["class_names"] == ["dark", "mid", "bright"]
+    assert (results["data"]["num_train"], results["data"]["num_val"], results["data"]["num_test"]) == (54, 6, 21)
