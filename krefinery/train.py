@@ -18,10 +18,11 @@ class Trainer(keras.Model):
     """Trains `classifier` on each batch's `target`, or on a frozen teacher's refined labels.
 
     Batches are dicts `{"image", "label", "target"}` (see `pipeline.training_dataset`).
-    Training metrics: `loss`, `accuracy` (vs ground truth, on augmented images),
+    Training metrics: `loss` (soft-target cross-entropy plus the weight-decay penalty),
+    `accuracy` (vs ground truth, on augmented images),
     `label_agreement` (argmax of the targets vs ground truth) and `label_entropy`
     (nats), the last two describing the labels this generation actually trained on.
-    Evaluation reports `loss` (cross-entropy vs ground truth) and `accuracy`.
+    Evaluation reports `loss` (cross-entropy vs ground truth, no penalty) and `accuracy`.
     """
 
     def __init__(
