@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from krefinery.config import LR_SCHEDULES, RELABEL_MODES, Config  # noqa: E402
+from krefinery.config import LR_SCHEDULES, PRECISIONS, RELABEL_MODES, Config  # noqa: E402
 from krefinery.errors import UserError  # noqa: E402
 
 _DEFAULTS = Config()
@@ -50,6 +50,18 @@ flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, LR_SCHEDULES, "Per-gener
 flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Linear warm-up (cosine only).")
 flags.DEFINE_float("momentum", _DEFAULTS.momentum, "SGD momentum.")
 flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "L2 weight decay on kernels.")
+flags.DEFINE_enum(
+    "precision",
+    _DEFAULTS.precision,
+    PRECISIONS,
+    "Keras dtype policy; auto: mixed_bfloat16 on GPUs and CPUs with native bfloat16, "
+    "else float32. The soft-target loss is always computed in float32.",
+)
+flags.DEFINE_bool(
+    "jit_compile",
+    _DEFAULTS.jit_compile,
+    "Compile training and relabelling steps with XLA; unset: on where bfloat16 is native.",
+)
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for splits, shuffling, augmentation, weights.")
 flags.DEFINE_string("workdir", _DEFAULTS.workdir, "Output folder (default: runs/<dataset>-<time>).")
 flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras verbosity: 0 silent, 1 bars, 2 lines.")

@@ -11,6 +11,7 @@ from krefinery.errors import UserError
 RELABEL_MODES = ("offline", "online")
 LR_SCHEDULES = ("cosine", "step")
 RESNET_VERSIONS = (1, 2)
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 def check_depth(depth: int) -> int:
@@ -54,6 +55,9 @@ class Config:
     warmup_epochs: int = 1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # Speed: `auto` and None pick per device (see `krefinery.device`).
+    precision: str = "auto"
+    jit_compile: bool | None = None
     # Bookkeeping.
     seed: int = 0
     workdir: str | None = None
@@ -109,6 +113,10 @@ class Config:
         )
         _require(0.0 <= self.momentum < 1.0, f"--momentum={self.momentum} must be in [0, 1).")
         _require(self.weight_decay >= 0, f"--weight_decay={self.weight_decay} must be >= 0.")
+        _require(
+            self.precision in PRECISIONS,
+            f"--precision={self.precision} must be one of {', '.join(PRECISIONS)}.",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from krefinery import reporting
 from krefinery.config import Config
 from krefinery.datasets import load_source
+from krefinery.device import resolve_jit_compile, resolve_precision
 from krefinery.losses import refined_labels
 from krefinery.pipeline import (
     eval_dataset,
@@ -62,6 +63,7 @@ class LabelRefinery(keras.callbacks.Callback):
         temperature: float = 1.0,
         alpha: float = 0.0,
         seed: int = 0,
+        jit_compile: bool = False,
     ):
         super().__init__()
         self.labels = labels
@@ -72,7 +74,9 @@ class LabelRefinery(keras.callbacks.Callback):
         self.alpha = alpha
         self.seed = seed
         self.generation = 0
-        self._relabel_batch = tf.function(self._relabel_batch_eager, reduce_retracing=True)
+        self._relabel_batch = tf.function(
+            self._relabel_batch_eager, jit_compile=jit_compile, reduce_retracing=True
+        )
 
     def on_train_begin(self, logs=None):
         if self.generation == self.generations:
@@ -125,6 +129,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     source = load_source(config.dataset, config.data_dir, config.svhn_extra)
     splits = make_splits(source, config.val_fraction, config.seed)
     workdir = reporting.create_workdir(config)
+    precision = resolve_precision(config.precision)
+    jit_compile = resolve_jit_compile(config.jit_compile)
 
     def build_classifier(seed: int) -> keras.Model:
         keras.utils.set_random_seed(seed)
@@ -135,6 +141,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
             width=config.width,
             version=config.resnet_version,
             weight_decay=config.weight_decay,
+            precision=precision,
         )
 
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
@@ -150,7 +157,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         temperature=config.temperature,
         alpha=config.alpha,
     )
-    trainer.compile(make_optimizer(config, math.ceil(splits.num_train / config.batch_size)))
+    steps_per_epoch = math.ceil(splits.num_train / config.batch_size)
+    trainer.compile(make_optimizer(config, steps_per_epoch, precision), jit_compile=jit_compile)
     refinery = LabelRefinery(
         labels,
         eval_dataset(splits.train),
@@ -159,6 +167,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         temperature=config.temperature,
         alpha=config.alpha,
         seed=config.seed,
+        jit_compile=jit_compile,
     )
     generations = []
     for generation in range(1, config.generations + 1):
@@ -192,5 +201,6 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         # Written after every generation, so a crash loses at most the one in flight.
         finished = generation == config.generations
         results = reporting.results_record(config, splits, generations, workdir, finished)
+        results["runtime"] = {"precision": precision, "jit_compile": jit_compile}
         reporting.write_results(workdir, results)
     return results
