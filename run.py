@@ -55,15 +55,15 @@ flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "L2 weight decay on k
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for splits, shuffling, augmentation, weights.")
 flags.DEFINE_string("workdir", _DEFAULTS.workdir, "Output folder (default: runs/<dataset>-<time>).")
 flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras verbosity: 0 silent, 1 bars, 2 lines.")
-flags.DEFINE_string("export_dir", _DEFAULTS.export_dir, "SavedModels go to <export_dir>/<name>/<version>/.")
-flags.DEFINE_string("export_name", _DEFAULTS.export_name, "Exported model name (default: from --dataset).")
+flags.DEFINE_string("export_dir", _DEFAULTS.export_dir, "Models go to <export_dir>/<name>/<version>/.")
+flags.DEFINE_string("export_name", _DEFAULTS.export_name, "Exported model name (default: the dataset).")
 flags.DEFINE_bool(
     "export_all_generations",
     _DEFAULTS.export_all_generations,
     "Also export every generation, as <name>_gen<k>; <name> always holds the best.",
 )
 flags.DEFINE_bool("predict", False, "Classify the image files given as arguments with --model.")
-flags.DEFINE_string("model", None, "--predict: a SavedModel version folder, or a model folder (highest version).")
+flags.DEFINE_string("model", None, "--predict: a SavedModel version, or a model folder (its latest).")
 flags.DEFINE_integer("top_k", 3, "--predict: classes printed per image.")
 
 FLAGS = flags.FLAGS
@@ -82,7 +82,8 @@ def predict(filenames: list[str]) -> None:
         raise UserError(f"--top_k={FLAGS.top_k} must be >= 1.")
     from krefinery import predict as predict_lib
 
-    print(predict_lib.format_predictions(predict_lib.predict_files(FLAGS.model, filenames, FLAGS.top_k)))
+    predictions = predict_lib.predict_files(FLAGS.model, filenames, FLAGS.top_k)
+    print(predict_lib.format_predictions(predictions))
 
 
 def main(argv: list[str]) -> None:

@@ -15,7 +15,9 @@ from matplotlib.figure import Figure
 ACCURACY_CHART = "accuracy.png"
 
 
-def accuracy_chart(generations: Sequence[dict[str, Any]], best_generation: int, path: str | os.PathLike) -> None:
+def accuracy_chart(
+    generations: Sequence[dict[str, Any]], best_generation: int, path: str | os.PathLike
+) -> None:
     """Validation and test accuracy by generation, the best generation marked."""
     steps = [g["generation"] for g in generations]
     figure = Figure(figsize=(5.5, 3.5), layout="constrained")
@@ -23,8 +25,16 @@ def accuracy_chart(generations: Sequence[dict[str, Any]], best_generation: int, 
     for key, label in (("val_accuracy", "validation"), ("test_accuracy", "test")):
         axes.plot(steps, [g[key] for g in generations], marker="o", label=label)
     best = next(g for g in generations if g["generation"] == best_generation)
-    axes.plot([best_generation], [best["val_accuracy"]], marker="*", markersize=16, linestyle="none",
-              color="gold", markeredgecolor="black", label=f"best (generation {best_generation})")
+    axes.plot(
+        [best_generation],
+        [best["val_accuracy"]],
+        marker="*",
+        markersize=16,
+        linestyle="none",
+        color="gold",
+        markeredgecolor="black",
+        label=f"best (generation {best_generation})",
+    )
     axes.set_xticks(steps)
     axes.set_xlabel("generation")
     axes.set_ylabel("accuracy")

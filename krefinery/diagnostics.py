@@ -29,7 +29,9 @@ class LabelStats:
     ground_truth_probability: np.ndarray  # [examples] probability on the true class.
 
 
-def label_stats(refined: np.ndarray, ground_truth: np.ndarray, previous: np.ndarray | None = None) -> LabelStats:
+def label_stats(
+    refined: np.ndarray, ground_truth: np.ndarray, previous: np.ndarray | None = None
+) -> LabelStats:
     """Agreement, entropy, confidence and, given the previous labels, how far they moved."""
     refined = np.asarray(refined, np.float64)
     rows = np.arange(len(refined))
@@ -40,7 +42,8 @@ def label_stats(refined: np.ndarray, ground_truth: np.ndarray, previous: np.ndar
     if previous is not None:
         previous = np.asarray(previous, np.float64)
         previous_logs = np.log(np.clip(previous, EPSILON, None))
-        kl = float(np.mean(np.sum(np.where(previous > 0, previous * (previous_logs - logs), 0.0), axis=-1)))
+        terms = np.where(previous > 0, previous * (previous_logs - logs), 0.0)
+        kl = float(np.mean(np.sum(terms, axis=-1)))
         changed = int(np.sum(previous.argmax(-1) != top))
     confidence = refined[rows, top]
     return LabelStats(

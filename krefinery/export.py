@@ -35,10 +35,14 @@ class ServingModule(tf.Module):
     so a client can read every name, not just the predicted one.
     """
 
-    def __init__(self, classifier: keras.Model, class_names: Sequence[str], image_shape: Sequence[int]):
+    def __init__(
+        self, classifier: keras.Model, class_names: Sequence[str], image_shape: Sequence[int]
+    ):
         super().__init__(name="krefinery_classifier")
         self.classifier = classifier
-        self.class_names = tf.Variable(list(class_names), trainable=False, dtype=tf.string, name="class_names")
+        self.class_names = tf.Variable(
+            list(class_names), trainable=False, dtype=tf.string, name="class_names"
+        )
         spec = tf.TensorSpec([None, *image_shape], tf.uint8, name=INPUT_NAME)
         self.serve = tf.function(self._serve, input_signature=[spec])
 
@@ -145,3 +149,18 @@ def export_generation(
     if generation is not None:
         name = f"{name}_gen{generation}"
     return export_classifier(classifier, class_names, image_shape, config.export_dir, name)
+
+
+def prepare_export_dir(config: Config) -> Path:
+    """Creates `<export_dir>/<name>` up front, so an unusable folder fails before training."""
+    name = config.export_name or default_export_name(config.dataset)
+    model_dir = Path(config.export_dir) / name
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"--export_dir={config.export_dir}: cannot create {model_dir}: {error.strerror}."
+        ) from None
+    if not os.access(model_dir, os.W_OK | os.X_OK):
+        raise UserError(f"--export_dir={config.export_dir}: {model_dir} is not writable.")
+    return model_dir

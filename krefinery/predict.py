@@ -29,10 +29,12 @@ def load_serving(model: str | os.PathLike) -> tuple[tf.Module, list[str], tuple[
     try:
         loaded = tf.saved_model.load(os.fspath(path))
     except (OSError, ValueError, tf.errors.OpError) as error:
-        raise UserError(f"--model={model}: cannot load the SavedModel in {path}: {error}".splitlines()[0]) from None
+        reason = str(error).splitlines()[0]
+        raise UserError(f"--model={model}: cannot load the SavedModel in {path}: {reason}") from None
     serve = loaded.signatures.get(SIGNATURE)
     spec = serve.structured_input_signature[1].get(INPUT_NAME) if serve is not None else None
-    if spec is None or spec.dtype != tf.uint8 or spec.shape.rank != 4 or not hasattr(loaded, "class_names"):
+    ours = spec is not None and spec.dtype == tf.uint8 and spec.shape.rank == 4
+    if not ours or not hasattr(loaded, "class_names"):
         raise UserError(f"--model={model}: {path} is a SavedModel, but not a krefinery export "
                         f"(no {SIGNATURE} signature taking uint8 {INPUT_NAME}).")
     names = [name.decode() for name in loaded.class_names.numpy()]
@@ -58,10 +60,17 @@ def read_image(filename: str | os.PathLike, image_shape: Sequence[int]) -> np.nd
     return image.numpy()
 
 
-def predict_files(model: str | os.PathLike, filenames: Sequence[str], top_k: int = 3) -> list[tuple[str, list[tuple[str, float]]]]:
+Prediction = tuple[str, list[tuple[str, float]]]  # (file, [(class name, probability), ...])
+
+
+def predict_files(
+    model: str | os.PathLike, filenames: Sequence[str], top_k: int = 3
+) -> list[Prediction]:
     """The `top_k` classes, with probabilities, of each image file, in order."""
     if not filenames:
-        raise UserError("--predict needs image files to classify: python run.py --predict --model=PATH IMAGE ...")
+        raise UserError(
+            "--predict needs image files to classify: python run.py --predict --model=PATH IMAGE ..."
+        )
     loaded, names, shape = load_serving(model)
     images = np.stack([read_image(name, shape) for name in filenames])
     outputs = loaded.signatures[SIGNATURE](**{INPUT_NAME: tf.constant(images)})
@@ -72,8 +81,9 @@ def predict_files(model: str | os.PathLike, filenames: Sequence[str], top_k: int
     ]
 
 
-def format_predictions(predictions: list[tuple[str, list[tuple[str, float]]]]) -> str:
+def format_predictions(predictions: list[Prediction]) -> str:
     """One line per image: `file: class (p), class (p), ...`."""
     return "\n".join(
-        f"{Path(name)}: " + ", ".join(f"{label} ({p:.4f})" for label, p in top) for name, top in predictions
+        f"{Path(name)}: " + ", ".join(f"{label} ({p:.4f})" for label, p in top)
+        for name, top in predictions
     )

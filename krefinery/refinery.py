@@ -18,7 +18,7 @@ import tensorflow as tf
 from krefinery import charts, reporting, summaries
 from krefinery.config import Config
 from krefinery.datasets import load_source
-from krefinery.export import export_generation
+from krefinery.export import export_generation, prepare_export_dir
 from krefinery.losses import refined_labels
 from krefinery.pipeline import (
     eval_dataset,
@@ -148,6 +148,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     keras.utils.set_random_seed(config.seed)
     source = load_source(config.dataset, config.data_dir, config.svhn_extra)
     splits = make_splits(source, config.val_fraction, config.seed)
+    prepare_export_dir(config)
     workdir = reporting.create_workdir(config)
 
     def build_classifier(seed: int) -> keras.Model:
@@ -222,7 +223,9 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         )
         generation_summaries.write(generations[-1])
         if config.export_all_generations:
-            path = export_generation(trainer.classifier, splits.class_names, splits.image_shape, config, generation)
+            path = export_generation(
+                trainer.classifier, splits.class_names, splits.image_shape, config, generation
+            )
             exports[f"gen_{generation}"] = os.fspath(path)
         # Written after every generation, so a crash loses at most the one in flight.
         finished = generation == config.generations
@@ -234,6 +237,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     generation_summaries.close()
     best = build_classifier(config.seed)
     best.load_weights(workdir / f"gen_{results['best_generation']}.weights.h5")
-    exports["best"] = os.fspath(export_generation(best, splits.class_names, splits.image_shape, config))
+    path = export_generation(best, splits.class_names, splits.image_shape, config)
+    exports["best"] = os.fspath(path)
     reporting.write_results(workdir, results)
     return results

@@ -56,7 +56,8 @@ class GenerationSummaries:
         for run, key in (("validation", "val_accuracy"), ("test", "test_accuracy")):
             if run not in self._writers:
                 self._writers[run] = tf.summary.create_file_writer(os.fspath(self.logdir / run))
-            write_scalars(self._writers[run], {GENERATION_TAG: generation[key]}, generation["generation"])
+            step = generation["generation"]
+            write_scalars(self._writers[run], {GENERATION_TAG: generation[key]}, step)
 
     def close(self) -> None:
         for writer in self._writers.values():
@@ -108,7 +109,8 @@ class RelabelSummaries:
 
     def _read_ids(self) -> tuple[np.ndarray, np.ndarray]:
         ids, truth = [], []
-        for batch in self.examples.map(lambda b: {"id": b["id"], "label": b["label"]}).as_numpy_iterator():
+        without_images = self.examples.map(lambda b: {"id": b["id"], "label": b["label"]})
+        for batch in without_images.as_numpy_iterator():
             ids.append(batch["id"])
             truth.append(batch["label"])
         return np.concatenate(ids), np.concatenate(truth)
@@ -128,21 +130,25 @@ class RelabelSummaries:
     def _write_moved(self, step: int, refined: np.ndarray) -> None:
         rows = moved_furthest(refined, self._truth, self.num_images)
         images = self._images(self._ids[rows])
-        captions, table = [], ["| rank | id | ground truth | p(truth) | top-3 refined |", "|---|---|---|---|---|"]
+        captions = []
+        table = ["| rank | id | ground truth | p(truth) | top-3 refined |", "|---|---|---|---|---|"]
         for rank, row in enumerate(rows, start=1):
             truth = self.class_names[self._truth[row]]
             top = top_classes(refined[row], 3)
             listed = ", ".join(f"{self.class_names[c]} {p:.2f}" for c, p in top)
-            captions.append(f"truth: {truth}\n" + "\n".join(f"{self.class_names[c]}: {p:.2f}" for c, p in top))
+            lines = [f"truth: {truth}"] + [f"{self.class_names[c]}: {p:.2f}" for c, p in top]
+            captions.append("\n".join(lines))
             table.append(
-                f"| {rank} | {self._ids[row]} | {truth} | {refined[row, self._truth[row]]:.3f} | {listed} |"
+                f"| {rank} | {self._ids[row]} | {truth} | {refined[row, self._truth[row]]:.3f} "
+                f"| {listed} |"
             )
         png = charts.captioned_grid(images, captions)
         with self._writer.as_default(step=step):
             tf.summary.image(
                 MOVED_IMAGE,
                 tf.image.decode_png(png, channels=3)[None],
-                description="Training images whose refined label puts least probability on the ground truth.",
+                description="Training images whose refined labels put the least probability "
+                "on their ground-truth class.",
             )
             tf.summary.text(MOVED_TABLE, "\n".join(table))
 
