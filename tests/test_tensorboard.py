@@ -105,3 +105,51 @@ def test_accuracy_chart_is_written(digits_run):
     image = tf.image.decode_png(png)
     assert image.shape[0] > 100 and image.shape[1] > 100
     assert math.prod(image.shape) > 0
+
+
+def test_label_stats_on_hand_computed_labels():
+    previous = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    refined = np.array([[0.5, 0.5], [0.0, 1.0], [0.2, 0.8]])
+    stats = label_stats(refined, np.array([0, 1, 0]), previous)
+    assert stats.agreement == pytest.approx(2 / 3)  # argmax of [0.5, 0.5] is class 0.
+    assert stats.mean_confidence == pytest.approx((0.5 + 1.0 + 0.8) / 3)
+    assert stats.mean_entropy == pytest.approx((math.log(2) + 0 - 0.2 * math.log(0.2) - 0.8 * math.log(0.8)) / 3)
+    assert stats.kl_from_previous == pytest.approx((math.log(2) + 0 + math.log(5)) / 3)
+    assert stats.argmax_changed == 1
+    np.testing.assert_allclose(stats.ground_truth_probability, [0.5, 1.0, 0.2])
+
+
+def test_online_relabel_reports_the_teachers_labels_of_unaugmented_images():
+    from helpers import classifier_builder, random_images
+    from krefinery.config import Config
+    from krefinery.losses import refined_labels
+    from krefinery.pipeline import onehot_table, training_dataset
+    from krefinery.refinery import LabelRefinery
+    from krefinery.train import Trainer, make_optimizer
+
+    splits = make_splits(random_images(), val_fraction=0.2, seed=0)
+    build = classifier_builder(splits.image_shape, splits.num_classes)
+    labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
+    train_ds = training_dataset(splits.train, labels, 16, seed=0)
+    trainer = Trainer(build(0), teacher=build(0), temperature=3.0)
+    trainer.compile(make_optimizer(Config(epochs=1, warmup_epochs=0), math.ceil(splits.num_train / 16)))
+    seen = []
+    refinery = LabelRefinery(
+        labels, eval_dataset(splits.train), build, 3, temperature=3.0,
+        on_relabel=lambda k, previous, refined: seen.append((k, previous, refined)),
+    )
+    for _ in range(2):
+        trainer.fit(train_ds, epochs=1, callbacks=[refinery], verbose=0)
+
+    def teacher_labels():
+        table = labels.numpy()
+        for batch in eval_dataset(splits.train):
+            logits = trainer.teacher(batch["image"], training=False)
+            table[batch["id"].numpy()] = refined_labels(logits, batch["label"], 3.0, 0.0).numpy()
+        return table
+
+    assert [k for k, _, _ in seen] == [1, 2]
+    np.testing.assert_array_equal(seen[0][1], labels.numpy())  # Generation 1 trained on ground truth.
+    np.testing.assert_array_equal(seen[1][1], seen[0][2])  # Each relabel starts from the last one's labels.
+    np.testing.assert_allclose(seen[1][2], teacher_labels(), atol=1e-6)
+    assert not np.allclose(seen[1][2], seen[1][1], atol=1e-3)
