@@ -35,8 +35,10 @@ def load_serving(model: str | os.PathLike) -> tuple[tf.Module, list[str], tuple[
     spec = serve.structured_input_signature[1].get(INPUT_NAME) if serve is not None else None
     ours = spec is not None and spec.dtype == tf.uint8 and spec.shape.rank == 4
     if not ours or not hasattr(loaded, "class_names"):
-        raise UserError(f"--model={model}: {path} is a SavedModel, but not a krefinery export "
-                        f"(no {SIGNATURE} signature taking uint8 {INPUT_NAME}).")
+        raise UserError(
+            f"--model={model}: {path} is a SavedModel, but not a krefinery export "
+            f"(no {SIGNATURE} signature taking uint8 {INPUT_NAME})."
+        )
     names = [name.decode() for name in loaded.class_names.numpy()]
     return loaded, names, tuple(spec.shape[1:])
 

@@ -128,3 +128,14 @@ def test_default_export_name_comes_from_the_dataset(dataset, name):
 def test_bad_export_names_are_user_errors(bad):
     with pytest.raises(UserError, match="--export_name"):
         Config(export_name=bad)
+
+
+def test_an_unusable_export_dir_fails_before_training(tmp_path, capsys):
+    from conftest import run_cli
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(f"--export_dir={tmp_path / 'file'}", f"--workdir={tmp_path / 'run'}")
+    assert exit_.value.code == 2
+    assert "error: --export_dir=" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
