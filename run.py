@@ -3,6 +3,7 @@
   python run.py                                  # digits, offline, a few minutes on a CPU
   python run.py --dataset=svhn --generations=3   # TFDS svhn_cropped
   python run.py --flagfile=flags/cifar10.flags   # a full-length preset
+  python run.py --predict --model=saved_models/digits image.png ...
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 
 from krefinery.config import LR_SCHEDULES, PRECISIONS, RELABEL_MODES, Config  # noqa: E402
 from krefinery.errors import UserError  # noqa: E402
@@ -65,6 +67,16 @@ flags.DEFINE_bool(
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for splits, shuffling, augmentation, weights.")
 flags.DEFINE_string("workdir", _DEFAULTS.workdir, "Output folder (default: runs/<dataset>-<time>).")
 flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras verbosity: 0 silent, 1 bars, 2 lines.")
+flags.DEFINE_string("export_dir", _DEFAULTS.export_dir, "Models go to <export_dir>/<name>/<version>/.")
+flags.DEFINE_string("export_name", _DEFAULTS.export_name, "Exported model name (default: the dataset).")
+flags.DEFINE_bool(
+    "export_all_generations",
+    _DEFAULTS.export_all_generations,
+    "Also export every generation, as <name>_gen<k>; <name> always holds the best.",
+)
+flags.DEFINE_bool("predict", False, "Classify the image files given as arguments with --model.")
+flags.DEFINE_string("model", None, "--predict: a SavedModel version, or a model folder (its latest).")
+flags.DEFINE_integer("top_k", 3, "--predict: classes printed per image.")
 
 FLAGS = flags.FLAGS
 
@@ -74,7 +86,29 @@ def config_from_flags() -> Config:
     return Config(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)})
 
 
+def predict(filenames: list[str]) -> None:
+    """`--predict`: top classes of image files, from the SavedModel alone."""
+    if not FLAGS.model:
+        raise UserError("--predict needs --model=PATH, a SavedModel version or model folder.")
+    if FLAGS.top_k < 1:
+        raise UserError(f"--top_k={FLAGS.top_k} must be >= 1.")
+    from krefinery import predict as predict_lib
+
+    predictions = predict_lib.predict_files(FLAGS.model, filenames, FLAGS.top_k)
+    print(predict_lib.format_predictions(predictions))
+
+
 def main(argv: list[str]) -> None:
+    if not FLAGS["verbosity"].present:
+        # absl's INFO default would print TensorFlow's SavedModel-writing chatter.
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    if FLAGS.predict:
+        try:
+            predict(argv[1:])
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        return
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
