@@ -37,11 +37,12 @@ def child(images: int) -> None:
 
 
 def measure(images: int) -> dict:
-    output = subprocess.run(
-        [sys.executable, "-m", "bench.memory", f"--child={images}"],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.memory", f"--child={images}"], capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"the {images}-image run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(sizes: tuple[int, ...] = (73_257, 604_388)) -> list[dict]:
