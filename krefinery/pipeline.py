@@ -20,6 +20,9 @@ from krefinery.errors import UserError
 TRAIN, VAL, TEST = 0, 1, 2
 MAX_SHUFFLE_BUFFER = 50_000
 INFERENCE_BATCH_SIZE = 1024
+# The cache holds chunks of examples rather than single ones: per-element bookkeeping
+# otherwise costs about as much memory as the images themselves (bench/memory.py).
+CACHE_CHUNK = 512
 
 Example = dict[str, tf.Tensor]
 
@@ -59,13 +62,13 @@ def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:
     def subset(role: int) -> tf.data.Dataset:
         chosen = examples.filter(lambda ex: tf.gather(role_of, ex["id"]) == role)
         # A known size lets Keras show progress from the first epoch.
-        size = tf.data.experimental.assert_cardinality(int(np.sum(roles == role)))
-        return chosen.apply(size).cache()
+        return cached(chosen, int(np.sum(roles == role)))
 
     if source.test is None:
         test, num_test = subset(TEST), int(np.sum(roles == TEST))
     else:
-        test, num_test = with_ids(source.test).cache(), _count(source.test)
+        num_test = _count(source.test)
+        test = cached(with_ids(source.test), num_test)
     return Splits(
         train=subset(TRAIN),
         val=subset(VAL),
@@ -78,6 +81,12 @@ def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:
         image_shape=source.image_shape,
         flip_safe=source.flip_safe,
     )
+
+
+def cached(examples: tf.data.Dataset, size: int) -> tf.data.Dataset:
+    """`examples`, kept in memory after the first pass, in order, with a known size."""
+    chunks = examples.batch(CACHE_CHUNK).cache()
+    return chunks.unbatch().apply(tf.data.experimental.assert_cardinality(size))
 
 
 def assign_roles(num_ids: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
