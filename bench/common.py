@@ -19,6 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from krefinery.datasets import Source  # noqa: E402
 from krefinery.resnet import build_resnet  # noqa: E402
 
 SHAPE = (32, 32, 3)
@@ -83,14 +84,12 @@ def report(title: str, rows: list[tuple[str, str]]) -> None:
         print(f"  {name.ljust(width)}  {value}")
 
 
-def synthetic_source(num_train: int, num_test: int = 1000, seed: int = 0) -> "Source":
+def synthetic_source(num_train: int, num_test: int = 1000, seed: int = 0) -> Source:
     """A CIFAR-shaped source generated on the fly, so no copy of it sits in memory.
 
     Like a TFDS dataset read from disk, the only in-memory copy of the images is the
     pipeline's own cache, which is what the memory benchmark measures.
     """
-    from krefinery.datasets import Source
-
     def generate(count: int, offset: int) -> tf.data.Dataset:
         def example(i):
             image = tf.random.stateless_uniform(SHAPE, seed=[seed, i], maxval=256, dtype=tf.int32)
