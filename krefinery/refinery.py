@@ -6,6 +6,7 @@ is the whole run: data in, one `fit` per generation, `results.json` out.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Callable
@@ -21,6 +22,7 @@ from krefinery.losses import refined_labels
 from krefinery.pipeline import (
     eval_dataset,
     make_augment,
+    Splits,
     make_splits,
     onehot_table,
     training_dataset,
@@ -114,17 +116,45 @@ class LabelRefinery(keras.callbacks.Callback):
         self.labels.scatter_nd_update(batch["id"][:, None], targets)
 
 
-def train_and_evaluate(config: Config) -> dict[str, Any]:
-    """Runs the refinery chain that `config` describes; returns (and saves) the results.
+@dataclasses.dataclass
+class Experiment:
+    """What every generation of a chain shares, built once per process.
 
-    Every bad input (dataset, folder, flags) is reported before the work directory is
-    made and before any training starts.
+    A tuning search runs many chains on one `Experiment`, so data is loaded, split and
+    cached once, and the trainer's compiled steps are reused across trials.
+    """
+
+    config: Config
+    splits: Splits
+    labels: tf.Variable
+    augment: Callable | None
+    train_ds: tf.data.Dataset
+    val_ds: tf.data.Dataset
+    test_ds: tf.data.Dataset
+    trainer: Trainer
+    build_classifier: Callable[[int], keras.Model]
+
+    def refinery(self, generations: int, temperature: float, alpha: float) -> LabelRefinery:
+        return LabelRefinery(
+            self.labels,
+            eval_dataset(self.splits.train),
+            self.build_classifier,
+            generations,
+            temperature=temperature,
+            alpha=alpha,
+            seed=self.config.seed,
+        )
+
+
+def prepare_experiment(config: Config) -> Experiment:
+    """Loads and splits the data and builds the pipelines and the trainer; trains nothing.
+
+    Bad input (dataset, folder) raises `UserError` here, before anything is written.
     """
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     source = load_source(config.dataset, config.data_dir, config.svhn_extra)
     splits = make_splits(source, config.val_fraction, config.seed)
-    workdir = reporting.create_workdir(config)
 
     def build_classifier(seed: int) -> keras.Model:
         keras.utils.set_random_seed(seed)
@@ -142,7 +172,6 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     train_ds = training_dataset(
         splits.train, labels, config.batch_size, config.seed, augment, splits.num_train
     )
-    val_ds, test_ds = eval_dataset(splits.val), eval_dataset(splits.test)
     online = config.relabel == "online"
     trainer = Trainer(
         build_classifier(config.seed),
@@ -151,46 +180,82 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         alpha=config.alpha,
     )
     trainer.compile(make_optimizer(config, math.ceil(splits.num_train / config.batch_size)))
-    refinery = LabelRefinery(
-        labels,
-        eval_dataset(splits.train),
-        build_classifier,
-        config.generations,
-        temperature=config.temperature,
-        alpha=config.alpha,
-        seed=config.seed,
+    return Experiment(
+        config=config,
+        splits=splits,
+        labels=labels,
+        augment=augment,
+        train_ds=train_ds,
+        val_ds=eval_dataset(splits.val),
+        test_ds=eval_dataset(splits.test),
+        trainer=trainer,
+        build_classifier=build_classifier,
     )
+
+
+def run_generation(
+    experiment: Experiment,
+    refinery: LabelRefinery,
+    callbacks: list[keras.callbacks.Callback],
+    train_ds: tf.data.Dataset | None = None,
+) -> dict[str, Any]:
+    """Trains the refinery's next generation; returns its validation and label figures."""
+    config = experiment.config
+    start = time.perf_counter()
+    history = experiment.trainer.fit(
+        experiment.train_ds if train_ds is None else train_ds,
+        epochs=config.epochs,
+        validation_data=experiment.val_ds,
+        shuffle=False,  # The pipeline shuffles, seeded.
+        callbacks=[refinery, *callbacks],
+        verbose=config.verbose,
+    )
+    last = {name: values[-1] for name, values in history.history.items()}
+    return {
+        "generation": refinery.generation,
+        "val_accuracy": float(last["val_accuracy"]),
+        "train_accuracy": float(last["accuracy"]),
+        "train_label_agreement": float(last["label_agreement"]),
+        "train_label_entropy": float(last["label_entropy"]),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def train_and_evaluate(config: Config) -> dict[str, Any]:
+    """Runs the refinery chain that `config` describes; returns (and saves) the results.
+
+    Every bad input (dataset, folder, flags) is reported before the work directory is
+    made and before any training starts.
+    """
+    experiment = prepare_experiment(config)
+    workdir = reporting.create_workdir(config)
+    trainer = experiment.trainer
+    refinery = experiment.refinery(config.generations, config.temperature, config.alpha)
     generations = []
     for generation in range(1, config.generations + 1):
         if config.verbose:
             print(f"Generation {generation}/{config.generations}", flush=True)
         start = time.perf_counter()
-        history = trainer.fit(
-            train_ds,
-            epochs=config.epochs,
-            validation_data=val_ds,
-            shuffle=False,  # The pipeline shuffles, seeded.
-            callbacks=[refinery, reporting.tensorboard_callback(workdir, generation)],
-            verbose=config.verbose,
+        record = run_generation(
+            experiment, refinery, [reporting.tensorboard_callback(workdir, generation)]
         )
-        test = trainer.evaluate(test_ds, verbose=0, return_dict=True)
+        test = trainer.evaluate(experiment.test_ds, verbose=0, return_dict=True)
         weights = workdir / f"gen_{generation}.weights.h5"
         trainer.classifier.save_weights(weights)
-        last = {name: values[-1] for name, values in history.history.items()}
         generations.append(
             {
                 "generation": generation,
-                "val_accuracy": float(last["val_accuracy"]),
+                "val_accuracy": record["val_accuracy"],
                 "test_accuracy": float(test["accuracy"]),
-                "train_accuracy": float(last["accuracy"]),
-                "train_label_agreement": float(last["label_agreement"]),
-                "train_label_entropy": float(last["label_entropy"]),
+                "train_accuracy": record["train_accuracy"],
+                "train_label_agreement": record["train_label_agreement"],
+                "train_label_entropy": record["train_label_entropy"],
                 "seconds": round(time.perf_counter() - start, 2),
                 "weights": weights.name,
             }
         )
         # Written after every generation, so a crash loses at most the one in flight.
         finished = generation == config.generations
-        results = reporting.results_record(config, splits, generations, workdir, finished)
+        results = reporting.results_record(config, experiment.splits, generations, workdir, finished)
         reporting.write_results(workdir, results)
     return results
