@@ -407,7 +407,8 @@ def format_trials(record: dict[str, Any]) -> str:
     lines += [
         f"* best: T={best['temperature']:g}, alpha={best['alpha']:g}, {best['generations']} "
         f"generation(s): val accuracy {best['val_accuracy']:.4f}, test accuracy "
-        f"{best['test_accuracy']:.4f}",
+        f"{best['test_accuracy']:.4f}"
+        + (" (T and alpha do not act on generation 1)" if best["generations"] == 1 else ""),
         f"epochs trained: {epochs['trained']} (a naive search of these trials: "
         f"{epochs['naive']}); results in {record['workdir']}/{TUNING}",
     ]
