@@ -137,9 +137,12 @@ class ChainRunner:
         size, so generation k of a one-go chain reads iterators from
         `(k - 1) * (epochs + 2)` on. Making and dropping that many first reproduces its
         stream exactly (tests/test_tuning.py checks it against `train_and_evaluate`).
+        The ops' seeds also take in the global seed, which `prepare_experiment` had set
+        to the run seed when it made its pipeline; each classifier build changes it since.
         """
         experiment, config = self.experiment, self.experiment.config
         splits = experiment.splits
+        keras.utils.set_random_seed(config.seed)
         dataset = training_dataset(
             splits.train,
             experiment.labels,
