@@ -11,14 +11,14 @@ continued from the cache equals the chain trained in one go by `train_and_evalua
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import keras
 import tensorflow as tf
 
 from krefinery.chain_cache import GenerationCache, chain_keys
 from krefinery.pipeline import training_dataset
-from krefinery.refinery import Experiment, run_generation
+from krefinery.refinery import Experiment, LabelRefinery, run_generation
 
 
 class ChainRunner:
@@ -29,13 +29,15 @@ class ChainRunner:
         self.cache = cache
         self.worker = worker
         self.ground_truth = experiment.labels.numpy()  # Generation 1's labels.
+        # One per (T, alpha): each traces its relabelling step once, not once per trial.
+        self._refineries: dict[tuple[float, float], LabelRefinery] = {}
 
     def run(
         self,
         generations: int,
         temperature: float,
         alpha: float,
-        callbacks: list[keras.callbacks.Callback] = (),
+        callbacks: Sequence[keras.callbacks.Callback] = (),
     ) -> list[dict[str, Any]]:
         """Per-generation figures of the chain; trains only the generations not cached.
 
@@ -45,7 +47,11 @@ class ChainRunner:
         """
         config = self.experiment.config
         keys = chain_keys(config, generations, temperature, alpha)
-        refinery = self.experiment.refinery(generations, temperature, alpha)
+        refinery = self._refineries.get((temperature, alpha))
+        if refinery is None:
+            refinery = self.experiment.refinery(generations, temperature, alpha)
+            self._refineries[(temperature, alpha)] = refinery
+        refinery.generations = generations
         refinery.set_model(self.experiment.trainer)
         self._set_trainer_targets(temperature, alpha)
         ready_for = None  # The generation whose labels the trainer holds now.
