@@ -119,9 +119,10 @@ class ChainRunner:
         """The batches generation k sees in a chain trained in one go, from a new pipeline.
 
         The shuffle and augmentation seeds advance with every iterator made over the
-        pipeline, and Keras makes `epochs + 2` of them per `fit` of a dataset of known
-        size, so generation k of a one-go chain reads iterators from
-        `(k - 1) * (epochs + 2)` on. Making and dropping that many first reproduces its
+        pipeline. Keras's epoch iterator makes two per epoch for a dataset of known size
+        (one as the epoch begins, and one, never read, as it ends), so
+        generation k of a one-go chain reads iterators from `2 * epochs * (k - 1)` on.
+        Making and dropping that many first reproduces its
         stream exactly (tests/test_tuning.py checks it against `train_and_evaluate`).
         The ops' seeds also take in the global seed, which `prepare_experiment` had set
         to the run seed when it made its pipeline; each classifier build changes it since.
@@ -137,6 +138,6 @@ class ChainRunner:
             experiment.augment,
             splits.num_train,
         )
-        for _ in range((generation - 1) * (config.epochs + 2)):
+        for _ in range(2 * config.epochs * (generation - 1)):
             iter(dataset)
         return dataset
