@@ -4,6 +4,7 @@
   python run.py --dataset=svhn --generations=3   # TFDS svhn_cropped
   python run.py --flagfile=flags/cifar10.flags   # a full-length preset
   python run.py --tune --max_trials=6            # keras-tuner search over generations and T
+  python run.py --predict --model=saved_models/digits image.png ...
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 
-from krefinery.config import LR_SCHEDULES, RELABEL_MODES, Config  # noqa: E402
+from krefinery.config import LR_SCHEDULES, PRECISIONS, RELABEL_MODES, Config  # noqa: E402
 from krefinery.errors import UserError  # noqa: E402
 from krefinery.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
 
@@ -52,9 +54,31 @@ flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, LR_SCHEDULES, "Per-gener
 flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Linear warm-up (cosine only).")
 flags.DEFINE_float("momentum", _DEFAULTS.momentum, "SGD momentum.")
 flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "L2 weight decay on kernels.")
+flags.DEFINE_enum(
+    "precision",
+    _DEFAULTS.precision,
+    PRECISIONS,
+    "Keras dtype policy; auto: mixed_bfloat16 on GPUs and CPUs with native bfloat16, "
+    "else float32. The soft-target loss is always computed in float32.",
+)
+flags.DEFINE_bool(
+    "jit_compile",
+    _DEFAULTS.jit_compile,
+    "Compile training and relabelling steps with XLA; unset: on where bfloat16 is native.",
+)
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for splits, shuffling, augmentation, weights.")
 flags.DEFINE_string("workdir", _DEFAULTS.workdir, "Output folder (default: runs/<dataset>-<time>).")
 flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras verbosity: 0 silent, 1 bars, 2 lines.")
+flags.DEFINE_string("export_dir", _DEFAULTS.export_dir, "Models go to <export_dir>/<name>/<version>/.")
+flags.DEFINE_string("export_name", _DEFAULTS.export_name, "Exported model name (default: the dataset).")
+flags.DEFINE_bool(
+    "export_all_generations",
+    _DEFAULTS.export_all_generations,
+    "Also export every generation, as <name>_gen<k>; <name> always holds the best.",
+)
+flags.DEFINE_bool("predict", False, "Classify the image files given as arguments with --model.")
+flags.DEFINE_string("model", None, "--predict: a SavedModel version, or a model folder (its latest).")
+flags.DEFINE_integer("top_k", 3, "--predict: classes printed per image.")
 
 _TUNE = TuneConfig()
 flags.DEFINE_bool("tune", False, "Search generations and temperature with keras-tuner (see README).")
@@ -83,7 +107,29 @@ def tune_config_from_flags() -> TuneConfig:
     )
 
 
+def predict(filenames: list[str]) -> None:
+    """`--predict`: top classes of image files, from the SavedModel alone."""
+    if not FLAGS.model:
+        raise UserError("--predict needs --model=PATH, a SavedModel version or model folder.")
+    if FLAGS.top_k < 1:
+        raise UserError(f"--top_k={FLAGS.top_k} must be >= 1.")
+    from krefinery import predict as predict_lib
+
+    predictions = predict_lib.predict_files(FLAGS.model, filenames, FLAGS.top_k)
+    print(predict_lib.format_predictions(predictions))
+
+
 def main(argv: list[str]) -> None:
+    if not FLAGS["verbosity"].present:
+        # absl's INFO default would print TensorFlow's SavedModel-writing chatter.
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    if FLAGS.predict:
+        try:
+            predict(argv[1:])
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        return
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:

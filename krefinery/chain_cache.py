@@ -30,7 +30,18 @@ import keras
 from krefinery.config import Config
 
 # Config fields that do not change what a generation learns.
-_NOT_IN_KEY = frozenset({"generations", "temperature", "alpha", "workdir", "verbose"})
+_NOT_IN_KEY = frozenset(
+    {
+        "generations",
+        "temperature",
+        "alpha",
+        "workdir",
+        "verbose",
+        "export_dir",
+        "export_name",
+        "export_all_generations",
+    }
+)
 TRAINED_LOG = "trained.jsonl"
 
 

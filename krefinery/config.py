@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 from krefinery.errors import UserError
@@ -11,6 +12,9 @@ from krefinery.errors import UserError
 RELABEL_MODES = ("offline", "online")
 LR_SCHEDULES = ("cosine", "step")
 RESNET_VERSIONS = (1, 2)
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# An export name is one folder beside others that a server watches: no path, not hidden.
+EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def check_depth(depth: int) -> int:
@@ -54,10 +58,17 @@ class Config:
     warmup_epochs: int = 1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # Speed: `auto` and None pick per device (see `krefinery.device`).
+    precision: str = "auto"
+    jit_compile: bool | None = None
     # Bookkeeping.
     seed: int = 0
     workdir: str | None = None
     verbose: int = 1
+    # Export (TF Serving layout: <export_dir>/<export_name>/<version>/).
+    export_dir: str = "saved_models"
+    export_name: str | None = None  # None: from the dataset (see export.default_export_name).
+    export_all_generations: bool = False
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset.strip()), "--dataset is empty; try --dataset=digits.")
@@ -109,6 +120,16 @@ class Config:
         )
         _require(0.0 <= self.momentum < 1.0, f"--momentum={self.momentum} must be in [0, 1).")
         _require(self.weight_decay >= 0, f"--weight_decay={self.weight_decay} must be >= 0.")
+        _require(
+            self.precision in PRECISIONS,
+            f"--precision={self.precision} must be one of {', '.join(PRECISIONS)}.",
+        )
+        _require(bool(self.export_dir.strip()), "--export_dir is empty; the default is saved_models.")
+        _require(
+            self.export_name is None or bool(EXPORT_NAME.fullmatch(self.export_name)),
+            f"--export_name={self.export_name} must be one folder name of letters, digits, "
+            "'_', '.' or '-', starting with a letter or digit.",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Callable
 
@@ -15,9 +16,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from krefinery import reporting
+from krefinery import charts, reporting, summaries
 from krefinery.config import Config
 from krefinery.datasets import load_source
+from krefinery.device import resolve_jit_compile, resolve_precision
+from krefinery.export import export_generation, prepare_export_dir
 from krefinery.losses import refined_labels
 from krefinery.pipeline import (
     eval_dataset,
@@ -47,6 +50,8 @@ class LabelRefinery(keras.callbacks.Callback):
       of every example in `examples` is written into the `labels` table by example id,
       which the training pipeline reads. Online: the trained weights are copied into
       the trainer's frozen teacher, which labels each augmented batch from then on.
+      Then `on_relabel(k, previous, refined)`, if given, sees the `[num_ids, classes]`
+      targets of `examples` before and after (online: the teacher's, un-augmented).
 
     Example:
 
@@ -64,6 +69,8 @@ class LabelRefinery(keras.callbacks.Callback):
         temperature: float = 1.0,
         alpha: float = 0.0,
         seed: int = 0,
+        jit_compile: bool = False,
+        on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     ):
         super().__init__()
         self.labels = labels
@@ -73,8 +80,11 @@ class LabelRefinery(keras.callbacks.Callback):
         self.temperature = temperature
         self.alpha = alpha
         self.seed = seed
+        self.on_relabel = on_relabel
         self.generation = 0
-        self._relabel_batch = tf.function(self._relabel_batch_eager, reduce_retracing=True)
+        self._relabel_batch = tf.function(
+            self._relabel_batch_eager, jit_compile=jit_compile, reduce_retracing=True
+        )
 
     def on_train_begin(self, logs=None):
         if self.generation == self.generations:
@@ -101,14 +111,32 @@ class LabelRefinery(keras.callbacks.Callback):
     def refine(self) -> None:
         """Refined labels from the classifier just trained, for the next generation."""
         trainer = self.model
+        previous = self.labels_in_use() if self.on_relabel is not None else None
         if trainer.teacher is not None:
             trainer.teacher.set_weights(trainer.classifier.get_weights())
             if not trainer.teacher_ready:
                 trainer.teacher_ready = True
                 trainer.train_function = None  # Retrace the step with the teacher in it.
-            return
-        for batch in self.examples:
-            self._relabel_batch(batch)
+        else:
+            for batch in self.examples:
+                self._relabel_batch(batch)
+        if self.on_relabel is not None:
+            self.on_relabel(self.generation, previous, self.labels_in_use())
+
+    def labels_in_use(self) -> np.ndarray:
+        """The targets of `examples` that training reads now, as a `[num_ids, classes]` array.
+
+        Online, these are the teacher's labels of the un-augmented images (training
+        itself labels augmented ones); before the teacher is ready, the table's.
+        """
+        table = self.labels.numpy()
+        trainer = self.model
+        if trainer.teacher is not None and trainer.teacher_ready:
+            for batch in self.examples:
+                logits = trainer.teacher(batch["image"], training=False)
+                targets = refined_labels(logits, batch["label"], self.temperature, self.alpha)
+                table[batch["id"].numpy()] = targets.numpy()
+        return table
 
     def _relabel_batch_eager(self, batch):
         logits = self.model.classifier(batch["image"], training=False)
@@ -133,8 +161,16 @@ class Experiment:
     test_ds: tf.data.Dataset
     trainer: Trainer
     build_classifier: Callable[[int], keras.Model]
+    precision: str
+    jit_compile: bool
 
-    def refinery(self, generations: int, temperature: float, alpha: float) -> LabelRefinery:
+    def refinery(
+        self,
+        generations: int,
+        temperature: float,
+        alpha: float,
+        on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    ) -> LabelRefinery:
         return LabelRefinery(
             self.labels,
             eval_dataset(self.splits.train),
@@ -143,6 +179,8 @@ class Experiment:
             temperature=temperature,
             alpha=alpha,
             seed=self.config.seed,
+            jit_compile=self.jit_compile,
+            on_relabel=on_relabel,
         )
 
 
@@ -155,6 +193,8 @@ def prepare_experiment(config: Config) -> Experiment:
     keras.utils.set_random_seed(config.seed)
     source = load_source(config.dataset, config.data_dir, config.svhn_extra)
     splits = make_splits(source, config.val_fraction, config.seed)
+    precision = resolve_precision(config.precision)
+    jit_compile = resolve_jit_compile(config.jit_compile)
 
     def build_classifier(seed: int) -> keras.Model:
         keras.utils.set_random_seed(seed)
@@ -165,6 +205,7 @@ def prepare_experiment(config: Config) -> Experiment:
             width=config.width,
             version=config.resnet_version,
             weight_decay=config.weight_decay,
+            precision=precision,
         )
 
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
@@ -179,7 +220,8 @@ def prepare_experiment(config: Config) -> Experiment:
         temperature=config.temperature,
         alpha=config.alpha,
     )
-    trainer.compile(make_optimizer(config, math.ceil(splits.num_train / config.batch_size)))
+    steps_per_epoch = math.ceil(splits.num_train / config.batch_size)
+    trainer.compile(make_optimizer(config, steps_per_epoch, precision), jit_compile=jit_compile)
     return Experiment(
         config=config,
         splits=splits,
@@ -190,6 +232,8 @@ def prepare_experiment(config: Config) -> Experiment:
         test_ds=eval_dataset(splits.test),
         trainer=trainer,
         build_classifier=build_classifier,
+        precision=precision,
+        jit_compile=jit_compile,
     )
 
 
@@ -224,13 +268,22 @@ def run_generation(
 def train_and_evaluate(config: Config) -> dict[str, Any]:
     """Runs the refinery chain that `config` describes; returns (and saves) the results.
 
-    Every bad input (dataset, folder, flags) is reported before the work directory is
-    made and before any training starts.
+    Every bad input (dataset, folder, flags, export folder) is reported before the work
+    directory is made and before any training starts.
     """
     experiment = prepare_experiment(config)
+    prepare_export_dir(config)
     workdir = reporting.create_workdir(config)
-    trainer = experiment.trainer
-    refinery = experiment.refinery(config.generations, config.temperature, config.alpha)
+    splits, trainer = experiment.splits, experiment.trainer
+    tensorboard = workdir / "tensorboard"
+    relabel_summaries = summaries.RelabelSummaries(
+        tensorboard / "refinery", eval_dataset(splits.train), splits.class_names
+    )
+    generation_summaries = summaries.GenerationSummaries(tensorboard / "generations")
+    refinery = experiment.refinery(
+        config.generations, config.temperature, config.alpha, on_relabel=relabel_summaries
+    )
+    exports: dict[str, str] = {}
     generations = []
     for generation in range(1, config.generations + 1):
         if config.verbose:
@@ -254,8 +307,24 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
                 "weights": weights.name,
             }
         )
+        generation_summaries.write(generations[-1])
+        if config.export_all_generations:
+            path = export_generation(
+                trainer.classifier, splits.class_names, splits.image_shape, config, generation
+            )
+            exports[f"gen_{generation}"] = os.fspath(path)
         # Written after every generation, so a crash loses at most the one in flight.
         finished = generation == config.generations
-        results = reporting.results_record(config, experiment.splits, generations, workdir, finished)
+        results = reporting.results_record(config, splits, generations, workdir, finished)
+        results["runtime"] = {"precision": experiment.precision, "jit_compile": experiment.jit_compile}
+        results["exports"] = exports
         reporting.write_results(workdir, results)
+        charts.accuracy_chart(generations, results["best_generation"], workdir / charts.ACCURACY_CHART)
+    relabel_summaries.close()
+    generation_summaries.close()
+    best = experiment.build_classifier(config.seed)
+    best.load_weights(workdir / f"gen_{results['best_generation']}.weights.h5")
+    path = export_generation(best, splits.class_names, splits.image_shape, config)
+    exports["best"] = os.fspath(path)
+    reporting.write_results(workdir, results)
     return results

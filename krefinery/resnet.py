@@ -27,12 +27,16 @@ def build_resnet(
     version: int = 1,
     weight_decay: float = 1e-4,
     name: str | None = None,
+    precision: str = "float32",
 ) -> keras.Model:
     """Builds a logits-producing ResNet-`depth` for `input_shape` images.
 
     `weight_decay` is the paper's coupled L2 penalty: the model's `losses` add
     `weight_decay / 2 * ||w||^2` over conv and dense kernels, so SGD sees
-    `grad + weight_decay * w`.
+    `grad + weight_decay * w`. `precision` is a Keras dtype policy name
+    (`mixed_bfloat16`: bfloat16 compute, float32 weights); it is set per layer rather
+    than globally, so models of different precisions can live in one process. The
+    logits are always float32.
     """
     blocks = check_depth(depth)
     height, width_px, channels = input_shape
@@ -46,6 +50,7 @@ def build_resnet(
     if version not in (1, 2):
         raise UserError(f"ResNet version must be 1 or 2, got {version}.")
     regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+    policy = keras.DTypePolicy(precision)
 
     def conv(filters: int, kernel: int, stride: int = 1) -> layers.Conv2D:
         return layers.Conv2D(
@@ -56,41 +61,42 @@ def build_resnet(
             use_bias=False,
             kernel_initializer="he_normal",
             kernel_regularizer=regularizer,
+            dtype=policy,
         )
 
     def bn() -> layers.BatchNormalization:
-        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
 
     def block_v1(x, filters: int, stride: int):
         shortcut = x
-        y = layers.ReLU()(bn()(conv(filters, 3, stride)(x)))
+        y = layers.ReLU(dtype=policy)(bn()(conv(filters, 3, stride)(x)))
         y = bn()(conv(filters, 3)(y))
         if stride != 1 or x.shape[-1] != filters:
             shortcut = bn()(conv(filters, 1, stride)(x))
-        return layers.ReLU()(layers.Add()([y, shortcut]))
+        return layers.ReLU(dtype=policy)(layers.Add(dtype=policy)([y, shortcut]))
 
     def block_v2(x, filters: int, stride: int):
-        activated = layers.ReLU()(bn()(x))
+        activated = layers.ReLU(dtype=policy)(bn()(x))
         shortcut = x
         if stride != 1 or x.shape[-1] != filters:
             shortcut = conv(filters, 1, stride)(activated)
         y = conv(filters, 3, stride)(activated)
-        y = conv(filters, 3)(layers.ReLU()(bn()(y)))
-        return layers.Add()([y, shortcut])
+        y = conv(filters, 3)(layers.ReLU(dtype=policy)(bn()(y)))
+        return layers.Add(dtype=policy)([y, shortcut])
 
     block = block_v1 if version == 1 else block_v2
     inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, dtype=policy)(inputs)
     x = conv(STAGE_FILTERS[0] * width, 3)(x)
     if version == 1:
-        x = layers.ReLU()(bn()(x))
+        x = layers.ReLU(dtype=policy)(bn()(x))
     for stage, filters in enumerate(STAGE_FILTERS):
         for index in range(blocks):
             stride = 2 if stage > 0 and index == 0 else 1
             x = block(x, filters * width, stride)
     if version == 2:
-        x = layers.ReLU()(bn()(x))
-    x = layers.GlobalAveragePooling2D()(x)
+        x = layers.ReLU(dtype=policy)(bn()(x))
+    x = layers.GlobalAveragePooling2D(dtype=policy)(x)
     logits = layers.Dense(
         num_classes,
         kernel_initializer="he_normal",

@@ -65,8 +65,10 @@ class Trainer(keras.Model):
             loss = soft_target_crossentropy(targets, logits)
             if self.classifier.losses:
                 loss += tf.add_n(self.classifier.losses)
+            # A no-op except under a LossScaleOptimizer (mixed_float16), which unscales in apply.
+            scaled_loss = self.optimizer.scale_loss(loss)
         variables = self.classifier.trainable_variables
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        self.optimizer.apply(tape.gradient(scaled_loss, variables), variables)
         self.loss_tracker.update_state(loss)
         self.accuracy.update_state(labels, logits)
         agree = tf.cast(tf.argmax(targets, -1, output_type=labels.dtype) == labels, tf.float32)
@@ -83,11 +85,15 @@ class Trainer(keras.Model):
         return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy.result()}
 
 
-def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def make_optimizer(
+    config: Config, steps_per_epoch: int, precision: str = "float32"
+) -> keras.optimizers.Optimizer:
     """SGD with momentum on a per-generation schedule (weight decay lives in the model).
 
     `cosine`: linear warm-up, then cosine decay to zero; works for short and long runs.
     `step`: the ResNet paper's schedule, learning rate / 10 at 50% and again at 75%.
+    Under `mixed_float16` the SGD is wrapped in dynamic loss scaling, without which
+    small float16 gradients underflow to zero.
     """
     total = config.epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
@@ -102,4 +108,7 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
         )
     else:
         schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
-    return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
+    if precision == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

@@ -25,6 +25,8 @@ from krefinery.chain_cache import GenerationCache, chain_keys
 from krefinery.chains import ChainRunner
 from krefinery.config import Config
 from krefinery.errors import UserError
+from krefinery.export import export_generation, prepare_export_dir
+from krefinery.pipeline import Splits
 from krefinery.refinery import prepare_experiment
 from krefinery.search_space import TuneConfig
 
@@ -138,6 +140,7 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
     chief (keras-tuner's `KERASTUNER_TUNER_ID=chief`) reports.
     """
     workdir = tuning_workdir(config, search)
+    prepare_export_dir(config)
     worker = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     cache = GenerationCache(workdir / "generations")
     hypermodel = RefineryHyperModel(config, search, cache, worker)
@@ -153,6 +156,10 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
     return record
 
 
+# Where outputs go, not what is trained: a resumed search may change these.
+_NOT_RESUME_SETTINGS = ("workdir", "verbose", "export_dir", "export_name", "export_all_generations")
+
+
 def tuning_workdir(config: Config, search: TuneConfig) -> Path:
     """`--workdir`, or a new `runs/tune-<dataset>-<time>`. A search already there resumes,
     unless it was started with other settings (then that is an error).
@@ -164,7 +171,7 @@ def tuning_workdir(config: Config, search: TuneConfig) -> Path:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.dataset.split(":")[0])
         workdir = Path("runs") / f"tune-{name}-{stamp}"
     settings = {
-        "config": {k: v for k, v in config.to_dict().items() if k not in ("workdir", "verbose")},
+        "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_RESUME_SETTINGS},
         # A resumed search may be given more trials.
         "search": {k: v for k, v in search.to_dict().items() if k != "max_trials"},
     }
@@ -223,7 +230,9 @@ def summarise(tuner: kt.Tuner, hypermodel: RefineryHyperModel, workdir: Path) ->
     test = runner.experiment.trainer.evaluate(
         runner.experiment.test_ds, verbose=0, return_dict=True
     )
-    weights = save_best_model(classifier, runner.cache.weights_path(keys[-1]), workdir)
+    weights, export = save_best_model(
+        classifier, runner.cache.weights_path(keys[-1]), workdir, config, runner.experiment.splits
+    )
     trained = runner.cache.trained()
     return {
         "dataset": config.dataset,
@@ -239,6 +248,7 @@ def summarise(tuner: kt.Tuner, hypermodel: RefineryHyperModel, workdir: Path) ->
             "val_accuracy": best["objective"],
             "test_accuracy": float(test["accuracy"]),
             "weights": weights.name,
+            "export": os.fspath(export),
         },
         "epochs": {
             "trained": sum(entry["epochs"] for entry in trained),
@@ -250,15 +260,19 @@ def summarise(tuner: kt.Tuner, hypermodel: RefineryHyperModel, workdir: Path) ->
     }
 
 
-def save_best_model(classifier: keras.Model, cached: Path, workdir: Path) -> Path:
-    """Keeps the best configuration's chosen generation as `best.weights.h5`.
+def save_best_model(
+    classifier: keras.Model, cached: Path, workdir: Path, config: Config, splits: Splits
+) -> tuple[Path, Path]:
+    """The one place where the best model leaves the search, as a normal run's does.
 
-    The one place where the best model of a search leaves the search: a SavedModel
-    export of `classifier` belongs here too.
+    Keeps the chosen generation's weights as `best.weights.h5` and exports it as the
+    next SavedModel version of `<export_dir>/<name>/` (so each completed or resumed
+    search adds a version; none is ever overwritten).
     """
     path = workdir / "best.weights.h5"
     shutil.copyfile(cached, path)
-    return path
+    export = export_generation(classifier, splits.class_names, splits.image_shape, config)
+    return path, export
 
 
 def format_trials(record: dict[str, Any]) -> str:

@@ -59,3 +59,24 @@ def write_images(root: Path, classes: dict[str, int], size=(12, 12), seed=0) -> 
             image = rng.integers(0, 40, (*size, 3)) + 60 * index
             png = tf.io.encode_png(tf.constant(image.astype(np.uint8)))
             (folder / f"{i}.png").write_bytes(png.numpy())
+
+
+TINY_RUN = ("--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0")
+
+
+@pytest.fixture(autouse=True)
+def _outputs_in_tmp(tmp_path, monkeypatch):
+    """Runs start in a temporary folder, so default outputs (saved_models/) never land in the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> dict:
+    """One tiny digits chain (2 generations, every generation exported), shared by the
+    TensorBoard, export and predict tests: `{"workdir", "export_dir", "results"}`."""
+    import json
+
+    root = tmp_path_factory.mktemp("digits_run")
+    run_cli(*TINY_RUN, "--export_all_generations", f"--workdir={root / 'run'}", f"--export_dir={root / 'models'}")
+    results = json.loads((root / "run" / "results.json").read_text())
+    return {"workdir": root / "run", "export_dir": root / "models", "results": results}

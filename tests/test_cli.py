@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, mocked_tfds, run_cli, run_subprocess, write_images
+from krefinery.device import resolve_jit_compile, resolve_precision
 
 TINY = ("--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0")
 
@@ -32,15 +33,30 @@ def test_default_digits_chain_reaches_95_percent_every_generation(tmp_path, caps
     check_results(results, generations=3)
     assert results["dataset"] == "digits" and results["config"]["generations"] == 3
     assert results["finished"] is True
+    assert results["runtime"] == {
+        "precision": resolve_precision("auto"),
+        "jit_compile": resolve_jit_compile(None),
+    }
     assert results["data"]["num_train"] + results["data"]["num_val"] == 1437
     for g in results["generations"]:
         assert g["test_accuracy"] >= 0.95, results["generations"]
         assert (tmp_path / g["weights"]).exists()
     # Later generations trained on refined labels, not one-hot ground truth.
     assert all(g["train_label_entropy"] > 0 for g in results["generations"][1:])
-    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == ["gen_1", "gen_2", "gen_3"]
+    runs = ["gen_1", "gen_2", "gen_3", "generations", "refinery"]
+    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == runs
+    assert (tmp_path / "accuracy.png").exists()
+    assert results["exports"]["best"].endswith("saved_models/digits/1")
     table = capsys.readouterr().out
     assert "test acc" in table and "results.json" in table
+
+
+def test_precision_and_xla_flags_reach_the_run(tmp_path):
+    run_cli(*TINY, "--generations=1", "--precision=mixed_bfloat16", "--jit_compile", f"--workdir={tmp_path}")
+    results = read_results(tmp_path)
+    assert results["runtime"] == {"precision": "mixed_bfloat16", "jit_compile": True}
+    assert results["config"]["precision"] == "mixed_bfloat16"
+    assert 0.0 <= results["generations"][0]["val_accuracy"] <= 1.0
 
 
 def test_same_seed_gives_the_same_results(tmp_path):

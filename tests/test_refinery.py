@@ -29,6 +29,9 @@ class Snapshots(keras.callbacks.Callback):
             "iterations": int(optimizer.iterations.numpy()),
             "momenta": [v.numpy() for v in optimizer.variables if v.name.endswith("_momentum")],
             "learning_rate": float(optimizer.learning_rate.numpy()),
+            "loss_scale": float(optimizer.dynamic_scale.numpy())
+            if hasattr(optimizer, "dynamic_scale")
+            else None,
         }
 
     def on_train_begin(self, logs=None):
@@ -38,16 +41,19 @@ class Snapshots(keras.callbacks.Callback):
         self.end.append(self._state())
 
 
-def make_run(online=False, temperature=1.0, augment=None):
+def make_run(online=False, temperature=1.0, augment=None, precision="float32", jit_compile=False):
     splits = make_splits(random_images(), val_fraction=0.2, seed=0)
-    build = classifier_builder(splits.image_shape, splits.num_classes)
+    build = classifier_builder(splits.image_shape, splits.num_classes, precision)
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
     train_ds = training_dataset(splits.train, labels, BATCH, seed=0, augment=augment, shuffle_buffer=splits.num_train)
     trainer = Trainer(build(0), teacher=build(0) if online else None, temperature=temperature)
     steps = math.ceil(splits.num_train / BATCH)
     config = Config(epochs=EPOCHS, batch_size=BATCH, warmup_epochs=1, learning_rate=0.05)
-    trainer.compile(make_optimizer(config, steps))
-    refinery = LabelRefinery(labels, eval_dataset(splits.train), build, 2, temperature=temperature, seed=0)
+    trainer.compile(make_optimizer(config, steps, precision), jit_compile=jit_compile)
+    refinery = LabelRefinery(
+        labels, eval_dataset(splits.train), build, 2, temperature=temperature, seed=0,
+        jit_compile=jit_compile,
+    )
     return splits, build, labels, train_ds, trainer, refinery, steps
 
 
@@ -115,3 +121,34 @@ def test_online_mode_labels_with_the_frozen_previous_generation():
     assert expected_entropy > 0.1
     assert history.history["label_entropy"][-1] == pytest.approx(expected_entropy, rel=1e-4)
     assert history.history["label_agreement"][-1] == pytest.approx(expected_agreement, abs=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_generations_restart_cleanly_and_keep_float32_labels(precision):
+    splits, build, labels, train_ds, trainer, refinery, steps = make_run(
+        precision=precision, jit_compile=True
+    )
+    compute = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[precision]
+    conv = next(l for l in trainer.classifier.layers if isinstance(l, keras.layers.Conv2D))
+    assert conv.compute_dtype == compute and conv.kernel.dtype == "float32"
+    assert trainer.classifier.get_layer("logits").compute_dtype == "float32"
+    optimizer = trainer.optimizer
+    snapshots = Snapshots()
+    histories = [trainer.fit(train_ds, epochs=EPOCHS, callbacks=[refinery, snapshots], verbose=0)]
+    if precision == "mixed_float16":
+        optimizer.dynamic_scale.assign(7.0)  # As if generation 1 had met overflows.
+    histories.append(
+        trainer.fit(train_ds, epochs=EPOCHS, callbacks=[refinery, snapshots], verbose=0)
+    )
+    assert all(np.isfinite(h.history["loss"]).all() for h in histories)
+    second = snapshots.begin[1]
+    assert second["iterations"] == 0 and all(not np.any(m) for m in second["momenta"])
+    assert_weights_equal(second["weights"], build(generation_seed(0, 2)).get_weights())
+    if precision == "mixed_float16":
+        assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        assert second["loss_scale"] == optimizer.initial_scale  # The loss scale restarts too.
+    # The refined labels stay float32 distributions whatever the compute precision.
+    assert labels.dtype == tf.float32
+    train_rows = np.concatenate([b["id"] for b in eval_dataset(splits.train).as_numpy_iterator()])
+    np.testing.assert_allclose(labels.numpy()[train_rows].sum(axis=1), 1.0, atol=1e-5)
+    assert labels.numpy()[train_rows].max(axis=1).min() < 1.0  # Soft, not one-hot.

@@ -51,6 +51,9 @@ def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, cap
     assert record["best"]["generations"] == trials[int(record["best"]["trial_id"])]["chosen_generation"]
     assert 0.0 <= record["best"]["test_accuracy"] <= 1.0
     assert (tmp_path / record["best"]["weights"]).exists()
+    # The best model is exported like a normal run's: the next SavedModel version.
+    export = Path(record["best"]["export"])
+    assert export.name == "1" and (export / "saved_model.pb").exists()
 
     trained = record["epochs"]["generations_trained"]
     assert [g["generation"] for g in trained].count(1) == 1

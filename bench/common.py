@@ -1,0 +1,140 @@
+"""Shared pieces of the benchmarks: synthetic data, the models under test, and timing.
+
+These machines are shared and noisy, so every comparison alternates its contenders in
+one process, several rounds, and reports the median of each plus their ratio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from krefinery.resnet import build_resnet  # noqa: E402
+
+SHAPE = (32, 32, 3)
+CLASSES = 10
+BATCH = 128
+
+
+def synthetic_images(num: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`num` random 32x32x3 uint8 images and labels (throughput does not depend on content)."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(0, 256, (num, *SHAPE), dtype=np.uint8),
+        rng.integers(0, CLASSES, num).astype(np.int32),
+    )
+
+
+def resnet20(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return build_resnet(SHAPE, CLASSES, depth=20, weight_decay=1e-4)
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def alternate(contenders: dict[str, Callable[[], float]], rounds: int = 3) -> dict[str, float]:
+    """Runs each contender (returning a rate) once per round, interleaved; medians by name."""
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, measure in contenders.items():
+            rates[name].append(measure())
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def rate(run: Callable[[], object], items: int) -> float:
+    """Items per second of one call of `run`."""
+    start = time.perf_counter()
+    run()
+    return items / (time.perf_counter() - start)
+
+
+def machine() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    device = f"{len(gpus)} GPU(s)" if gpus else "CPU only"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}; "
+        f"TF {tf.__version__}, Keras {keras.__version__}"
+    )
+
+
+def report(title: str, rows: list[tuple[str, str]]) -> None:
+    """Prints a small two-column table under a heading."""
+    width = max(len(name) for name, _ in rows)
+    print(f"\n## {title}")
+    for name, value in rows:
+        print(f"  {name.ljust(width)}  {value}")
+
+
+def synthetic_source(num_train: int, num_test: int = 1000, seed: int = 0) -> "Source":
+    """A CIFAR-shaped source generated on the fly, so no copy of it sits in memory.
+
+    Like a TFDS dataset read from disk, the only in-memory copy of the images is the
+    pipeline's own cache, which is what the memory benchmark measures.
+    """
+    from krefinery.datasets import Source
+
+    def generate(count: int, offset: int) -> tf.data.Dataset:
+        def example(i):
+            image = tf.random.stateless_uniform(SHAPE, seed=[seed, i], maxval=256, dtype=tf.int32)
+            return {"image": tf.cast(image, tf.uint8), "label": tf.cast(i % CLASSES, tf.int64)}
+
+        return tf.data.Dataset.range(offset, offset + count).map(example)
+
+    names = tuple(f"class_{c}" for c in range(CLASSES))
+    return Source("synthetic", generate(num_train, 0), generate(num_test, num_train), names, SHAPE)
+
+
+class Refinery:
+    """The pieces `refinery.train_and_evaluate` wires together, for timing them one by one."""
+
+    def __init__(self, source, depth: int = 20, batch: int = BATCH, epochs: int = 1,
+                 precision: str = "float32", jit_compile: bool = False, augment: bool = True,
+                 online: bool = False, val_fraction: float = 0.05, generations: int = 1_000_000):
+        import math
+
+        from krefinery.config import Config
+        from krefinery.pipeline import eval_dataset, make_augment, make_splits, onehot_table, training_dataset
+        from krefinery.refinery import LabelRefinery
+        from krefinery.train import Trainer, make_optimizer
+
+        self.splits = make_splits(source, val_fraction, seed=0)
+        shape, classes = self.splits.image_shape, self.splits.num_classes
+
+        def build(seed: int) -> keras.Model:
+            keras.utils.set_random_seed(seed)
+            return build_resnet(shape, classes, depth=depth, weight_decay=1e-4, precision=precision)
+
+        self.labels = onehot_table(self.splits.train, self.splits.num_ids, classes)
+        augment_fn = make_augment(shape, self.splits.flip_safe) if augment else None
+        self.train_ds = training_dataset(self.splits.train, self.labels, batch, 0, augment_fn, self.splits.num_train)
+        self.trainer = Trainer(build(0), teacher=build(0) if online else None)
+        config = Config(epochs=epochs, batch_size=batch, warmup_epochs=0)
+        steps = math.ceil(self.splits.num_train / batch)
+        self.trainer.compile(make_optimizer(config, steps, precision), jit_compile=jit_compile)
+        self.refinery = LabelRefinery(
+            self.labels, eval_dataset(self.splits.train), build, generations=generations,
+            jit_compile=jit_compile,
+        )
+        self.refinery.set_model(self.trainer)
+
+    def train(self, epochs: int = 1, steps: int | None = None) -> None:
+        self.trainer.fit(self.train_ds, epochs=epochs, steps_per_epoch=steps,
+                         callbacks=[self.refinery], verbose=0)

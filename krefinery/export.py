@@ -1,0 +1,166 @@
+"""SavedModel export in the TF Serving layout: `<export_dir>/<name>/<version>/`.
+
+Versions are integers that only go up and are never overwritten. Each export is
+written into a hidden temporary folder beside the versions and renamed into place, so
+a server watching `<export_dir>/<name>/` sees a whole model or none: TF Serving only
+loads folders whose name is an integer.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from krefinery.config import EXPORT_NAME, Config
+from krefinery.errors import UserError
+
+SIGNATURE = "serving_default"
+INPUT_NAME = "images"
+TEMP_PREFIX = ".tmp-export-"
+
+
+class ServingModule(tf.Module):
+    """The classifier with its serving signature: raw uint8 images in, classes out.
+
+    The classifier rescales 0..255 pixels itself, so serving needs no preprocessing
+    outside the graph. `class_names` (a string variable) keeps the full class list,
+    so a client can read every name, not just the predicted one.
+    """
+
+    def __init__(
+        self, classifier: keras.Model, class_names: Sequence[str], image_shape: Sequence[int]
+    ):
+        super().__init__(name="krefinery_classifier")
+        self.classifier = classifier
+        self.class_names = tf.Variable(
+            list(class_names), trainable=False, dtype=tf.string, name="class_names"
+        )
+        spec = tf.TensorSpec([None, *image_shape], tf.uint8, name=INPUT_NAME)
+        self.serve = tf.function(self._serve, input_signature=[spec])
+
+    def _serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        logits = tf.cast(self.classifier(images, training=False), tf.float32)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {
+            "probabilities": probabilities,
+            "class_ids": class_ids,
+            "class_names": tf.gather(self.class_names, class_ids),
+        }
+
+
+def default_export_name(dataset: str) -> str:
+    """`digits`, `svhn`, ...; for `folder:PATH` the folder's name; always a safe folder name."""
+    if dataset.startswith("folder:"):
+        dataset = os.path.basename(os.path.normpath(dataset[len("folder:") :]))
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset).strip("._-")
+    return name or "model"
+
+
+def check_export_name(name: str) -> str:
+    """Export names become one folder: letters, digits, `_`, `.`, `-`, not hidden."""
+    if not EXPORT_NAME.fullmatch(name):
+        raise UserError(
+            f"export name {name!r} must be one folder name of letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit."
+        )
+    return name
+
+
+def versions(model_dir: Path) -> list[int]:
+    """The integer version folders under `model_dir`, ascending; anything else is ignored."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def export_classifier(
+    classifier: keras.Model,
+    class_names: Sequence[str],
+    image_shape: Sequence[int],
+    export_dir: str | os.PathLike,
+    name: str,
+) -> Path:
+    """Writes the next version of model `name`; returns `<export_dir>/<name>/<version>`.
+
+    On any failure the temporary folder is removed and no version appears. If another
+    process takes the chosen version first, the next free one is used.
+    """
+    model_dir = Path(export_dir) / check_export_name(name)
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create export folder {model_dir}: {error.strerror}.") from None
+    module = ServingModule(classifier, class_names, image_shape)
+    # mkdir (not mkdtemp, whose 0700 would hide the model from a server's user) honours umask.
+    temp = model_dir / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    temp.mkdir()
+    try:
+        tf.saved_model.save(module, os.fspath(temp), signatures={SIGNATURE: module.serve})
+        while True:
+            target = model_dir / str(max(versions(model_dir), default=0) + 1)
+            try:
+                os.rename(temp, target)
+                return target
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """A version folder as given, or, for a model folder, its highest integer version."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    if not path.exists():
+        raise UserError(f"--model={path}: no such file or folder.")
+    found = versions(path)
+    if found and (path / str(found[-1]) / "saved_model.pb").is_file():
+        return path / str(found[-1])
+    raise UserError(
+        f"--model={path} is not a SavedModel: expected a version folder holding saved_model.pb, "
+        "or a model folder of integer version folders."
+    )
+
+
+def export_generation(
+    classifier: keras.Model,
+    class_names: Sequence[str],
+    image_shape: Sequence[int],
+    config: Config,
+    generation: int | None = None,
+) -> Path:
+    """Exports a run's classifier as `<export_name>` (the best) or `<export_name>_gen<k>`.
+
+    Each generation gets a model name of its own, so the plain name always serves the
+    best generation and a server's "latest version" policy never picks a worse one.
+    """
+    name = config.export_name or default_export_name(config.dataset)
+    if generation is not None:
+        name = f"{name}_gen{generation}"
+    return export_classifier(classifier, class_names, image_shape, config.export_dir, name)
+
+
+def prepare_export_dir(config: Config) -> Path:
+    """Creates `<export_dir>/<name>` up front, so an unusable folder fails before training."""
+    name = config.export_name or default_export_name(config.dataset)
+    model_dir = Path(config.export_dir) / name
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"--export_dir={config.export_dir}: cannot create {model_dir}: {error.strerror}."
+        ) from None
+    if not os.access(model_dir, os.W_OK | os.X_OK):
+        raise UserError(f"--export_dir={config.export_dir}: {model_dir} is not writable.")
+    return model_dir
