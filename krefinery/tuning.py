@@ -9,10 +9,8 @@ earlier trial, worker or interrupted run of the same search has stored.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import keras
 import keras_tuner as kt
 import tensorflow as tf
 
+from krefinery import reporting
 from krefinery.chain_cache import GenerationCache, chain_keys
 from krefinery.chains import ChainRunner
 from krefinery.config import Config
@@ -164,12 +163,7 @@ def tuning_workdir(config: Config, search: TuneConfig) -> Path:
     """`--workdir`, or a new `runs/tune-<dataset>-<time>`. A search already there resumes,
     unless it was started with other settings (then that is an error).
     """
-    if config.workdir:
-        workdir = Path(config.workdir)
-    else:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.dataset.split(":")[0])
-        workdir = Path("runs") / f"tune-{name}-{stamp}"
+    workdir = reporting.workdir_path(config, prefix="tune-")
     settings = {
         "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_RESUME_SETTINGS},
         # A resumed search may be given more trials.
