@@ -3,6 +3,7 @@
   python run.py                                  # digits, offline, a few minutes on a CPU
   python run.py --dataset=svhn --generations=3   # TFDS svhn_cropped
   python run.py --flagfile=flags/cifar10.flags   # a full-length preset
+  python run.py --tune --max_trials=6            # keras-tuner search over generations and T
   python run.py --predict --model=saved_models/digits image.png ...
 """
 
@@ -19,6 +20,7 @@ from absl import logging as absl_logging  # noqa: E402
 
 from krefinery.config import LR_SCHEDULES, PRECISIONS, RELABEL_MODES, Config  # noqa: E402
 from krefinery.errors import UserError  # noqa: E402
+from krefinery.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
 
 _DEFAULTS = Config()
 
@@ -78,12 +80,31 @@ flags.DEFINE_bool("predict", False, "Classify the image files given as arguments
 flags.DEFINE_string("model", None, "--predict: a SavedModel version, or a model folder (its latest).")
 flags.DEFINE_integer("top_k", 3, "--predict: classes printed per image.")
 
+_TUNE = TuneConfig()
+flags.DEFINE_bool("tune", False, "Search generations and temperature with keras-tuner (see README).")
+flags.DEFINE_string("tune_generations", "{},{}".format(*_TUNE.generations), "MIN,MAX generations.")
+flags.DEFINE_string("tune_temperature", "{:g},{:g}".format(*_TUNE.temperature), "MIN,MAX temperature (log grid).")
+flags.DEFINE_string("tune_alpha", None, "MIN,MAX alpha (steps of 0.1); default: --alpha, fixed.")
+flags.DEFINE_string("tuner", _TUNE.tuner, f"keras-tuner algorithm: {', '.join(TUNERS)}.")
+flags.DEFINE_integer("max_trials", _TUNE.max_trials, "Trials in the search.")
+
 FLAGS = flags.FLAGS
 
 
 def config_from_flags() -> Config:
     """The only place that reads flags: every Config field has a flag of the same name."""
     return Config(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)})
+
+
+def tune_config_from_flags() -> TuneConfig:
+    alpha = FLAGS.tune_alpha
+    return TuneConfig(
+        generations=parse_range("tune_generations", FLAGS.tune_generations, int),
+        temperature=parse_range("tune_temperature", FLAGS.tune_temperature, float),
+        alpha=None if alpha is None else parse_range("tune_alpha", alpha, float),
+        tuner=FLAGS.tuner,
+        max_trials=FLAGS.max_trials,
+    )
 
 
 def predict(filenames: list[str]) -> None:
@@ -113,6 +134,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         config = config_from_flags()
+        if FLAGS.tune:
+            search = tune_config_from_flags()
+            from krefinery import tuning
+
+            record = tuning.tune(config, search)
+            print(tuning.format_trials(record) if record else "worker done; the chief reports.")
+            return
         # Imported here so that --help and flag errors need not wait for TensorFlow.
         from krefinery import refinery, reporting
 

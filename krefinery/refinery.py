@@ -6,6 +6,7 @@ is the whole run: data in, one `fit` per generation, `results.json` out.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -24,6 +25,7 @@ from krefinery.losses import refined_labels
 from krefinery.pipeline import (
     eval_dataset,
     make_augment,
+    Splits,
     make_splits,
     onehot_table,
     training_dataset,
@@ -142,18 +144,55 @@ class LabelRefinery(keras.callbacks.Callback):
         self.labels.scatter_nd_update(batch["id"][:, None], targets)
 
 
-def train_and_evaluate(config: Config) -> dict[str, Any]:
-    """Runs the refinery chain that `config` describes; returns (and saves) the results.
+@dataclasses.dataclass
+class Experiment:
+    """What every generation of a chain shares, built once per process.
 
-    Every bad input (dataset, folder, flags) is reported before the work directory is
-    made and before any training starts.
+    A tuning search runs many chains on one `Experiment`, so data is loaded, split and
+    cached once, and the trainer's compiled steps are reused across trials.
+    """
+
+    config: Config
+    splits: Splits
+    labels: tf.Variable
+    augment: Callable | None
+    train_ds: tf.data.Dataset
+    val_ds: tf.data.Dataset
+    test_ds: tf.data.Dataset
+    trainer: Trainer
+    build_classifier: Callable[[int], keras.Model]
+    precision: str
+    jit_compile: bool
+
+    def refinery(
+        self,
+        generations: int,
+        temperature: float,
+        alpha: float,
+        on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    ) -> LabelRefinery:
+        return LabelRefinery(
+            self.labels,
+            eval_dataset(self.splits.train),
+            self.build_classifier,
+            generations,
+            temperature=temperature,
+            alpha=alpha,
+            seed=self.config.seed,
+            jit_compile=self.jit_compile,
+            on_relabel=on_relabel,
+        )
+
+
+def prepare_experiment(config: Config) -> Experiment:
+    """Loads and splits the data and builds the pipelines and the trainer; trains nothing.
+
+    Bad input (dataset, folder) raises `UserError` here, before anything is written.
     """
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     source = load_source(config.dataset, config.data_dir, config.svhn_extra)
     splits = make_splits(source, config.val_fraction, config.seed)
-    prepare_export_dir(config)
-    workdir = reporting.create_workdir(config)
     precision = resolve_precision(config.precision)
     jit_compile = resolve_jit_compile(config.jit_compile)
 
@@ -174,7 +213,6 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     train_ds = training_dataset(
         splits.train, labels, config.batch_size, config.seed, augment, splits.num_train
     )
-    val_ds, test_ds = eval_dataset(splits.val), eval_dataset(splits.test)
     online = config.relabel == "online"
     trainer = Trainer(
         build_classifier(config.seed),
@@ -184,48 +222,87 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     )
     steps_per_epoch = math.ceil(splits.num_train / config.batch_size)
     trainer.compile(make_optimizer(config, steps_per_epoch, precision), jit_compile=jit_compile)
+    return Experiment(
+        config=config,
+        splits=splits,
+        labels=labels,
+        augment=augment,
+        train_ds=train_ds,
+        val_ds=eval_dataset(splits.val),
+        test_ds=eval_dataset(splits.test),
+        trainer=trainer,
+        build_classifier=build_classifier,
+        precision=precision,
+        jit_compile=jit_compile,
+    )
+
+
+def run_generation(
+    experiment: Experiment,
+    refinery: LabelRefinery,
+    callbacks: list[keras.callbacks.Callback],
+    train_ds: tf.data.Dataset | None = None,
+) -> dict[str, Any]:
+    """Trains the refinery's next generation; returns its validation and label figures."""
+    config = experiment.config
+    start = time.perf_counter()
+    history = experiment.trainer.fit(
+        experiment.train_ds if train_ds is None else train_ds,
+        epochs=config.epochs,
+        validation_data=experiment.val_ds,
+        shuffle=False,  # The pipeline shuffles, seeded.
+        callbacks=[refinery, *callbacks],
+        verbose=config.verbose,
+    )
+    last = {name: values[-1] for name, values in history.history.items()}
+    return {
+        "generation": refinery.generation,
+        "val_accuracy": float(last["val_accuracy"]),
+        "train_accuracy": float(last["accuracy"]),
+        "train_label_agreement": float(last["label_agreement"]),
+        "train_label_entropy": float(last["label_entropy"]),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def train_and_evaluate(config: Config) -> dict[str, Any]:
+    """Runs the refinery chain that `config` describes; returns (and saves) the results.
+
+    Every bad input (dataset, folder, flags, export folder) is reported before the work
+    directory is made and before any training starts.
+    """
+    experiment = prepare_experiment(config)
+    prepare_export_dir(config)
+    workdir = reporting.create_workdir(config)
+    splits, trainer = experiment.splits, experiment.trainer
     tensorboard = workdir / "tensorboard"
     relabel_summaries = summaries.RelabelSummaries(
         tensorboard / "refinery", eval_dataset(splits.train), splits.class_names
     )
     generation_summaries = summaries.GenerationSummaries(tensorboard / "generations")
-    exports: dict[str, str] = {}
-    refinery = LabelRefinery(
-        labels,
-        eval_dataset(splits.train),
-        build_classifier,
-        config.generations,
-        temperature=config.temperature,
-        alpha=config.alpha,
-        seed=config.seed,
-        jit_compile=jit_compile,
-        on_relabel=relabel_summaries,
+    refinery = experiment.refinery(
+        config.generations, config.temperature, config.alpha, on_relabel=relabel_summaries
     )
+    exports: dict[str, str] = {}
     generations = []
     for generation in range(1, config.generations + 1):
         if config.verbose:
             print(f"Generation {generation}/{config.generations}", flush=True)
         start = time.perf_counter()
-        history = trainer.fit(
-            train_ds,
-            epochs=config.epochs,
-            validation_data=val_ds,
-            shuffle=False,  # The pipeline shuffles, seeded.
-            callbacks=[refinery, reporting.tensorboard_callback(workdir, generation)],
-            verbose=config.verbose,
+        record = run_generation(
+            experiment, refinery, [reporting.tensorboard_callback(workdir, generation)]
         )
-        test = trainer.evaluate(test_ds, verbose=0, return_dict=True)
+        test = trainer.evaluate(experiment.test_ds, verbose=0, return_dict=True)
         weights = workdir / f"gen_{generation}.weights.h5"
         trainer.classifier.save_weights(weights)
-        last = {name: values[-1] for name, values in history.history.items()}
         generations.append(
             {
                 "generation": generation,
-                "val_accuracy": float(last["val_accuracy"]),
+                "val_accuracy": record["val_accuracy"],
                 "test_accuracy": float(test["accuracy"]),
-                "train_accuracy": float(last["accuracy"]),
-                "train_label_agreement": float(last["label_agreement"]),
-                "train_label_entropy": float(last["label_entropy"]),
+                "train_accuracy": record["train_accuracy"],
+                "train_label_agreement": record["train_label_agreement"],
+                "train_label_entropy": record["train_label_entropy"],
                 "seconds": round(time.perf_counter() - start, 2),
                 "weights": weights.name,
             }
@@ -239,13 +316,13 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         # Written after every generation, so a crash loses at most the one in flight.
         finished = generation == config.generations
         results = reporting.results_record(config, splits, generations, workdir, finished)
-        results["runtime"] = {"precision": precision, "jit_compile": jit_compile}
+        results["runtime"] = {"precision": experiment.precision, "jit_compile": experiment.jit_compile}
         results["exports"] = exports
         reporting.write_results(workdir, results)
         charts.accuracy_chart(generations, results["best_generation"], workdir / charts.ACCURACY_CHART)
     relabel_summaries.close()
     generation_summaries.close()
-    best = build_classifier(config.seed)
+    best = experiment.build_classifier(config.seed)
     best.load_weights(workdir / f"gen_{results['best_generation']}.weights.h5")
     path = export_generation(best, splits.class_names, splits.image_shape, config)
     exports["best"] = os.fspath(path)

@@ -18,18 +18,22 @@ from krefinery.pipeline import Splits
 RESULTS = "results.json"
 
 
+def workdir_path(config: Config, prefix: str = "") -> Path:
+    """`--workdir`, or else a new `runs/<prefix><dataset>-<time>`."""
+    if config.workdir:
+        return Path(config.workdir)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.dataset.split(":")[0])
+    return Path("runs") / f"{prefix}{name}-{stamp}"
+
+
 def create_workdir(config: Config) -> Path:
     """`--workdir`, or a new `runs/<dataset>-<time>`; never one that already holds results.
 
     `results.json` is rewritten after every generation (`finished` turns true after
     the last), so even an interrupted run's folder holds work worth keeping.
     """
-    if config.workdir:
-        workdir = Path(config.workdir)
-    else:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.dataset.split(":")[0])
-        workdir = Path("runs") / f"{name}-{stamp}"
+    workdir = workdir_path(config)
     if (workdir / RESULTS).exists():
         raise UserError(
             f"--workdir={workdir} already holds a run ({RESULTS}); choose another "

@@ -185,7 +185,10 @@ def test_presets_are_valid_configs(preset):
     run.FLAGS.unparse_flags()
     run.FLAGS(["run.py", f"--flagfile={ROOT / 'flags' / preset}"])
     config = run.config_from_flags()
-    assert config.dataset == preset.removesuffix(".flags")
+    assert config.dataset == preset.removesuffix(".flags").removeprefix("tune_")
+    assert run.FLAGS.tune == preset.startswith("tune_")
+    if run.FLAGS.tune:
+        run.tune_config_from_flags()
 
 
 def test_prepared_tfds_data_dir_is_read_without_download(tmp_path, monkeypatch):

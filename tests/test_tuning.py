@@ -1,0 +1,188 @@
+"""run.py --tune: the search, its reuse of trained generations, resuming, distributed tuning."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli, run_subprocess
+
+TINY = ("--depth=8", "--epochs=1", "--batch_size=64", "--warmup_epochs=0", "--verbose=0")
+
+
+def read_tuning(workdir: Path) -> dict:
+    return json.loads((workdir / "tuning.json").read_text())
+
+
+def trained_generations(workdir: Path) -> list[dict]:
+    lines = (workdir / "generations" / "trained.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def hparams_sessions(logdir: Path) -> int:
+    import tensorflow as tf
+
+    count = 0
+    for path in logdir.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(os.fspath(path)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams" and value.tag.endswith("session_start_info"):
+                    count += 1
+    return count
+
+
+def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, capsys):
+    run_cli("--tune", *TINY, "--tune_generations=1,2", "--tune_temperature=1,4", "--max_trials=4", f"--workdir={tmp_path}")
+    record = read_tuning(tmp_path)
+    trials = record["trials"]
+    assert [t["trial_id"] for t in trials] == ["0", "1", "2", "3"]
+    for t in trials:
+        assert 1 <= t["generations"] <= 2 and t["temperature"] in (1.0, 2.0, 4.0)
+        assert len(t["val_accuracy"]) == t["generations"]
+        assert t["objective"] == max(t["val_accuracy"])
+        assert t["val_accuracy"][t["chosen_generation"] - 1] == t["objective"]
+    best = max(trials, key=lambda t: t["objective"])
+    assert record["best"]["val_accuracy"] == best["objective"]
+    assert record["best"]["generations"] == trials[int(record["best"]["trial_id"])]["chosen_generation"]
+    assert 0.0 <= record["best"]["test_accuracy"] <= 1.0
+    assert (tmp_path / record["best"]["weights"]).exists()
+    # The best model is exported like a normal run's: the next SavedModel version.
+    export = Path(record["best"]["export"])
+    assert export.name == "1" and (export / "saved_model.pb").exists()
+
+    trained = record["epochs"]["generations_trained"]
+    assert [g["generation"] for g in trained].count(1) == 1
+    assert len({g["key"] for g in trained}) == len(trained)  # Nothing trained twice.
+    # Generation 1 is shared by all trials; trials never retrain a prefix they could reuse.
+    needed = {(1, None)} | {(k, t["temperature"]) for t in trials for k in range(2, t["generations"] + 1)}
+    assert {(g["generation"], g["temperature"]) for g in trained} == needed
+    assert record["epochs"]["trained"] == len(needed) == sum(t["epochs_trained"] for t in trials)
+    assert record["epochs"]["naive"] == sum(t["generations"] for t in trials)
+    assert record["epochs"]["trained"] < record["epochs"]["naive"]
+
+    # The HParams dashboard lists every trial, cached ones included.
+    assert hparams_sessions(tmp_path / "tensorboard") == len(trials)
+    out = capsys.readouterr().out
+    assert "epochs trained" in out and "naive" in out and "val g1" in out
+
+
+def test_a_chain_continued_from_the_cache_equals_one_trained_in_one_go(tmp_path):
+    """Reuse is exact: generation 2 trained on a cached generation 1, in a process that
+    has already run other chains, equals generation 2 of a normal two-generation run."""
+    from krefinery.chain_cache import GenerationCache
+    from krefinery.config import Config
+    from krefinery.refinery import prepare_experiment, train_and_evaluate
+    from krefinery.chains import ChainRunner
+
+    config = Config(depth=8, epochs=1, warmup_epochs=0, verbose=0, temperature=2.0, generations=2)
+    train_and_evaluate(Config(**{**config.to_dict(), "workdir": os.fspath(tmp_path / "run")}))
+    normal = json.loads((tmp_path / "run" / "results.json").read_text())["generations"]
+
+    runner = ChainRunner(prepare_experiment(config), GenerationCache(tmp_path / "cache"))
+    runner.run(generations=2, temperature=4.0, alpha=0.0)  # Trains generation 1, shared...
+    records = runner.run(generations=2, temperature=2.0, alpha=0.0)  # ...and reuses it here.
+    assert [r["trained"] for r in records] == [False, True]
+    assert [r["val_accuracy"] for r in records] == [g["val_accuracy"] for g in normal]
+
+    import keras
+
+    expected = keras.models.clone_model(runner.experiment.trainer.classifier)
+    expected.load_weights(tmp_path / "run" / "gen_2.weights.h5")
+    for got, want in zip(runner.load(records[1]["key"]).get_weights(), expected.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_an_interrupted_search_resumes_without_repeating_finished_work(tmp_path, monkeypatch):
+    from krefinery import chains
+
+    args = ("--tune", *TINY, "--tune_generations=2,2", "--tune_temperature=1,4", "--max_trials=3", f"--workdir={tmp_path}")
+    train = chains.run_generation
+    calls = []
+
+    def interrupt_the_third_training(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # Trial 0 trained generations 1 and 2; trial 1 is in flight.
+            raise KeyboardInterrupt
+        return train(*a, **k)
+
+    monkeypatch.setattr(chains, "run_generation", interrupt_the_third_training)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(*args)
+    assert not (tmp_path / "tuning.json").exists()
+    finished = (tmp_path / "search" / "trial_0" / "trial.json").read_text()
+    assert '"COMPLETED"' in finished
+    monkeypatch.setattr(chains, "run_generation", train)
+
+    run_cli(*args)
+    record = read_tuning(tmp_path)
+    assert [t["status"] for t in record["trials"]] == ["COMPLETED"] * 3
+    assert sorted(t["temperature"] for t in record["trials"]) == [1.0, 2.0, 4.0]
+    assert (tmp_path / "search" / "trial_0" / "trial.json").read_text() == finished
+    trained = trained_generations(tmp_path)
+    # Generation 1 once, then generation 2 once per temperature: nothing was repeated.
+    assert sorted((g["generation"], g["temperature"]) for g in trained) == [(1, None), (2, 1.0), (2, 2.0), (2, 4.0)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chief_and_two_workers_complete_a_search_together(tmp_path):
+    args = ["--tune", *TINY, "--tune_generations=1,2", "--tune_temperature=1,2", "--max_trials=3", f"--workdir={tmp_path}"]
+    port = str(_free_port())
+    processes = {}
+    for tuner_id in ("chief", "tuner0", "tuner1"):
+        env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
+        processes[tuner_id] = subprocess.Popen(
+            [sys.executable, "run.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    outputs = {}
+    try:
+        for tuner_id, process in processes.items():
+            outputs[tuner_id] = process.communicate(timeout=300)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    for tuner_id, process in processes.items():
+        assert process.returncode == 0, (tuner_id, outputs[tuner_id][1][-2000:])
+    assert "worker done" in outputs["tuner0"][0] and "worker done" in outputs["tuner1"][0]
+    assert "epochs trained" in outputs["chief"][0]
+    record = read_tuning(tmp_path)
+    assert [t["status"] for t in record["trials"]] == ["COMPLETED"] * 3
+    trained = trained_generations(tmp_path)
+    assert [g["generation"] for g in trained].count(1) == 1
+    assert len({g["key"] for g in trained}) == len(trained)
+    assert {g["worker"] for g in trained} <= {"tuner0", "tuner1"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tune_generations=3,1"], "--tune_generations=3,1 is inverted"),
+        (["--tune_generations="], "--tune_generations= must be MIN,MAX"),
+        (["--tune_generations=1.5,3"], "must be MIN,MAX with integers"),
+        (["--tune_generations=0,2"], "generations must be >= 1"),
+        (["--tune_temperature=4,1"], "--tune_temperature=4.0,1.0 is inverted"),
+        (["--tune_temperature=0,2"], "temperatures must be positive"),
+        (["--tune_alpha=0.5,0.2"], "--tune_alpha=0.5,0.2 is inverted"),
+        (["--tune_alpha=0,2"], "alpha must be in [0, 1]"),
+        (["--max_trials=0"], "--max_trials=0 must be >= 1"),
+        (["--tuner=grid"], "--tuner=grid is not a tuner; choose one of random, bayesian, hyperband"),
+    ],
+)
+def test_bad_search_input_is_one_clear_error_before_any_training(tmp_path, args, message):
+    workdir = tmp_path / "search"
+    result = run_subprocess("--tune", *args, f"--workdir={workdir}", timeout=60)
+    assert result.returncode == 2
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert message in error
+    assert "Traceback" not in result.stderr and "Epoch" not in result.stdout
+    assert not workdir.exists()
