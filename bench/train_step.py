@@ -72,12 +72,14 @@ def compare(precision: str, jit: bool, torch_precision: str, steps: int, rounds:
     return alternate(contenders, rounds)
 
 
-def main(steps: int = 15, rounds: int = 3) -> dict[str, dict[str, float]]:
+def main(steps: int = 15, rounds: int = 3, settings: str = "all") -> dict[str, dict[str, float]]:
     print(f"# Train step vs keras.Model.fit vs PyTorch: ResNet-20, 32x32x3, batch {BATCH}; {machine()}")
     results, rows = {}, []
-    for precision, jit, torch_precision in SETTINGS:
+    chosen = SETTINGS if settings == "all" else [SETTINGS[int(i)] for i in settings.split(",")]
+    for precision, jit, torch_precision in chosen:
         name = f"{precision}{' + XLA' if jit else ''}"
         medians = compare(precision, jit, torch_precision, steps, rounds)
+        print(f"{name}: {medians}", flush=True)
         results[name] = medians
         line = (
             f"ours {medians['ours']:6.1f}   fit {medians['fit']:6.1f}   "
@@ -99,5 +101,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settings", default="all", help="Indices into SETTINGS, e.g. 0,3.")
     args = parser.parse_args()
-    main(args.steps, args.rounds)
+    main(args.steps, args.rounds, args.settings)
