@@ -7,6 +7,7 @@ one process, several rounds, and reports the median of each plus their ratio.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import statistics
@@ -19,8 +20,18 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from krefinery.config import Config  # noqa: E402
 from krefinery.datasets import Source  # noqa: E402
+from krefinery.pipeline import (  # noqa: E402
+    eval_dataset,
+    make_augment,
+    make_splits,
+    onehot_table,
+    training_dataset,
+)
+from krefinery.refinery import LabelRefinery  # noqa: E402
 from krefinery.resnet import build_resnet  # noqa: E402
+from krefinery.train import Trainer, make_optimizer  # noqa: E402
 
 SHAPE = (32, 32, 3)
 CLASSES = 10
@@ -90,6 +101,7 @@ def synthetic_source(num_train: int, num_test: int = 1000, seed: int = 0) -> Sou
     Like a TFDS dataset read from disk, the only in-memory copy of the images is the
     pipeline's own cache, which is what the memory benchmark measures.
     """
+
     def generate(count: int, offset: int) -> tf.data.Dataset:
         def example(i):
             image = tf.random.stateless_uniform(SHAPE, seed=[seed, i], maxval=256, dtype=tf.int32)
@@ -104,16 +116,19 @@ def synthetic_source(num_train: int, num_test: int = 1000, seed: int = 0) -> Sou
 class Refinery:
     """The pieces `refinery.train_and_evaluate` wires together, for timing them one by one."""
 
-    def __init__(self, source, depth: int = 20, batch: int = BATCH, epochs: int = 1,
-                 precision: str = "float32", jit_compile: bool = False, augment: bool = True,
-                 online: bool = False, val_fraction: float = 0.05, generations: int = 1_000_000):
-        import math
-
-        from krefinery.config import Config
-        from krefinery.pipeline import eval_dataset, make_augment, make_splits, onehot_table, training_dataset
-        from krefinery.refinery import LabelRefinery
-        from krefinery.train import Trainer, make_optimizer
-
+    def __init__(
+        self,
+        source: Source,
+        depth: int = 20,
+        batch: int = BATCH,
+        epochs: int = 1,
+        precision: str = "float32",
+        jit_compile: bool = False,
+        augment: bool = True,
+        online: bool = False,
+        val_fraction: float = 0.05,
+        generations: int = 1_000_000,
+    ):
         self.splits = make_splits(source, val_fraction, seed=0)
         shape, classes = self.splits.image_shape, self.splits.num_classes
 
@@ -123,7 +138,9 @@ class Refinery:
 
         self.labels = onehot_table(self.splits.train, self.splits.num_ids, classes)
         augment_fn = make_augment(shape, self.splits.flip_safe) if augment else None
-        self.train_ds = training_dataset(self.splits.train, self.labels, batch, 0, augment_fn, self.splits.num_train)
+        self.train_ds = training_dataset(
+            self.splits.train, self.labels, batch, 0, augment_fn, self.splits.num_train
+        )
         self.trainer = Trainer(build(0), teacher=build(0) if online else None)
         config = Config(epochs=epochs, batch_size=batch, warmup_epochs=0)
         steps = math.ceil(self.splits.num_train / batch)
@@ -135,5 +152,7 @@ class Refinery:
         self.refinery.set_model(self.trainer)
 
     def train(self, epochs: int = 1, steps: int | None = None) -> None:
-        self.trainer.fit(self.train_ds, epochs=epochs, steps_per_epoch=steps,
-                         callbacks=[self.refinery], verbose=0)
+        """One generation: fresh weights, `epochs` of training, then a relabel pass."""
+        self.trainer.fit(
+            self.train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=[self.refinery], verbose=0
+        )
