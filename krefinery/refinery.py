@@ -82,6 +82,9 @@ class LabelRefinery(keras.callbacks.Callback):
         self.seed = seed
         self.on_relabel = on_relabel
         self.generation = 0
+        # The targets the last relabel produced, as (generation, table): the next relabel's
+        # "previous" labels, so online mode need not run the old teacher over the data again.
+        self._last_refined: tuple[int, np.ndarray] | None = None
         self._relabel_batch = tf.function(
             self._relabel_batch_eager, jit_compile=jit_compile, reduce_retracing=True
         )
@@ -111,7 +114,11 @@ class LabelRefinery(keras.callbacks.Callback):
     def refine(self) -> None:
         """Refined labels from the classifier just trained, for the next generation."""
         trainer = self.model
-        previous = self.labels_in_use() if self.on_relabel is not None else None
+        previous = None
+        if self.on_relabel is not None:
+            last = self._last_refined
+            fresh = last is not None and last[0] == self.generation - 1
+            previous = last[1] if fresh else self.labels_in_use()
         if trainer.teacher is not None:
             trainer.teacher.set_weights(trainer.classifier.get_weights())
             if not trainer.teacher_ready:
@@ -121,7 +128,9 @@ class LabelRefinery(keras.callbacks.Callback):
             for batch in self.examples:
                 self._relabel_batch(batch)
         if self.on_relabel is not None:
-            self.on_relabel(self.generation, previous, self.labels_in_use())
+            refined = self.labels_in_use()
+            self._last_refined = (self.generation, refined)
+            self.on_relabel(self.generation, previous, refined)
 
     def labels_in_use(self) -> np.ndarray:
         """The targets of `examples` that training reads now, as a `[num_ids, classes]` array.
