@@ -33,7 +33,7 @@ def child(images: int) -> None:
     for _ in range(2):
         run.train(epochs=1, steps=20)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"images": images, "peak_gb": peak_kb / 2**20, "seconds": time.perf_counter() - start}))
+    print(json.dumps({"images": images, "peak_gib": peak_kb / 2**20, "seconds": time.perf_counter() - start}))
 
 
 def measure(images: int) -> dict:
@@ -53,7 +53,7 @@ def main(sizes: tuple[int, ...] = (73_257, 604_388)) -> list[dict]:
         [
             (
                 f"{r['images']:,} train images",
-                f"{r['peak_gb']:.2f} GB (target {TARGET_GB.get(r['images'], float('nan')):.0f} GB), "
+                f"{r['peak_gib']:.2f} GiB (target {TARGET_GB.get(r['images'], float('nan')):.0f} GB), "
                 f"{r['seconds']:.0f} s",
             )
             for r in results
