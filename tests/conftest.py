@@ -73,10 +73,13 @@ def _outputs_in_tmp(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory) -> dict:
     """One tiny digits chain (2 generations, every generation exported), shared by the
-    TensorBoard, export and predict tests: `{"workdir", "export_dir", "results"}`."""
+    TensorBoard, export and predict tests: `{"workdir", "export_dir", "results"}`.
+
+    It runs in mixed_bfloat16 on every machine (test_cli's chains run in float32), so
+    both precisions are exercised whatever `--precision=auto` resolves to here."""
     import json
 
     root = tmp_path_factory.mktemp("digits_run")
-    run_cli(*TINY_RUN, "--export_all_generations", f"--workdir={root / 'run'}", f"--export_dir={root / 'models'}")
+    run_cli(*TINY_RUN, "--precision=mixed_bfloat16", "--export_all_generations", f"--workdir={root / 'run'}", f"--export_dir={root / 'models'}")
     results = json.loads((root / "run" / "results.json").read_text())
     return {"workdir": root / "run", "export_dir": root / "models", "results": results}

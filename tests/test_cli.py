@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT, mocked_tfds, run_cli, run_subprocess, write_images
 from krefinery.device import resolve_jit_compile, resolve_precision
 
-TINY = ("--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0")
+TINY = ("--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0", "--precision=float32")
 
 
 def read_results(workdir: Path) -> dict:

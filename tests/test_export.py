@@ -55,7 +55,8 @@ def test_a_fresh_process_serves_the_same_probabilities_as_the_trained_model(digi
     )
     outputs = json.loads(served.stdout.strip().splitlines()[-1])
 
-    classifier = build_resnet((8, 8, 1), 10, depth=8)
+    # The run's own precision: a float32 rebuild of a bfloat16-trained model differs.
+    classifier = build_resnet((8, 8, 1), 10, depth=8, precision=results["runtime"]["precision"])
     classifier.load_weights(digits_run["workdir"] / f"gen_{best}.weights.h5")
     expected = tf.nn.softmax(classifier(images, training=False)).numpy()
     np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-5)

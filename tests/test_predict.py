@@ -28,7 +28,7 @@ def test_predict_prints_the_models_classes_for_real_images(digits_run, tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
 
-    classifier = build_resnet((8, 8, 1), 10, depth=8)
+    classifier = build_resnet((8, 8, 1), 10, depth=8, precision=digits_run["results"]["runtime"]["precision"])
     classifier.load_weights(digits_run["workdir"] / f"gen_{digits_run['results']['best_generation']}.weights.h5")
     probabilities = tf.nn.softmax(classifier(images, training=False)).numpy()
     assert len(lines) == len(paths)

@@ -54,7 +54,9 @@ def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digit
     logged = read_run(digits_run["workdir"] / "tensorboard" / "refinery")
     # Recompute generation 1's refined labels (T = 1, alpha = 0) from its saved weights.
     splits = make_splits(load_source("digits"), val_fraction=0.1, seed=0)
-    classifier = build_resnet(splits.image_shape, splits.num_classes, depth=8)
+    classifier = build_resnet(
+        splits.image_shape, splits.num_classes, depth=8, precision=results["runtime"]["precision"]
+    )
     classifier.load_weights(digits_run["workdir"] / "gen_1.weights.h5")
     ids, truth, refined = [], [], []
     for batch in eval_dataset(splits.train):
@@ -75,7 +77,10 @@ def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digit
     assert float(logged[tags["agreement"]][2]) == pytest.approx(expected.agreement, abs=1e-6)
     assert float(logged[tags["mean_entropy"]][2]) == pytest.approx(expected.mean_entropy, rel=1e-4)
     assert float(logged[tags["mean_confidence"]][2]) == pytest.approx(expected.mean_confidence, rel=1e-4)
-    assert float(logged[tags["kl_from_previous"]][2]) == pytest.approx(expected.kl_from_previous, rel=1e-4)
+    # -log p of small probabilities magnifies bfloat16 rounding, which differs between the
+    # run's compiled relabel pass and this eager recomputation (2^-8 relative per value).
+    kl_tolerance = 1e-4 if results["runtime"]["precision"] == "float32" else 4e-3
+    assert float(logged[tags["kl_from_previous"]][2]) == pytest.approx(expected.kl_from_previous, rel=kl_tolerance)
     assert int(logged[tags["argmax_changed"]][2]) == expected.argmax_changed == np.sum(refined.argmax(-1) != truth)
     second = results["generations"][1]
     assert float(logged[tags["agreement"]][2]) == pytest.approx(second["train_label_agreement"], abs=1e-6)
