@@ -19,7 +19,7 @@ from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 from krefinery.config import LR_SCHEDULES, PRECISIONS, RELABEL_MODES, Config  # noqa: E402
-from krefinery.errors import UserError  # noqa: E402
+from krefinery.errors import Diverged, DiskFull, UserError  # noqa: E402
 from krefinery.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
 
 _DEFAULTS = Config()
@@ -120,6 +120,8 @@ def predict(filenames: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
+    """Exit codes: 0 done, 2 bad input (nothing written), 3 a generation diverged,
+    4 out of disk space (rerun the same command to resume once space is freed)."""
     if not FLAGS["verbosity"].present:
         # absl's INFO default would print TensorFlow's SavedModel-writing chatter.
         absl_logging.set_verbosity(absl_logging.WARNING)
@@ -145,9 +147,14 @@ def main(argv: list[str]) -> None:
         from krefinery import refinery, reporting
 
         results = refinery.train_and_evaluate(config)
-    except UserError as error:
+    except Diverged as error:
+        if getattr(error, "results", None):
+            print(reporting.format_table(error.results))
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_code)
+    except (UserError, DiskFull) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     print(reporting.format_table(results))
 
 

@@ -29,7 +29,7 @@ from krefinery.pipeline import (  # noqa: E402
     onehot_table,
     training_dataset,
 )
-from krefinery.refinery import LabelRefinery  # noqa: E402
+from krefinery.label_refinery import LabelRefinery  # noqa: E402
 from krefinery.resnet import build_resnet  # noqa: E402
 from krefinery.train import Trainer, make_optimizer  # noqa: E402
 

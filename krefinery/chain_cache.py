@@ -1,18 +1,25 @@
 """Trained generations on disk, keyed by everything they depend on, shared by processes.
 
-A tuning search asks for many chains that share prefixes: generation 1 depends on
-neither temperature nor alpha, and the first k generations of a chain at (T, alpha) are
-the same whatever the chain's length. Each trained generation is stored once under a
-key that hashes what it depends on; any trial, worker or resumed search that needs it
-loads it instead of training it again.
+A normal run and a tuning search both keep their generations here: a run's in
+`<workdir>/generations/`, a search's likewise. The first k generations of a chain at
+(T, alpha) are the same whatever the chain's length, and generation 1 depends on
+neither T nor alpha, so each trained generation is stored once under a key that hashes
+what it depends on; any later chain, trial, worker or resumed run that needs it loads
+it instead of training it again. A generation in flight keeps a checkpoint per epoch.
 
-Layout of the cache folder:
+Layout of the folder:
 
-    <key>.weights.h5   the classifier's weights after the generation
-    <key>.json         its figures (validation accuracy, ...); written last, so its
-                       presence means the entry is complete
-    <key>.lock         held while one process trains that generation
-    trained.jsonl      one line per generation actually trained (the epoch count)
+    <key>.weights.h5        the classifier's weights after the generation
+    <key>.json              its record (see `ChainRunner`); written last, so its presence
+                            means the entry is complete. A diverged generation has a
+                            record (`"diverged": true`) and no weights.
+    <key>.ckpt-<e>.weights.h5, <key>.ckpt.json
+                            the generation in flight after epoch e: the trainer's weights
+                            and optimizer state, then the state naming them
+    <key>.lock              held while one process trains that generation
+    trained.jsonl           one line per generation actually trained (the epoch count)
+
+Every file is written to a temporary name and renamed into place (`krefinery.files`).
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import keras
 
+from krefinery import files
 from krefinery.config import Config
 
 # Config fields that do not change what a generation learns.
@@ -40,20 +48,34 @@ _NOT_IN_KEY = frozenset(
         "export_dir",
         "export_name",
         "export_all_generations",
+        # Resolved values stand in for these (see `chain_keys`).
+        "precision",
+        "jit_compile",
     }
 )
 TRAINED_LOG = "trained.jsonl"
+# 2: per-epoch stateless data streams; resolved precision, XLA and determinism in the key.
+FORMAT = 2
 
 
-def chain_keys(config: Config, generations: int, temperature: float, alpha: float) -> list[str]:
+def chain_keys(
+    config: Config,
+    runtime: Mapping[str, Any],
+    generations: int,
+    temperature: float,
+    alpha: float,
+) -> list[str]:
     """The keys of generations 1..`generations` of the chain at (`temperature`, `alpha`).
 
     Generation 1's key leaves temperature and alpha out (it trains on ground truth);
-    generation k's key hashes its parent's key with k, temperature and alpha. Any other
-    Config field (data, model, schedule, seed, relabel mode, ...) is in every key.
+    generation k's key hashes its parent's key with k, temperature and alpha. Every
+    other Config field (data, model, schedule, seed, relabel mode, ...) is in every key,
+    and so is `runtime`, what the run resolved to on this machine (precision, whether
+    XLA really compiled, op determinism), not the `auto` or unset that was asked for.
     """
     base = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
-    keys = [_digest({"format": 1, "config": base, "generation": 1})]
+    root = {"format": FORMAT, "config": base, "runtime": dict(runtime), "generation": 1}
+    keys = [_digest(root)]
     for generation in range(2, generations + 1):
         keys.append(
             _digest(
@@ -74,23 +96,47 @@ class GenerationCache:
     def __init__(self, folder: os.PathLike | str):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        files.remove_stale_temporaries(self.folder)
 
     def weights_path(self, key: str) -> Path:
         return self.folder / f"{key}.weights.h5"
 
     def lookup(self, key: str) -> dict[str, Any] | None:
-        """The stored figures of a generation, or None if it has not been trained."""
-        try:
-            return json.loads((self.folder / f"{key}.json").read_text())
-        except FileNotFoundError:
-            return None
+        """The stored record of a generation, or None if it has not been trained."""
+        return files.read_json(self.folder / f"{key}.json")
 
-    def store(self, key: str, classifier: keras.Model, record: dict[str, Any]) -> None:
-        """Weights first, then figures, each by rename: readers never see half an entry."""
-        temporary = self.folder / f".{key}.{os.getpid()}.weights.h5"
-        classifier.save_weights(temporary)
-        os.replace(temporary, self.weights_path(key))
-        _write_atomically(self.folder / f"{key}.json", json.dumps(record, indent=2) + "\n")
+    def store(self, key: str, classifier: keras.Model | None, record: dict[str, Any]) -> None:
+        """Weights first (none for a diverged generation), then the record, each by
+        rename: readers never see half an entry. The generation's checkpoint goes."""
+        if classifier is not None:
+            files.atomic_write(self.weights_path(key), classifier.save_weights)
+        files.write_json(self.folder / f"{key}.json", record)
+        self.drop_checkpoint(key)
+
+    def save_checkpoint(self, key: str, trainer: keras.Model, state: dict[str, Any]) -> None:
+        """The generation in flight after epoch `state["epoch"]`: weights, then state."""
+        weights = self.folder / f"{key}.ckpt-{state['epoch']}.weights.h5"
+        files.atomic_write(weights, trainer.save_weights)
+        previous = self.checkpoint(key)
+        files.write_json(self._checkpoint_state(key), {**state, "weights": weights.name})
+        if previous is not None and previous["weights"] != weights.name:
+            _remove(self.folder / previous["weights"])
+
+    def checkpoint(self, key: str) -> dict[str, Any] | None:
+        """The last checkpoint's state (`epoch`, `weights`, ...), or None."""
+        return files.read_json(self._checkpoint_state(key))
+
+    def checkpoint_weights(self, key: str) -> Path:
+        return self.folder / self.checkpoint(key)["weights"]
+
+    def drop_checkpoint(self, key: str) -> None:
+        state = self.checkpoint(key)
+        _remove(self._checkpoint_state(key))
+        if state is not None:
+            _remove(self.folder / state["weights"])
+
+    def _checkpoint_state(self, key: str) -> Path:
+        return self.folder / f"{key}.ckpt.json"
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -112,7 +158,16 @@ class GenerationCache:
         path = self.folder / TRAINED_LOG
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = path.read_text().splitlines()
+        # A line cut short by a kill or a full disk is not a finished training.
+        return [entry for entry in map(_parse_line, lines) if entry is not None]
+
+
+def _parse_line(line: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def _digest(payload: dict[str, Any]) -> str:
@@ -120,7 +175,6 @@ def _digest(payload: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

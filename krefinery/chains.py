@@ -1,60 +1,91 @@
-"""Refinery chains that start from the longest stored prefix instead of from scratch.
+"""The one generation loop: a chain over the store of trained generations.
 
-Generation 1 depends on neither temperature nor alpha, and generation k of a chain at
-(T, alpha) depends only on generation k-1 and (T, alpha), so chains share generation 1
-and any chain extends the longest prefix already in the `GenerationCache`. Reuse is
-exact, not approximate: each generation's initial weights are seeded by (seed, k), ops
-are deterministic, and generation k trains on the same stream of shuffled, augmented
-batches wherever its chain was started (`ChainRunner._generation_pipeline`), so a chain
-continued from the cache equals the chain trained in one go by `train_and_evaluate`.
+A normal run is a chain whose store lives in its work directory; a tuning trial is a
+chain over the search's store. Either way `ChainRunner.run` loads every generation
+the store holds, continues a generation in flight from its last checkpoint, and trains
+the rest, one `fit` per generation with a checkpoint after every epoch.
+
+Reuse and resumption are exact, not approximate: each generation's initial weights are
+seeded by (seed, k), ops are deterministic, each epoch's batches are drawn by stateless
+ops from (seed, k, epoch) (`pipeline.training_dataset`), and a checkpoint holds the
+trainer's weights and optimizer state (momenta, iteration count, loss scale; online,
+the teacher). The labels a generation trains on are remade from its stored parent, a
+pure function of it. So a chain continued from the store, or after a kill, equals the
+chain trained in one go.
+
+A generation whose loss or weights stop being finite is stopped at once and stored as
+diverged (`"diverged": true` and the 1-based `epoch`): it never becomes a teacher, and
+the chain ends there.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 import keras
-import tensorflow as tf
+import numpy as np
 
+from krefinery import faults
 from krefinery.chain_cache import GenerationCache, chain_keys
-from krefinery.pipeline import training_dataset
-from krefinery.refinery import Experiment, LabelRefinery, run_generation
+from krefinery.errors import Diverged
+from krefinery.experiment import Experiment
+from krefinery.label_refinery import LabelRefinery
+
+Record = dict[str, Any]
 
 
 class ChainRunner:
-    """Runs chains on one `Experiment`, loading every generation the cache already holds."""
+    """Runs chains on one `Experiment`, loading every generation the store already holds.
 
-    def __init__(self, experiment: Experiment, cache: GenerationCache, worker: str = "tuner0"):
+    A generation's record (`<key>.json` in the store, and what `run` returns, with
+    `key` and `trained` added): `generation`, `temperature` and `alpha` (None for
+    generation 1), `epochs`, `val_accuracy`, `train_accuracy`, `train_label_agreement`,
+    `train_label_entropy` (all from the last epoch), `seconds` (training time, summed
+    over resumed attempts); or, if it diverged, `generation`, `temperature`, `alpha`,
+    `epochs`, `diverged: true`, `epoch` and `seconds`.
+    """
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        cache: GenerationCache,
+        worker: str = "tuner0",
+        on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    ):
         self.experiment = experiment
         self.cache = cache
         self.worker = worker
-        self.ground_truth = experiment.labels.numpy()  # Generation 1's labels.
+        self.on_relabel = on_relabel
         # One per (T, alpha): each traces its relabelling step once, not once per trial.
         self._refineries: dict[tuple[float, float], LabelRefinery] = {}
+        # ((T, alpha), key): the stored generation whose refined labels the trainer
+        # holds now (the table offline, the teacher online), if any.
+        self._labels_from: tuple[tuple[float, float], str] | None = None
+
+    def keys(self, generations: int, temperature: float, alpha: float) -> list[str]:
+        return chain_keys(
+            self.experiment.config, self.experiment.runtime, generations, temperature, alpha
+        )
 
     def run(
         self,
         generations: int,
         temperature: float,
         alpha: float,
-        callbacks: Sequence[keras.callbacks.Callback] = (),
-    ) -> list[dict[str, Any]]:
-        """Per-generation figures of the chain; trains only the generations not cached.
+        callbacks: Callable[[int], Sequence[keras.callbacks.Callback]] | None = None,
+        on_generation: Callable[[Record], None] | None = None,
+    ) -> list[Record]:
+        """The records of the chain's generations, up to the first diverged one.
 
-        Each record holds `generation`, `val_accuracy`, ..., `key` and `trained`
-        (whether this call trained it). A generation being trained by another process
-        is waited for, not trained twice.
+        Trains only what the store lacks. `callbacks(k)` gives extra callbacks for
+        generation k's `fit` (TensorBoard, say); `on_generation(record)` sees each
+        generation, stored or trained, as soon as it is in the store. A generation
+        being trained by another process is waited for, not trained twice.
         """
-        config = self.experiment.config
-        keys = chain_keys(config, generations, temperature, alpha)
-        refinery = self._refineries.get((temperature, alpha))
-        if refinery is None:
-            refinery = self.experiment.refinery(generations, temperature, alpha)
-            self._refineries[(temperature, alpha)] = refinery
+        keys = self.keys(generations, temperature, alpha)
+        refinery = self._refinery(temperature, alpha)
         refinery.generations = generations
-        refinery.set_model(self.experiment.trainer)
-        self._set_trainer_targets(temperature, alpha)
-        ready_for = None  # The generation whose labels the trainer holds now.
         records = []
         for generation, key in enumerate(keys, start=1):
             record = self.cache.lookup(key)
@@ -63,81 +94,184 @@ class ChainRunner:
                 with self.cache.lock(key):
                     record = self.cache.lookup(key)
                     if record is None:
-                        if ready_for != generation:
-                            self._prepare(refinery, generation, keys)
-                        record = run_generation(
-                            self.experiment,
-                            refinery,
-                            list(callbacks),
-                            train_ds=self._generation_pipeline(generation),
-                        )
-                        record.update(temperature=temperature, alpha=alpha)
-                        self.cache.store(key, self.experiment.trainer.classifier, record)
-                        self.cache.log_training(
-                            {
-                                "key": key,
-                                "generation": generation,
-                                "temperature": temperature if generation > 1 else None,
-                                "alpha": alpha if generation > 1 else None,
-                                "epochs": config.epochs,
-                                "worker": self.worker,
-                            }
-                        )
+                        self._prepare(refinery, generation, keys)
+                        extra = list(callbacks(generation)) if callbacks else []
+                        record = self._train(refinery, generation, key, extra)
                         trained = True
-                        # The callback relabelled for the next generation on train end.
-                        ready_for = generation + 1
-            records.append({**record, "generation": generation, "key": key, "trained": trained})
+                        faults.reached(f"gen{generation}.stored")
+            record = {**record, "generation": generation, "key": key, "trained": trained}
+            records.append(record)
+            if on_generation is not None:
+                on_generation(record)
+            if record.get("diverged"):
+                break
+            faults.reached(f"gen{generation}.relabelled")
         return records
 
     def load(self, key: str) -> keras.Model:
-        """The classifier, holding the cached generation `key`."""
+        """The trainer's classifier, holding the stored generation `key`."""
         classifier = self.experiment.trainer.classifier
         classifier.load_weights(self.cache.weights_path(key))
         return classifier
 
-    def _prepare(self, refinery, generation: int, keys: list[str]) -> None:
-        """Puts the trainer where the chain stood just before `generation` was trained."""
-        trainer = self.experiment.trainer
-        refinery.generation = generation - 1
+    def _refinery(self, temperature: float, alpha: float) -> LabelRefinery:
+        refinery = self._refineries.get((temperature, alpha))
+        if refinery is None:
+            refinery = self.experiment.refinery(
+                1, temperature, alpha, on_relabel=self.on_relabel
+            )
+            self._refineries[(temperature, alpha)] = refinery
+        return refinery
+
+    def _prepare(self, refinery: LabelRefinery, generation: int, keys: list[str]) -> None:
+        """Puts the labels where the chain had them just before `generation` trained."""
         if generation == 1:
-            self.experiment.labels.assign(self.ground_truth)
-            if trainer.teacher_ready:
-                trainer.teacher_ready = False
-                trainer.train_function = None  # Retrace without the teacher.
-            return
-        self.load(keys[generation - 2])
-        refinery.refine()
+            self.experiment.reset_labels()
+            refinery.restart()
+        else:
+            parent = keys[generation - 2]
+            if self._labels_from != ((refinery.temperature, refinery.alpha), parent):
+                self.load(parent)
+                refinery.continue_after(generation - 1)
+        refinery.generation = generation - 1
 
-    def _set_trainer_targets(self, temperature: float, alpha: float) -> None:
-        """Online relabelling reads T and alpha inside the traced step: retrace on change."""
-        trainer = self.experiment.trainer
-        if (trainer.temperature, trainer.alpha) != (temperature, alpha):
-            trainer.temperature, trainer.alpha = temperature, alpha
-            trainer.train_function = None
-
-    def _generation_pipeline(self, generation: int) -> tf.data.Dataset:
-        """The batches generation k sees in a chain trained in one go, from a new pipeline.
-
-        The shuffle and augmentation seeds advance with every iterator made over the
-        pipeline. Keras's epoch iterator makes two per epoch for a dataset of known size
-        (one as the epoch begins, and one, never read, as it ends), so
-        generation k of a one-go chain reads iterators from `2 * epochs * (k - 1)` on.
-        Making and dropping that many first reproduces its
-        stream exactly (tests/test_tuning.py checks it against `train_and_evaluate`).
-        The ops' seeds also take in the global seed, which `prepare_experiment` had set
-        to the run seed when it made its pipeline; each classifier build changes it since.
-        """
+    def _train(
+        self,
+        refinery: LabelRefinery,
+        generation: int,
+        key: str,
+        extra: list[keras.callbacks.Callback],
+    ) -> Record:
+        """Trains `generation` (from its checkpoint, if any), stores it, returns its record."""
         experiment, config = self.experiment, self.experiment.config
-        splits = experiment.splits
-        keras.utils.set_random_seed(config.seed)
-        dataset = training_dataset(
-            splits.train,
-            experiment.labels,
-            config.batch_size,
-            config.seed,
-            experiment.augment,
-            splits.num_train,
+        state = self.cache.checkpoint(key)
+        initial_epoch = state["epoch"] if state else 0
+        checkpoint = EpochCheckpoint(self.cache, key, state)
+        guard = DivergenceGuard(generation)
+        points = [FaultPoints(generation)] if faults.active() else []
+        record: Record = {
+            "generation": generation,
+            "temperature": refinery.temperature if generation > 1 else None,
+            "alpha": refinery.alpha if generation > 1 else None,
+            "epochs": config.epochs,
+        }
+        self._labels_from = None
+        if config.verbose:
+            resumed = f", resumed after epoch {initial_epoch}" if initial_epoch else ""
+            print(f"Generation {generation}/{refinery.generations}{resumed}", flush=True)
+        try:
+            experiment.trainer.fit(
+                experiment.training_dataset(generation, initial_epoch),
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=experiment.steps_per_epoch,
+                validation_data=experiment.val_ds,
+                shuffle=False,  # The pipeline shuffles, seeded.
+                # The guard before the checkpoint: a diverged epoch is never saved.
+                callbacks=[refinery, guard, checkpoint, *points, *extra],
+                verbose=config.verbose,
+            )
+        except Diverged as diverged:
+            record.update(diverged=True, epoch=diverged.epoch, seconds=checkpoint.elapsed())
+            self.cache.store(key, None, record)
+            return record
+        logs = checkpoint.logs
+        record.update(
+            val_accuracy=logs["val_accuracy"],
+            train_accuracy=logs["accuracy"],
+            train_label_agreement=logs["label_agreement"],
+            train_label_entropy=logs["label_entropy"],
+            seconds=checkpoint.elapsed(),
         )
-        for _ in range(2 * config.epochs * (generation - 1)):
-            iter(dataset)
-        return dataset
+        self.cache.store(key, experiment.trainer.classifier, record)
+        self.cache.log_training(
+            {
+                "key": key,
+                "generation": generation,
+                "temperature": record["temperature"],
+                "alpha": record["alpha"],
+                "epochs": config.epochs - initial_epoch,
+                "worker": self.worker,
+            }
+        )
+        # The refinery relabelled for the next generation as training ended.
+        if refinery.generation < refinery.generations:
+            self._labels_from = ((refinery.temperature, refinery.alpha), key)
+        return record
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the generation in flight after every epoch; restores it as training begins.
+
+    Keras's `BackupAndRestore` does this for one `fit`, but it overwrites its only
+    backup in place (a kill mid-write loses it), deletes it when `fit` ends and keeps
+    no figures; here each checkpoint lands by rename next to the store entry it will
+    become, and keeps the last epoch's logs and the time spent so far, so a generation
+    resumed after its last epoch still has its record. Placed after `LabelRefinery`,
+    whose fresh start it then overwrites with the saved state.
+    """
+
+    def __init__(self, cache: GenerationCache, key: str, state: dict[str, Any] | None):
+        super().__init__()
+        self.cache = cache
+        self.key = key
+        self.state = state
+        self.logs: dict[str, float] = dict(state["logs"]) if state else {}
+        self._seconds = state["seconds"] if state else 0.0
+        self._since = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, over every attempt at this generation."""
+        return round(self._seconds + time.perf_counter() - self._since, 2)
+
+    def on_train_begin(self, logs=None):
+        self._since = time.perf_counter()
+        if self.state is not None:
+            optimizer = self.model.optimizer
+            if not optimizer.built:  # Else its saved state (momenta, iterations) is skipped.
+                optimizer.build(self.model.classifier.trainable_variables)
+            self.model.load_weights(self.cache.folder / self.state["weights"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs = {name: float(value) for name, value in (logs or {}).items()}
+        self.cache.save_checkpoint(
+            self.key,
+            self.model,
+            {"epoch": epoch + 1, "logs": self.logs, "seconds": self.elapsed()},
+        )
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Raises `Diverged` as soon as a batch's loss, or an epoch's weights, are not finite."""
+
+    def __init__(self, generation: int):
+        super().__init__()
+        self.generation = generation
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not np.isfinite(float((logs or {}).get("loss", 0.0))):
+            raise Diverged(self.generation, self.epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        weights = self.model.classifier.get_weights()
+        if not all(np.isfinite(w).all() for w in weights):
+            raise Diverged(self.generation, epoch + 1)
+
+
+class FaultPoints(keras.callbacks.Callback):
+    """`faults.reached` after every training batch, for the kill -9 tests."""
+
+    def __init__(self, generation: int):
+        super().__init__()
+        self.generation = generation
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        faults.reached(f"gen{self.generation}.epoch{self.epoch}.batch{batch + 1}")

@@ -37,7 +37,8 @@ def label_stats(
     rows = np.arange(len(refined))
     top = refined.argmax(-1)
     logs = np.log(np.clip(refined, EPSILON, None))
-    entropy = -np.sum(np.where(refined > 0, refined * logs, 0.0), axis=-1)
+    # NaN rows (a diverged model's labels) stay NaN rather than reading as one-hot.
+    entropy = -np.sum(np.where(refined == 0, 0.0, refined * logs), axis=-1)
     kl = changed = None
     if previous is not None:
         previous = np.asarray(previous, np.float64)

@@ -1,4 +1,6 @@
-"""The one exception type that means "the user asked for something we cannot do"."""
+"""The exceptions that end a run with one line instead of a traceback, and their exit codes."""
+
+from __future__ import annotations
 
 
 class UserError(ValueError):
@@ -7,3 +9,33 @@ class UserError(ValueError):
     `run.py` catches it, prints the message and exits non-zero; library users can
     catch it to tell bad input apart from bugs.
     """
+
+    exit_code = 2
+
+
+class DiskFull(OSError):
+    """A write found no space left (ENOSPC, or a quota): nothing half-written stays."""
+
+    exit_code = 4
+
+    def __init__(self, path: object):
+        super().__init__(
+            f"no space left on the device writing {path}; free some space and rerun the "
+            "same command: the run resumes from its last checkpoint."
+        )
+        self.path = path
+
+
+class Diverged(RuntimeError):
+    """A generation's loss or weights stopped being finite; nothing of it is kept."""
+
+    exit_code = 3
+
+    def __init__(self, generation: int, epoch: int):
+        super().__init__(
+            f"generation {generation} diverged in epoch {epoch} (the loss or the weights "
+            "became NaN or infinite); it is not used as a teacher or exported. Try a lower "
+            "--learning_rate (or --precision=float32), with another --workdir."
+        )
+        self.generation = generation
+        self.epoch = epoch

@@ -9,22 +9,27 @@ loads folders whose name is an integer.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import secrets
 import shutil
+import socket
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
+from krefinery import faults
 from krefinery.config import EXPORT_NAME, Config
-from krefinery.errors import UserError
+from krefinery.errors import DiskFull, UserError
+from krefinery.files import pid_alive
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
 TEMP_PREFIX = ".tmp-export-"
+SOURCE_FILE = "krefinery.json"
 
 
 class ServingModule(tf.Module):
@@ -88,23 +93,32 @@ def export_classifier(
     image_shape: Sequence[int],
     export_dir: str | os.PathLike,
     name: str,
+    source: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes the next version of model `name`; returns `<export_dir>/<name>/<version>`.
 
-    On any failure the temporary folder is removed and no version appears. If another
-    process takes the chosen version first, the next free one is used.
+    On any failure the temporary folder is removed and no version appears; temporary
+    folders that killed processes left behind are removed first. If another process
+    takes the chosen version first, the next free one is used. `source` (say, the run
+    and generation exported) is kept in the version's `assets.extra/krefinery.json`, so
+    `find_export` can tell whether that model already landed.
     """
     model_dir = Path(export_dir) / check_export_name(name)
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create export folder {model_dir}: {error.strerror}.") from None
+    remove_stale_exports(model_dir)
     module = ServingModule(classifier, class_names, image_shape)
     # mkdir (not mkdtemp, whose 0700 would hide the model from a server's user) honours umask.
-    temp = model_dir / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    temp = model_dir / f"{TEMP_PREFIX}{socket.gethostname()}.{os.getpid()}-{secrets.token_hex(4)}"
     temp.mkdir()
     try:
         tf.saved_model.save(module, os.fspath(temp), signatures={SIGNATURE: module.serve})
+        if source is not None:
+            (temp / "assets.extra").mkdir(exist_ok=True)
+            (temp / "assets.extra" / SOURCE_FILE).write_text(json.dumps(dict(source)) + "\n")
+        faults.reached("export")
         while True:
             target = model_dir / str(max(versions(model_dir), default=0) + 1)
             try:
@@ -113,8 +127,38 @@ def export_classifier(
             except OSError as error:
                 if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(temp) from None
+        raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def find_export(model_dir: Path, source: Mapping[str, Any]) -> Path | None:
+    """The version of `model_dir` that was exported from `source`, if one landed."""
+    for version in reversed(versions(model_dir)):
+        marker = model_dir / str(version) / "assets.extra" / SOURCE_FILE
+        try:
+            if json.loads(marker.read_text()) == json.loads(json.dumps(dict(source))):
+                return model_dir / str(version)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def remove_stale_exports(model_dir: Path) -> None:
+    """Removes `.tmp-export-*` folders whose process, on this host, is gone."""
+    host = socket.gethostname()
+    for path in model_dir.glob(f"{TEMP_PREFIX}*"):
+        rest = path.name[len(TEMP_PREFIX) :]
+        if rest.startswith(f"{host}."):
+            rest = rest[len(host) + 1 :]
+        elif "." in rest.split("-", 1)[0]:
+            continue  # Another host's.
+        pid = rest.split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
@@ -139,16 +183,22 @@ def export_generation(
     image_shape: Sequence[int],
     config: Config,
     generation: int | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> Path:
     """Exports a run's classifier as `<export_name>` (the best) or `<export_name>_gen<k>`.
 
     Each generation gets a model name of its own, so the plain name always serves the
     best generation and a server's "latest version" policy never picks a worse one.
     """
+    return export_classifier(
+        classifier, class_names, image_shape, config.export_dir, export_model_name(config, generation), source
+    )
+
+
+def export_model_name(config: Config, generation: int | None = None) -> str:
+    """`<export_name>` for the best generation, `<export_name>_gen<k>` for generation k."""
     name = config.export_name or default_export_name(config.dataset)
-    if generation is not None:
-        name = f"{name}_gen{generation}"
-    return export_classifier(classifier, class_names, image_shape, config.export_dir, name)
+    return name if generation is None else f"{name}_gen{generation}"
 
 
 def prepare_export_dir(config: Config) -> Path:

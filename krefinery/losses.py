@@ -32,6 +32,7 @@ def soft_target_crossentropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor
 
 
 def entropy(probabilities: tf.Tensor) -> tf.Tensor:
-    """Per-row entropy in nats; 0 for a one-hot label, log(C) for a uniform one."""
+    """Per-row entropy in nats; 0 for a one-hot label, log(C) for a uniform one, NaN for
+    a row holding NaN (which must not read as a clean label)."""
     p = tf.cast(probabilities, tf.float32)
-    return -tf.reduce_sum(tf.where(p > 0, p * tf.math.log(p), 0.0), axis=-1)
+    return -tf.reduce_sum(tf.where(p == 0, 0.0, p * tf.math.log(p)), axis=-1)

@@ -9,6 +9,7 @@ image and its label, and relabelling is a write to the table, not a new pipeline
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import numpy as np
@@ -117,32 +118,51 @@ def onehot_table(train: tf.data.Dataset, num_ids: int, num_classes: int) -> tf.V
 
     Iterating `train` once here also fills its cache before the first epoch.
     """
+    values = onehot_values(train, num_ids, num_classes)
+    return tf.Variable(values, trainable=False, name="training_labels")
+
+
+def onehot_values(train: tf.data.Dataset, num_ids: int, num_classes: int) -> np.ndarray:
+    """The values of `onehot_table`, to put ground truth back into a table."""
     table = np.zeros((num_ids, num_classes), np.float32)
     for batch in train.batch(INFERENCE_BATCH_SIZE).as_numpy_iterator():
         table[batch["id"], batch["label"]] = 1.0
-    return tf.Variable(table, trainable=False, name="training_labels")
+    return table
 
 
 def make_augment(image_shape: tuple[int, int, int], flip: bool) -> Callable:
     """Random translation by up to 1/8 of the size (pad-4 crop at 32x32), plus optional flip.
 
-    Stateless ops keyed by a per-example seed: the same run seed gives the same
-    augmentations, and each epoch draws new ones.
+    Works on whole batches `[n, H, W, C]`: the zero-padded batch is cut by two gathers
+    whose per-example row and column indices carry each image's random offset (and, for
+    a flip, run backwards), so the cost is one copy of the batch, not n small ops.
+    Stateless: `augment(batch, seed)` with a `[2]` seed always gives the same images.
     """
-    height, width, channels = image_shape
+    height, width, _ = image_shape
     pad = max(1, round(min(height, width) / 8))
 
-    def augment(example: Example, seed: tf.Tensor) -> Example:
+    def augment(batch: Example, seed: tf.Tensor) -> Example:
+        images = batch["image"]
+        count = tf.shape(images)[0]
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        image = tf.image.pad_to_bounding_box(
-            example["image"], pad, pad, height + 2 * pad, width + 2 * pad
+        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        offsets = tf.random.stateless_uniform(
+            [count, 2], crop_seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32
         )
-        image = tf.image.stateless_random_crop(image, (height, width, channels), seed=crop_seed)
+        rows = offsets[:, :1] + tf.range(height)[None, :]
+        columns = offsets[:, 1:] + tf.range(width)[None, :]
         if flip:
-            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-        return {**example, "image": image}
+            mirrored = tf.random.stateless_uniform([count, 1], flip_seed) < 0.5
+            columns = tf.where(mirrored, tf.reverse(columns, [1]), columns)
+        images = tf.gather(padded, rows, axis=1, batch_dims=1)
+        images = tf.gather(images, columns, axis=2, batch_dims=1)
+        return {**batch, "image": images}
 
     return augment
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return math.ceil(num_examples / batch_size)
 
 
 def training_dataset(
@@ -152,25 +172,79 @@ def training_dataset(
     seed: int,
     augment: Callable | None = None,
     shuffle_buffer: int = MAX_SHUFFLE_BUFFER,
+    generation: int = 1,
+    epochs: int = 1,
+    initial_epoch: int = 0,
 ) -> tf.data.Dataset:
-    """Shuffled, augmented batches `{"id", "image", "label", "target"}`.
+    """Epochs `initial_epoch..epochs-1` of a generation, as one stream of shuffled,
+    augmented batches `{"id", "image", "label", "target"}`; pass `steps_per_epoch` to `fit`.
 
-    `target` is read from `labels` by id when each batch is made, so writing new
-    labels into the table relabels every later epoch of this same pipeline. A
-    `shuffle_buffer` of the training set's size (capped at 50k images) shuffles fully.
+    Each epoch's order and augmentation come from stateless ops seeded by (seed,
+    generation, epoch) alone, so epoch e is the same stream whenever and wherever it
+    is made: a run resumed at epoch e, or a generation trained on a stored parent,
+    sees exactly the batches of a run trained in one go. `target` is read from
+    `labels` by id as each batch is made, so writing new labels into the table
+    relabels every later batch. Up to `shuffle_buffer` (50k) examples are shuffled
+    fully; larger sets are cut into blocks of that size, shuffled within each block,
+    and the blocks come in a random order.
     """
-    dataset = train.shuffle(
-        min(shuffle_buffer, MAX_SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True
-    )
-    if augment is not None:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            augment, num_parallel_calls=tf.data.AUTOTUNE
+    num_examples = int(train.cardinality())
+    if num_examples < 0:
+        raise ValueError("training_dataset needs a dataset of known size (see `cached`).")
+    block = max(1, min(shuffle_buffer, MAX_SHUFFLE_BUFFER, num_examples))
+    steps = steps_per_epoch(num_examples, batch_size)
+    base = tf.constant([seed, generation], tf.int64)
+
+    def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+        epoch_seed = tf.random.experimental.stateless_fold_in(base, epoch)
+        shuffle_seed, augment_seed = tf.unstack(
+            tf.random.experimental.stateless_split(epoch_seed, 2)
         )
-    dataset = dataset.batch(batch_size).map(
-        lambda batch: {**batch, "target": tf.gather(labels, batch["id"])}
+        batches = _shuffled(train, num_examples, block, shuffle_seed).batch(batch_size)
+        if augment is not None:
+            batches = batches.enumerate().map(
+                lambda step, batch: augment(
+                    batch, tf.random.experimental.stateless_fold_in(augment_seed, step)
+                ),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+        return batches
+
+    dataset = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch_batches)
+    dataset = dataset.map(lambda batch: {**batch, "target": tf.gather(labels, batch["id"])})
+    dataset = dataset.apply(
+        tf.data.experimental.assert_cardinality(max(0, epochs - initial_epoch) * steps)
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _shuffled(
+    examples: tf.data.Dataset, num_examples: int, block: int, seed: tf.Tensor
+) -> tf.data.Dataset:
+    """`examples` in a random order drawn by stateless ops from `seed` (see training_dataset)."""
+    num_blocks = -(-num_examples // block)
+
+    def permute(index: tf.Tensor, chunk: Example) -> Example:
+        count = tf.shape(chunk["id"])[0]
+        keys = tf.random.stateless_uniform(
+            [count], tf.random.experimental.stateless_fold_in(seed, index)
+        )
+        order = tf.argsort(keys, stable=True)
+        return {name: tf.gather(value, order) for name, value in chunk.items()}
+
+    if num_blocks == 1:
+        return examples.batch(block).enumerate().map(permute).unbatch()
+    block_order = tf.argsort(tf.random.stateless_uniform([num_blocks], seed), stable=True)
+
+    def one_block(index: tf.Tensor) -> tf.data.Dataset:
+        index = tf.cast(index, tf.int64)
+        chunk = examples.skip(index * block).take(block).batch(block)
+        return chunk.map(lambda c: permute(index, c))
+
+    return (
+        tf.data.Dataset.from_tensor_slices(block_order).flat_map(one_block).unbatch()
+    )
 
 
 def eval_dataset(examples: tf.data.Dataset, batch_size: int = INFERENCE_BATCH_SIZE) -> tf.data.Dataset:

@@ -40,12 +40,50 @@ class Trainer(keras.Model):
             teacher.trainable = False
         self.temperature = temperature
         self.alpha = alpha
-        # Set by `LabelRefinery` once the teacher holds a trained generation.
-        self.teacher_ready = False
+        self._teaching = False
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.label_agreement = keras.metrics.Mean(name="label_agreement")
         self.label_entropy = keras.metrics.Mean(name="label_entropy")
+
+    @property
+    def teaching(self) -> bool:
+        """Whether the frozen teacher labels every batch (else: each batch's `target`)."""
+        return self._teaching
+
+    def use_teacher(self, model: keras.Model | None) -> None:
+        """`None`: train on each batch's `target`. A model: copy its weights into the
+        frozen teacher, which labels every batch from then on (online relabelling)."""
+        if model is not None:
+            if self.teacher is None:
+                raise ValueError("this Trainer was built without a teacher (offline relabelling).")
+            self.teacher.set_weights(model.get_weights())
+        if self._teaching != (model is not None):
+            self._teaching = model is not None
+            self._retrace()  # The step is traced with or without the teacher.
+
+    def set_refinement(self, temperature: float, alpha: float) -> None:
+        """The temperature and alpha the teacher's labels are refined with."""
+        if (self.temperature, self.alpha) != (temperature, alpha):
+            self.temperature, self.alpha = temperature, alpha
+            self._retrace()  # Both are constants of the traced step.
+
+    def _retrace(self) -> None:
+        # Rebuilt in place rather than dropped, so this works inside `fit` too (from a
+        # callback's `on_train_begin`), where Keras has already made the step.
+        if self.train_function is not None:
+            self.make_train_function(force=True)
+
+    def reset_optimizer(self) -> None:
+        """A fresh optimizer state (momenta, iteration count, loss scale), in place, so
+        compiled steps stay valid."""
+        optimizer = self.optimizer
+        if not optimizer.built:
+            return
+        blank = optimizer.__class__.from_config(optimizer.get_config())
+        blank.build(self.classifier.trainable_variables)
+        for variable, initial in zip(optimizer.variables, blank.variables, strict=True):
+            variable.assign(initial.value)
 
     @property
     def metrics(self):
@@ -57,7 +95,7 @@ class Trainer(keras.Model):
 
     def train_step(self, batch):
         images, labels, targets = batch["image"], batch["label"], batch["target"]
-        if self.teacher_ready:
+        if self._teaching:
             teacher_logits = self.teacher(images, training=False)
             targets = refined_labels(teacher_logits, labels, self.temperature, self.alpha)
         with tf.GradientTape() as tape:

@@ -3,15 +3,15 @@
 A trial is a chain (generations G, temperature T, alpha). Its objective, `val_accuracy`,
 is the validation accuracy of the chain's chosen generation: the best of generations
 1..G, as in a normal run, so the best trial also says how many generations pay off.
-Trials run their chains through `chains.ChainRunner`, which trains only what no
-earlier trial, worker or interrupted run of the same search has stored.
+The search follows keras-tuner's "tune anything" pattern: `ChainTuner.run_trial` runs
+the trial's chain through `chains.ChainRunner` (the loop a normal run uses) and returns
+its metrics; the runner trains only what no earlier trial, worker or interrupted run of
+the same search has stored, and continues a generation in flight from its checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,56 +19,39 @@ import keras
 import keras_tuner as kt
 import tensorflow as tf
 
-from krefinery import reporting
-from krefinery.chain_cache import GenerationCache, chain_keys
+from krefinery import files, reporting
+from krefinery.chain_cache import GenerationCache
 from krefinery.chains import ChainRunner
 from krefinery.config import Config
-from krefinery.errors import UserError
+from krefinery.errors import DiskFull, UserError
+from krefinery.experiment import Experiment, prepare_experiment
 from krefinery.export import export_generation, prepare_export_dir
 from krefinery.pipeline import Splits
-from krefinery.refinery import prepare_experiment
 from krefinery.search_space import TuneConfig
 
 TUNING = "tuning.json"
-SEARCH = "search.json"
+SEARCH = reporting.SEARCH
 PROJECT = "search"
 OBJECTIVE = "val_accuracy"
 
 
-class RefineryHyperModel(kt.HyperModel):
-    """The refinery chain as a keras-tuner `HyperModel`.
+class SearchSpace:
+    """The hyperparameters of a trial's chain, registered with the oracle in advance
+    (its documented `hyperparameters` argument), so that every oracle, Bayesian
+    included, knows the whole space from the first trial."""
 
-    `build(hp)` declares the search space and returns the `Trainer` (built once per
-    process, reused by every trial). `fit(hp, model, callbacks=...)` runs the trial's
-    chain through `ChainRunner` and returns its metrics: `val_accuracy` (the chosen
-    generation's), `val_accuracy_gen_<k>` for k = 1..G, `chosen_generation` and
-    `epochs_trained`. keras-tuner's callbacks go to every generation it trains.
-    """
-
-    def __init__(self, config: Config, search: TuneConfig, cache: GenerationCache, worker: str):
-        super().__init__(name="label_refinery", tunable=True)
-        self.config = config
+    def __init__(self, search: TuneConfig, alpha: float):
         self.search = search
-        self.cache = cache
-        self.worker = worker
-        self._runner: ChainRunner | None = None
+        self.alpha = alpha
 
-    @property
-    def runner(self) -> ChainRunner:
-        if self._runner is None:
-            self._runner = ChainRunner(prepare_experiment(self.config), self.cache, self.worker)
-        return self._runner
-
-    def build(self, hp: kt.HyperParameters) -> keras.Model:
+    def hyperparameters(self) -> kt.HyperParameters:
+        hp = kt.HyperParameters()
         low, high = self.search.generations
         if self.search.tuner != "hyperband":  # Hyperband's budget is the generation count.
             hp.Int("generations", low, high)
         hp.Choice("temperature", self.search.temperatures())
-        hp.Choice("alpha", self.search.alphas(self.config.alpha))
-        trainer = self.runner.experiment.trainer
-        if not trainer.built:  # `fit` never calls the trainer itself; saving needs it built.
-            trainer(tf.zeros((1, *self.runner.experiment.splits.image_shape), tf.uint8))
-        return trainer
+        hp.Choice("alpha", self.search.alphas(self.alpha))
+        return hp
 
     def generations(self, hp: kt.HyperParameters) -> int:
         if "generations" in hp.values:
@@ -76,150 +59,219 @@ class RefineryHyperModel(kt.HyperModel):
         low, high = self.search.generations
         return min(max(int(hp.get("tuner/epochs")), low), high)
 
-    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, callbacks=None, **kwargs):
-        generations = self.generations(hp)
+
+class ChainTuner(kt.Tuner):
+    """A keras-tuner `Tuner` whose trials are refinery chains.
+
+    `run_trial` returns the metrics: `val_accuracy` (the chosen generation's),
+    `val_accuracy_gen_<k>` for each generation that did not diverge, `chosen_generation`,
+    `epochs_trained` and, if the chain diverged, `diverged_generation`. A chain whose
+    generation 1 diverged has no generation to choose: keras-tuner records it as failed.
+    Every trial gets an HParams session under `<workdir>/tensorboard/`.
+    """
+
+    def __init__(
+        self,
+        oracle: kt.Oracle,
+        space: SearchSpace,
+        config: Config,
+        cache: GenerationCache,
+        workdir: Path,
+        experiment: Experiment | None,
+        worker: str,
+    ):
+        super().__init__(
+            oracle=oracle,
+            directory=os.fspath(workdir),
+            project_name=PROJECT,
+            overwrite=False,
+        )
+        self.space = space
+        self.config = config
+        self.cache = cache
+        self.workdir = workdir
+        self.runner = None if experiment is None else ChainRunner(experiment, cache, worker)
+
+    def run_trial(self, trial: kt.engine.trial.Trial, *args, **kwargs) -> dict[str, float]:
+        hp = trial.hyperparameters
+        generations = self.space.generations(hp)
         temperature, alpha = float(hp.get("temperature")), float(hp.get("alpha"))
-        callbacks = list(callbacks or [])
-        checkpoints = [c for c in callbacks if type(c).__name__ == "SaveBestEpoch"]
-        boards = [c for c in callbacks if isinstance(c, keras.callbacks.TensorBoard)]
-        passed = [
-            c
-            for c in callbacks
-            if c not in checkpoints and c not in boards and not _is_hparams_callback(c)
-        ]
-        records = self.runner.run(generations, temperature, alpha, passed)
-        chosen = max(records, key=lambda r: r["val_accuracy"])  # First of ties: fewer generations.
+        hparams = {"generations": generations, "temperature": temperature, "alpha": alpha}
+        try:
+            records = self.runner.run(generations, temperature, alpha)
+        except (DiskFull, UserError) as error:
+            raise kt.errors.FatalError(str(error)) from error  # Not a failed trial: stop.
+        finished = [r for r in records if not r.get("diverged")]
+        diverged = [r["generation"] for r in records if r.get("diverged")]
+        trained = sum(self.config.epochs for r in records if r["trained"])
+        if not finished:
+            _write_trial_hparams(self._logdir(trial), trial.trial_id, hparams, {}, "FAILED")
+            raise kt.errors.FailedTrialError(
+                f"generation 1 diverged (T={temperature:g}, alpha={alpha:g}); lower "
+                "--learning_rate."
+            )
+        chosen = max(finished, key=lambda r: r["val_accuracy"])  # First of ties: fewer generations.
         metrics = {
             OBJECTIVE: chosen["val_accuracy"],
             "chosen_generation": chosen["generation"],
-            "epochs_trained": sum(self.config.epochs for r in records if r["trained"]),
-            **{f"val_accuracy_gen_{r['generation']}": r["val_accuracy"] for r in records},
+            "epochs_trained": trained,
+            **{f"val_accuracy_gen_{r['generation']}": r["val_accuracy"] for r in finished},
         }
-        # keras-tuner's own tools (get_best_models, Hyperband) read this checkpoint.
-        self.runner.load(chosen["key"])
-        for checkpoint in checkpoints:
-            model.save_weights(checkpoint.filepath)
-        for board in boards:
-            _write_hparams(board.log_dir, generations, temperature, alpha, metrics)
+        if diverged:
+            metrics["diverged_generation"] = diverged[0]
+        _write_trial_hparams(self._logdir(trial), trial.trial_id, hparams, metrics, "COMPLETED")
         return metrics
 
-
-class _Hyperband(kt.Hyperband):
-    """Hyperband whose "continue a trial" is the chain cache, not the trial's checkpoint."""
-
-    def _build_hypermodel(self, hp):
-        return kt.Tuner._build_hypermodel(self, hp)
+    def _logdir(self, trial: kt.engine.trial.Trial) -> Path:
+        return self.workdir / "tensorboard" / f"trial_{trial.trial_id}"
 
 
-def make_tuner(hypermodel: RefineryHyperModel, workdir: Path) -> kt.Tuner:
-    """keras-tuner's tuner over `workdir/search`; an existing project there is resumed."""
-    search, seed = hypermodel.search, hypermodel.config.seed
+class _HyperbandOracle(kt.oracles.HyperbandOracle):
+    """Hyperband with a trial budget, like the other oracles' `max_trials`."""
+
+    def __init__(self, max_trials: int, **kwargs):
+        super().__init__(**kwargs)
+        self.max_trials = max_trials
+
+
+def make_oracle(space: SearchSpace, seed: int) -> kt.Oracle:
+    """keras-tuner's oracle for `--tuner`; keras-tuner draws a random seed when given 0."""
+    search = space.search
     common = dict(
-        hypermodel=hypermodel,
         objective=kt.Objective(OBJECTIVE, "max"),
-        # keras-tuner draws a random seed when given 0.
         seed=seed + 1,
-        directory=os.fspath(workdir),
-        project_name=PROJECT,
-        overwrite=False,
+        hyperparameters=space.hyperparameters(),
     )
     if search.tuner == "random":
-        return kt.RandomSearch(max_trials=search.max_trials, **common)
+        return kt.oracles.RandomSearchOracle(max_trials=search.max_trials, **common)
     if search.tuner == "bayesian":
-        return kt.BayesianOptimization(max_trials=search.max_trials, **common)
-    tuner = _Hyperband(max_epochs=search.generations[1], factor=2, **common)
-    tuner.oracle.max_trials = search.max_trials
-    return tuner
+        return kt.oracles.BayesianOptimizationOracle(max_trials=search.max_trials, **common)
+    return _HyperbandOracle(
+        search.max_trials, max_epochs=search.generations[1], factor=2, **common
+    )
 
 
 def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
     """Runs (or resumes) the search that `config` and `search` describe.
 
     Returns the `tuning.json` record, or None on a distributed worker: there only the
-    chief (keras-tuner's `KERASTUNER_TUNER_ID=chief`) reports.
+    chief (keras-tuner's `KERASTUNER_TUNER_ID=chief`) reports. Bad input is reported
+    before anything is created; a full disk raises `DiskFull` (rerun to resume).
     """
-    workdir = tuning_workdir(config, search)
-    prepare_export_dir(config)
+    workdir = check_tuning_workdir(config, search)
     worker = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
+    distributed = "KERASTUNER_ORACLE_IP" in os.environ
+    chief = distributed and worker.startswith("chief")
+    # The chief only runs the oracle; everyone else trains, so loads the data first.
+    experiment = None if chief else prepare_experiment(config)
+    prepare_export_dir(config)
+    workdir = create_tuning_workdir(config, search, workdir)
     cache = GenerationCache(workdir / "generations")
-    hypermodel = RefineryHyperModel(config, search, cache, worker)
-    tuner = make_tuner(hypermodel, workdir)
-    board = keras.callbacks.TensorBoard(
-        log_dir=os.fspath(workdir / "tensorboard"), write_graph=False, profile_batch=0
+    space = SearchSpace(search, config.alpha)
+    tuner = ChainTuner(
+        make_oracle(space, config.seed), space, config, cache, workdir, experiment, worker
     )
-    tuner.search(callbacks=[board], verbose=config.verbose)
-    if "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in worker:
+    try:
+        tuner.search(verbose=config.verbose)
+    except kt.errors.FatalError as fatal:
+        if isinstance(fatal.__cause__, (DiskFull, UserError)):
+            raise fatal.__cause__ from None
+        raise
+    if distributed and not chief:
         return None
-    record = summarise(tuner, hypermodel, workdir)
-    (workdir / TUNING).write_text(json.dumps(record, indent=2) + "\n")
+    if experiment is None:
+        experiment = prepare_experiment(config)
+        tuner.runner = ChainRunner(experiment, cache, worker)
+    record = summarise(tuner, workdir)
+    files.write_json(workdir / TUNING, record)
     return record
 
 
-# Where outputs go, not what is trained: a resumed search may change these.
-_NOT_RESUME_SETTINGS = ("workdir", "verbose", "export_dir", "export_name", "export_all_generations")
-
-
-def tuning_workdir(config: Config, search: TuneConfig) -> Path:
-    """`--workdir`, or a new `runs/tune-<dataset>-<time>`. A search already there resumes,
-    unless it was started with other settings (then that is an error).
-    """
-    workdir = reporting.workdir_path(config, prefix="tune-")
-    settings = {
-        "config": {k: v for k, v in config.to_dict().items() if k not in _NOT_RESUME_SETTINGS},
+def search_settings(config: Config, search: TuneConfig) -> dict[str, Any]:
+    return {
+        "config": reporting.settings(config),
         # A resumed search may be given more trials.
         "search": {k: v for k, v in search.to_dict().items() if k != "max_trials"},
     }
-    settings = json.loads(json.dumps(settings))  # Tuples as lists, as they are read back.
+
+
+def check_tuning_workdir(config: Config, search: TuneConfig) -> Path | None:
+    """`--workdir` (new, or a search with these settings, to resume); None for a new
+    default one. Reads only: a refused search creates nothing."""
+    if not config.workdir:
+        return None
+    workdir = Path(config.workdir)
     path = workdir / SEARCH
-    if path.exists():
-        if json.loads(path.read_text()) != settings:
+    stored = files.read_json(path) if path.exists() else None
+    if stored is not None:
+        if stored != _as_read(search_settings(config, search)):
             raise UserError(
                 f"--workdir={workdir} holds a search with other settings ({path}); "
                 "rerun it with the same flags to resume it, or choose another --workdir."
             )
-    elif (workdir / "results.json").exists():
+    elif (workdir / reporting.RESULTS).exists() or (workdir / reporting.SETTINGS).exists():
         raise UserError(f"--workdir={workdir} holds a normal run; choose another --workdir.")
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create --workdir={workdir}: {error.strerror}.") from None
-    if not path.exists():
-        temporary = workdir / f".{SEARCH}.{os.getpid()}"
-        temporary.write_text(json.dumps(settings, indent=2) + "\n")
-        os.replace(temporary, path)
     return workdir
 
 
-def summarise(tuner: kt.Tuner, hypermodel: RefineryHyperModel, workdir: Path) -> dict[str, Any]:
+def create_tuning_workdir(config: Config, search: TuneConfig, workdir: Path | None) -> Path:
+    if workdir is None:
+        workdir = reporting.create_default_workdir(config, prefix="tune-")
+    else:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create --workdir={workdir}: {error.strerror}.") from None
+    if not (workdir / SEARCH).exists():
+        files.write_json(workdir / SEARCH, search_settings(config, search))
+    return workdir
+
+
+def tuning_workdir(config: Config, search: TuneConfig) -> Path:
+    """`--workdir`, or a new `runs/tune-<dataset>-<time>`, checked and made."""
+    return create_tuning_workdir(config, search, check_tuning_workdir(config, search))
+
+
+def _as_read(record: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps(record))  # Tuples as lists, as they are read back.
+
+
+def summarise(tuner: ChainTuner, workdir: Path) -> dict[str, Any]:
     """The `tuning.json` record; the test split is evaluated here, once, for the best trial."""
-    config, runner = hypermodel.config, hypermodel.runner
+    config, runner, space = tuner.config, tuner.runner, tuner.space
     trials = []
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
         hp = trial.hyperparameters
         entry = {
             "trial_id": trial.trial_id,
             "status": str(trial.status),
-            "generations": hypermodel.generations(hp),
+            "generations": space.generations(hp),
             "temperature": float(hp.get("temperature")),
             "alpha": float(hp.get("alpha")),
         }
         if trial.status == kt.engine.trial.TrialStatus.COMPLETED:
-            metric = trial.metrics.get_last_value
+            metric, known = trial.metrics.get_last_value, trial.metrics.exists
             entry.update(
                 val_accuracy=[
-                    metric(f"val_accuracy_gen_{k}") for k in range(1, entry["generations"] + 1)
+                    metric(f"val_accuracy_gen_{k}")
+                    for k in range(1, entry["generations"] + 1)
+                    if known(f"val_accuracy_gen_{k}")
                 ],
                 chosen_generation=int(metric("chosen_generation")),
                 objective=metric(OBJECTIVE),
                 epochs_trained=int(metric("epochs_trained")),
             )
+            if known("diverged_generation"):
+                entry["diverged_generation"] = int(metric("diverged_generation"))
         trials.append(entry)
     completed = [t for t in trials if "objective" in t]
     if not completed:
         raise RuntimeError(f"no trial of the search in {workdir} completed.")
     best_trial = tuner.oracle.get_best_trials(1)[0]
     best = next(t for t in completed if t["trial_id"] == best_trial.trial_id)
-    keys = chain_keys(config, best["chosen_generation"], best["temperature"], best["alpha"])
+    keys = runner.keys(best["chosen_generation"], best["temperature"], best["alpha"])
     classifier = runner.load(keys[-1])
     test = runner.experiment.trainer.evaluate(
         runner.experiment.test_ds, verbose=0, return_dict=True
@@ -231,7 +283,7 @@ def summarise(tuner: kt.Tuner, hypermodel: RefineryHyperModel, workdir: Path) ->
     return {
         "dataset": config.dataset,
         "config": config.to_dict(),
-        "search": hypermodel.search.to_dict(),
+        "search": space.search.to_dict(),
         "objective": "val_accuracy of each trial's chosen generation (best of 1..generations)",
         "trials": trials,
         "best": {
@@ -263,8 +315,7 @@ def save_best_model(
     next SavedModel version of `<export_dir>/<name>/` (so each completed or resumed
     search adds a version; none is ever overwritten).
     """
-    path = workdir / "best.weights.h5"
-    shutil.copyfile(cached, path)
+    path = files.link_or_copy(cached, workdir / "best.weights.h5")
     export = export_generation(classifier, splits.class_names, splits.image_shape, config)
     return path, export
 
@@ -304,18 +355,19 @@ def format_trials(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _is_hparams_callback(callback: keras.callbacks.Callback) -> bool:
-    return type(callback).__module__.startswith("tensorboard.plugins.hparams")
+def _write_trial_hparams(
+    logdir: Path, trial_id: str, hparams: dict[str, Any], metrics: dict[str, float], status: str
+) -> None:
+    """One HParams session per trial, written even when every generation came from the store.
 
-
-def _write_hparams(logdir: str, generations: int, temperature: float, alpha: float, metrics) -> None:
-    """One HParams session per trial, written even when every generation came from the cache."""
+    (summaries.write_trial_hparams, with this signature, replaces it once merged.)
+    """
     from tensorboard.plugins.hparams import api as hparams_api
 
-    with tf.summary.create_file_writer(logdir).as_default():
-        hparams_api.hparams(
-            {"generations": generations, "temperature": temperature, "alpha": alpha}
-        )
+    writer = tf.summary.create_file_writer(os.fspath(logdir))
+    with writer.as_default():
+        hparams_api.hparams(hparams, trial_id=trial_id)
         for name, value in metrics.items():
             if name.startswith(OBJECTIVE):
                 tf.summary.scalar(name, value, step=0)
+    writer.close()

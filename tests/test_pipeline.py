@@ -16,7 +16,7 @@ from krefinery.pipeline import (
     onehot_table,
     training_dataset,
 )
-from krefinery.refinery import LabelRefinery
+from krefinery.label_refinery import LabelRefinery
 from krefinery.train import Trainer
 
 
@@ -60,11 +60,14 @@ def test_refined_labels_stay_aligned_under_shuffling_and_augmentation():
     refinery.refine()
 
     augment = make_augment(splits.image_shape, flip=True)
-    pipeline = training_dataset(splits.train, labels, 8, seed=1, augment=augment, shuffle_buffer=48)
+    pipeline = training_dataset(splits.train, labels, 8, seed=1, augment=augment, shuffle_buffer=48, epochs=2)
+    steps = 6  # 48 examples in batches of 8.
+    batches = list(pipeline)
+    assert len(batches) == 2 * steps
     orders = []
-    for _ in range(2):  # The same pipeline object, as fit uses it, epoch after epoch.
+    for epoch in range(2):  # One stream of two epochs, as fit reads it with steps_per_epoch.
         order, translated = [], 0
-        for batch in pipeline:
+        for batch in batches[epoch * steps : (epoch + 1) * steps]:
             ids = batch["id"].numpy()
             images = tf.cast(batch["image"], tf.float32)
             # The brightest pixel of each (augmented) image tells which example it is...

@@ -9,7 +9,7 @@ from helpers import classifier_builder, random_images
 from krefinery.config import Config
 from krefinery.losses import entropy, refined_labels
 from krefinery.pipeline import eval_dataset, make_splits, onehot_table, training_dataset
-from krefinery.refinery import LabelRefinery, generation_seed
+from krefinery.label_refinery import LabelRefinery, generation_seed
 from krefinery.train import Trainer, make_optimizer
 
 EPOCHS, BATCH = 2, 16
@@ -100,7 +100,7 @@ def test_online_mode_labels_with_the_frozen_previous_generation():
     table_before = labels.numpy()
     snapshots = Snapshots()
     trainer.fit(train_ds, epochs=EPOCHS, callbacks=[refinery, snapshots], verbose=0)
-    assert trainer.teacher_ready
+    assert trainer.teaching
     assert_weights_equal(trainer.teacher.get_weights(), snapshots.end[0]["weights"])
 
     history = trainer.fit(train_ds, epochs=1, callbacks=[refinery, snapshots], verbose=0)

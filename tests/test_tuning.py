@@ -76,8 +76,9 @@ def test_a_chain_continued_from_the_cache_equals_one_trained_in_one_go(tmp_path)
     has already run other chains, equals generation 2 of a normal two-generation run."""
     from krefinery.chain_cache import GenerationCache
     from krefinery.config import Config
-    from krefinery.refinery import prepare_experiment, train_and_evaluate
     from krefinery.chains import ChainRunner
+    from krefinery.experiment import prepare_experiment
+    from krefinery.refinery import train_and_evaluate
 
     config = Config(depth=8, epochs=1, warmup_epochs=0, verbose=0, temperature=2.0, generations=2)
     train_and_evaluate(Config(**{**config.to_dict(), "workdir": os.fspath(tmp_path / "run")}))
@@ -101,22 +102,22 @@ def test_an_interrupted_search_resumes_without_repeating_finished_work(tmp_path,
     from krefinery import chains
 
     args = ("--tune", *TINY, "--tune_generations=2,2", "--tune_temperature=1,4", "--max_trials=3", f"--workdir={tmp_path}")
-    train = chains.run_generation
+    train = chains.ChainRunner._train
     calls = []
 
-    def interrupt_the_third_training(*a, **k):
+    def interrupt_the_third_training(self, *a, **k):
         calls.append(1)
         if len(calls) == 3:  # Trial 0 trained generations 1 and 2; trial 1 is in flight.
             raise KeyboardInterrupt
-        return train(*a, **k)
+        return train(self, *a, **k)
 
-    monkeypatch.setattr(chains, "run_generation", interrupt_the_third_training)
+    monkeypatch.setattr(chains.ChainRunner, "_train", interrupt_the_third_training)
     with pytest.raises(KeyboardInterrupt):
         run_cli(*args)
     assert not (tmp_path / "tuning.json").exists()
     finished = (tmp_path / "search" / "trial_0" / "trial.json").read_text()
     assert '"COMPLETED"' in finished
-    monkeypatch.setattr(chains, "run_generation", train)
+    monkeypatch.setattr(chains.ChainRunner, "_train", train)
 
     run_cli(*args)
     record = read_tuning(tmp_path)

@@ -1,0 +1,148 @@
+"""What every generation of every chain shares in one process: data, pipelines, trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from krefinery.config import Config
+from krefinery.datasets import load_source
+from krefinery.device import resolve_jit_compile, resolve_precision
+from krefinery.label_refinery import LabelRefinery
+from krefinery.pipeline import (
+    Splits,
+    eval_dataset,
+    make_augment,
+    make_splits,
+    onehot_table,
+    onehot_values,
+    steps_per_epoch,
+    training_dataset,
+)
+from krefinery.resnet import build_resnet
+from krefinery.train import Trainer, make_optimizer
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Built once per process; a tuning search runs many chains on one `Experiment`, so
+    data is loaded, split and cached once, and the trainer's compiled steps are reused.
+
+    `runtime` is what the run resolved to here, as `results.json` records it:
+    `precision` (the Keras dtype policy), `jit_compile` (whether Keras really compiled
+    with XLA: it turns XLA off under op determinism) and `deterministic`.
+    """
+
+    config: Config
+    splits: Splits
+    labels: tf.Variable
+    augment: Callable | None
+    val_ds: tf.data.Dataset
+    test_ds: tf.data.Dataset
+    trainer: Trainer
+    build_classifier: Callable[[int], keras.Model]
+    runtime: dict[str, Any]
+    steps_per_epoch: int
+
+    def training_dataset(self, generation: int, initial_epoch: int = 0) -> tf.data.Dataset:
+        """Generation `generation`'s batches from epoch `initial_epoch` on (0-based)."""
+        config, splits = self.config, self.splits
+        return training_dataset(
+            splits.train,
+            self.labels,
+            config.batch_size,
+            config.seed,
+            self.augment,
+            splits.num_train,
+            generation=generation,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+        )
+
+    def reset_labels(self) -> None:
+        """Ground truth back into the label table, for a chain's generation 1."""
+        splits = self.splits
+        self.labels.assign(onehot_values(splits.train, splits.num_ids, splits.num_classes))
+
+    def refinery(
+        self,
+        generations: int,
+        temperature: float,
+        alpha: float,
+        on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    ) -> LabelRefinery:
+        refinery = LabelRefinery(
+            self.labels,
+            eval_dataset(self.splits.train),
+            self.build_classifier,
+            generations,
+            temperature=temperature,
+            alpha=alpha,
+            seed=self.config.seed,
+            jit_compile=self.runtime["jit_compile"],
+            on_relabel=on_relabel,
+        )
+        refinery.set_model(self.trainer)
+        return refinery
+
+
+def prepare_experiment(config: Config) -> Experiment:
+    """Loads and splits the data and builds the pipelines and the trainer; trains nothing.
+
+    Bad input (dataset, folder) raises `UserError` here, before anything is written.
+    """
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    source = load_source(config.dataset, config.data_dir, config.svhn_extra)
+    splits = make_splits(source, config.val_fraction, config.seed)
+    precision = resolve_precision(config.precision)
+
+    def build_classifier(seed: int) -> keras.Model:
+        keras.utils.set_random_seed(seed)
+        return build_resnet(
+            splits.image_shape,
+            splits.num_classes,
+            depth=config.depth,
+            width=config.width,
+            version=config.resnet_version,
+            weight_decay=config.weight_decay,
+            precision=precision,
+        )
+
+    labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
+    augment = make_augment(splits.image_shape, splits.flip_safe) if config.augment else None
+    online = config.relabel == "online"
+    trainer = Trainer(
+        build_classifier(config.seed),
+        teacher=build_classifier(config.seed) if online else None,
+        temperature=config.temperature,
+        alpha=config.alpha,
+    )
+    steps = steps_per_epoch(splits.num_train, config.batch_size)
+    trainer.compile(
+        make_optimizer(config, steps, precision),
+        jit_compile=resolve_jit_compile(config.jit_compile),
+    )
+    # Built now, so that checkpoints can be loaded into it before the first step.
+    trainer(tf.zeros((1, *splits.image_shape), tf.uint8))
+    return Experiment(
+        config=config,
+        splits=splits,
+        labels=labels,
+        augment=augment,
+        val_ds=eval_dataset(splits.val),
+        test_ds=eval_dataset(splits.test),
+        trainer=trainer,
+        build_classifier=build_classifier,
+        runtime={
+            "precision": precision,
+            # Keras's own reading: XLA is off under op determinism, whatever was asked.
+            "jit_compile": bool(trainer.jit_compile),
+            "deterministic": True,
+        },
+        steps_per_epoch=steps,
+    )

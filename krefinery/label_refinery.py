@@ -1,0 +1,148 @@
+"""The refinery step as a Keras callback: each `fit` of a `Trainer` becomes one generation.
+
+A library piece with no I/O: it talks to the `Trainer` only through `use_teacher`,
+`set_refinement`, `teaching` and `reset_optimizer`, and to the data through the label
+table that the training pipeline reads by example id.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from krefinery.losses import refined_labels
+
+
+def generation_seed(seed: int, generation: int) -> int:
+    """The weight-initialisation seed of a generation, derived from the run seed."""
+    return int(np.random.SeedSequence([seed, generation]).generate_state(1)[0])
+
+
+class LabelRefinery(keras.callbacks.Callback):
+    """Makes each `fit` of a `Trainer` one Label Refinery generation.
+
+    - `on_train_begin`: generation k starts from scratch: the classifier's weights are
+      replaced by those of `build_classifier(generation_seed(seed, k))` and the optimizer's
+      state (momenta, iteration count, hence the learning-rate schedule) by a fresh one's.
+    - `on_train_end`, if generations remain: the trained classifier, in inference mode,
+      refines the labels. Offline (the trainer has no teacher): `softmax(logits / T)`
+      of every example in `examples` is written into the `labels` table by example id,
+      which the training pipeline reads. Online: the trained weights are copied into
+      the trainer's frozen teacher, which labels each augmented batch from then on.
+      Then `on_relabel(k, previous, refined)`, if given, sees the `[num_ids, classes]`
+      targets of `examples` before and after (online: the teacher's, un-augmented).
+
+    Example:
+
+        refinery = LabelRefinery(labels, eval_dataset(splits.train), build, generations=3)
+        for generation in range(1, 4):
+            trainer.fit(training_dataset(..., generation=generation, epochs=30), epochs=30,
+                        steps_per_epoch=steps, callbacks=[refinery])
+    """
+
+    def __init__(
+        self,
+        labels: tf.Variable,
+        examples: tf.data.Dataset,
+        build_classifier: Callable[[int], keras.Model],
+        generations: int,
+        temperature: float = 1.0,
+        alpha: float = 0.0,
+        seed: int = 0,
+        jit_compile: bool = False,
+        on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    ):
+        super().__init__()
+        self.labels = labels
+        self.examples = examples
+        self.build_classifier = build_classifier
+        self.generations = generations
+        self.temperature = temperature
+        self.alpha = alpha
+        self.seed = seed
+        self.on_relabel = on_relabel
+        self.generation = 0
+        # The targets the last relabel produced, as (generation, table): the next relabel's
+        # "previous" labels, so online mode need not run the old teacher over the data again.
+        self._last_refined: tuple[int, np.ndarray] | None = None
+        self._relabel_batch = tf.function(
+            self._relabel_batch_eager, jit_compile=jit_compile, reduce_retracing=True
+        )
+
+    def on_train_begin(self, logs=None):
+        if self.generation == self.generations:
+            raise RuntimeError(f"all {self.generations} generations have been trained already.")
+        self.generation += 1
+        self.start_fresh()
+
+    def on_train_end(self, logs=None):
+        if self.generation < self.generations:
+            self.refine()
+
+    def start_fresh(self) -> None:
+        """New weights and a new optimizer state, in place, so compiled steps stay valid."""
+        trainer = self.model
+        fresh = self.build_classifier(generation_seed(self.seed, self.generation))
+        trainer.classifier.set_weights(fresh.get_weights())
+        trainer.reset_optimizer()
+        trainer.set_refinement(self.temperature, self.alpha)
+
+    def restart(self) -> None:
+        """Back to where the chain began: ground truth comes next, for generation 1."""
+        self.generation = 0
+        self._last_refined = None
+        self.model.use_teacher(None)
+
+    def continue_after(self, generation: int) -> None:
+        """Puts the chain where it stood after `generation`, whose weights the trainer's
+        classifier holds (loaded from a store, say): its refined labels come next.
+
+        No `on_relabel`: the labels before these are not at hand, and the relabel was
+        observed when `generation` was first trained.
+        """
+        self.generation = generation
+        self._last_refined = None
+        self.refine(observe=False)
+
+    def refine(self, observe: bool = True) -> None:
+        """Refined labels from the trainer's classifier, for the next generation."""
+        trainer = self.model
+        observe = observe and self.on_relabel is not None
+        previous = None
+        if observe:
+            last = self._last_refined
+            fresh = last is not None and last[0] == self.generation - 1
+            previous = last[1] if fresh else self.labels_in_use()
+        trainer.set_refinement(self.temperature, self.alpha)
+        if trainer.teacher is not None:
+            trainer.use_teacher(trainer.classifier)
+        else:
+            for batch in self.examples:
+                self._relabel_batch(batch)
+        if observe:
+            refined = self.labels_in_use()
+            self._last_refined = (self.generation, refined)
+            self.on_relabel(self.generation, previous, refined)
+
+    def labels_in_use(self) -> np.ndarray:
+        """The targets of `examples` that training reads now, as a `[num_ids, classes]` array.
+
+        Online, these are the teacher's labels of the un-augmented images (training
+        itself labels augmented ones); before the teacher is ready, the table's.
+        """
+        table = self.labels.numpy()
+        trainer = self.model
+        if trainer.teaching:
+            for batch in self.examples:
+                logits = trainer.teacher(batch["image"], training=False)
+                targets = refined_labels(logits, batch["label"], self.temperature, self.alpha)
+                table[batch["id"].numpy()] = targets.numpy()
+        return table
+
+    def _relabel_batch_eager(self, batch):
+        logits = self.model.classifier(batch["image"], training=False)
+        targets = refined_labels(logits, batch["label"], self.temperature, self.alpha)
+        self.labels.scatter_nd_update(batch["id"][:, None], targets)

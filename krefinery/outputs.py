@@ -1,0 +1,130 @@
+"""Everything a normal run leaves in its work directory, written by one owner.
+
+`RunOutputs` follows the chain (`ChainRunner.run(callbacks=outputs.callbacks,
+on_generation=outputs.on_generation)`) and, per generation, writes `gen_<k>.weights.h5`,
+the TensorBoard sub-runs, `results.json` and `accuracy.png` (and the generation's
+export with `--export_all_generations`); `finish` exports the best generation and only
+then marks the run finished. Generations loaded from the store on a resumed run go
+through the same steps, so the finished `results.json` is the same either way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from krefinery import charts, files, reporting, summaries
+from krefinery.chain_cache import GenerationCache
+from krefinery.experiment import Experiment
+from krefinery.export import export_generation, export_model_name, find_export
+from krefinery.pipeline import eval_dataset
+
+
+class RunOutputs:
+    """The work directory of one run: its per-generation outputs and its export."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        experiment: Experiment,
+        cache: GenerationCache,
+    ):
+        self.workdir = workdir
+        self.experiment = experiment
+        self.config = experiment.config
+        self.cache = cache
+        self.generations: list[dict[str, Any]] = []
+        previous = reporting.read_results(workdir) or {}
+        # Exports that landed before an interruption are kept, not made again.
+        self.exports: dict[str, str] = {
+            name: path for name, path in previous.get("exports", {}).items() if Path(path).is_dir()
+        }
+        tensorboard = workdir / "tensorboard"
+        splits = experiment.splits
+        self.relabel_summaries = summaries.RelabelSummaries(
+            tensorboard / "refinery", eval_dataset(splits.train), splits.class_names
+        )
+        self.generation_summaries = summaries.GenerationSummaries(tensorboard / "generations")
+
+    def callbacks(self, generation: int) -> list[keras.callbacks.Callback]:
+        return [reporting.tensorboard_callback(self.workdir, generation)]
+
+    def on_relabel(self, generation: int, previous: np.ndarray, refined: np.ndarray) -> None:
+        self.relabel_summaries(generation, previous, refined)
+
+    def on_generation(self, record: dict[str, Any]) -> None:
+        """Adds a stored generation to the run's outputs; rewrites `results.json`."""
+        entry = {k: v for k, v in record.items() if k != "trained"}
+        generation = record["generation"]
+        if not record.get("diverged"):
+            classifier = self._load(record["key"])
+            test = self.experiment.trainer.evaluate(
+                self.experiment.test_ds, verbose=0, return_dict=True
+            )
+            weights = self.workdir / f"gen_{generation}.weights.h5"
+            files.link_or_copy(self.cache.weights_path(record["key"]), weights)
+            entry.update(test_accuracy=float(test["accuracy"]), weights=weights.name)
+            self.generation_summaries.write(entry)
+            if self.config.export_all_generations:
+                self._export(f"gen_{generation}", classifier, record["key"], generation)
+        self.generations.append(entry)
+        self._write(finished=False)
+        if reporting.best_generation(self.generations) is not None:
+            finished = [g for g in self.generations if not g.get("diverged")]
+            charts.accuracy_chart(
+                finished,
+                reporting.best_generation(self.generations),
+                self.workdir / charts.ACCURACY_CHART,
+            )
+
+    def finish(self) -> dict[str, Any]:
+        """Exports the best generation (if any did not diverge), then writes the final
+        `results.json`: `finished` is true only if the chain completed and the export landed."""
+        best = reporting.best_generation(self.generations)
+        if best is not None:
+            key = self.generations[best - 1]["key"]
+            self._export("best", self._load(key), key, None)
+        complete = len(self.generations) == self.config.generations and not any(
+            g.get("diverged") for g in self.generations
+        )
+        return self._write(finished=complete and best is not None)
+
+    def _load(self, key: str) -> keras.Model:
+        classifier = self.experiment.trainer.classifier
+        classifier.load_weights(self.cache.weights_path(key))
+        return classifier
+
+    def close(self) -> None:
+        self.relabel_summaries.close()
+        self.generation_summaries.close()
+
+    def _export(self, name: str, classifier: keras.Model, key: str, generation: int | None) -> None:
+        """Exports once: a version that landed before a kill (its `source` matches) is reused."""
+        if name in self.exports:
+            return
+        source = {"workdir": os.fspath(self.workdir.resolve()), "key": key}
+        model_dir = Path(self.config.export_dir) / export_model_name(self.config, generation)
+        path = find_export(model_dir, source)
+        if path is None:
+            splits = self.experiment.splits
+            path = export_generation(
+                classifier, splits.class_names, splits.image_shape, self.config, generation, source
+            )
+        self.exports[name] = os.fspath(path)
+
+    def _write(self, finished: bool) -> dict[str, Any]:
+        record = reporting.results_record(
+            self.config,
+            self.experiment.splits,
+            self.generations,
+            self.workdir,
+            finished,
+            self.experiment.runtime,
+            self.exports,
+        )
+        reporting.write_results(self.workdir, record)
+        return record
