@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,7 @@ def atomic_write(path: os.PathLike | str, write: Callable[[Path], None]) -> Path
     temporary = path.with_name(f"{temporary_prefix()}{os.getpid()}-{path.name}")
     try:
         faults.before_write(path)
+        _remove(temporary)  # Left by an earlier write of this process that was interrupted.
         write(temporary)
         os.replace(temporary, path)
     except OSError as error:
@@ -60,7 +62,8 @@ def read_json(path: os.PathLike | str) -> Any | None:
 
 def link_or_copy(source: Path, target: Path) -> Path:
     """`target` as a hard link to `source` (no extra space), else an atomic copy."""
-    import shutil
+    if target.exists() and os.path.samefile(source, target):
+        return target  # (Renaming a link over its twin would leave the temporary behind.)
 
     def place(temporary: Path) -> None:
         try:
@@ -91,8 +94,6 @@ def stale_temporaries(folder: Path) -> list[Path]:
 
 
 def remove_stale_temporaries(folder: Path) -> None:
-    import shutil
-
     for path in stale_temporaries(folder):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -24,19 +24,10 @@ SEARCH = "search.json"
 NOT_SETTINGS = ("workdir", "verbose", "export_dir", "export_name", "export_all_generations")
 
 
-def workdir_path(config: Config, prefix: str = "") -> Path:
-    """`--workdir`, or else a new `runs/<prefix><dataset>-<time>` (see `create_default_workdir`)."""
-    if config.workdir:
-        return Path(config.workdir)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.dataset.split(":")[0])
-    return Path("runs") / f"{prefix}{name}-{stamp}"
-
-
 def create_default_workdir(config: Config, prefix: str = "") -> Path:
     """A new folder `runs/<prefix><dataset>-<time>[-<n>]`, made exclusively: two runs
     started in the same second get two folders."""
-    base = workdir_path(Config(**{**config.to_dict(), "workdir": None}), prefix)
+    base = _default_workdir(config, prefix)
     base.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, 10_000):
         path = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
@@ -46,6 +37,12 @@ def create_default_workdir(config: Config, prefix: str = "") -> Path:
         except FileExistsError:
             continue
     raise UserError(f"cannot find a free name for a work directory beside {base}.")
+
+
+def _default_workdir(config: Config, prefix: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.dataset.split(":")[0])
+    return Path("runs") / f"{prefix}{name}-{stamp}"
 
 
 def settings(config: Config) -> dict[str, Any]:

@@ -227,11 +227,6 @@ def create_tuning_workdir(config: Config, search: TuneConfig, workdir: Path | No
     return workdir
 
 
-def tuning_workdir(config: Config, search: TuneConfig) -> Path:
-    """`--workdir`, or a new `runs/tune-<dataset>-<time>`, checked and made."""
-    return create_tuning_workdir(config, search, check_tuning_workdir(config, search))
-
-
 def _as_read(record: dict[str, Any]) -> dict[str, Any]:
     import json
 

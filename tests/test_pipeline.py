@@ -98,3 +98,53 @@ def test_pipeline_is_fixed_by_the_seed():
         np.testing.assert_array_equal(ids_a, ids_b)
         np.testing.assert_array_equal(images_a, images_b)
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(same, other))
+
+
+def test_each_epoch_is_the_same_stream_wherever_it_starts():
+    """Resuming at epoch e, or training generation k on a stored parent, sees the very
+    batches of a run trained in one go: streams depend on (seed, generation, epoch) only."""
+    splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
+    labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
+    augment = make_augment(splits.image_shape, flip=True)
+
+    def stream(generation=1, initial_epoch=0, buffer=48):
+        pipeline = training_dataset(
+            splits.train, labels, 16, seed=5, augment=augment, shuffle_buffer=buffer,
+            generation=generation, epochs=3, initial_epoch=initial_epoch,
+        )
+        return [(b["id"].numpy().tolist(), b["image"].numpy()) for b in pipeline]
+
+    whole = stream()
+    assert len(whole) == 3 * 3  # Three epochs of ceil(48 / 16) batches.
+    for (ids_a, images_a), (ids_b, images_b) in zip(whole[3:], stream(initial_epoch=1)):
+        assert ids_a == ids_b
+        np.testing.assert_array_equal(images_a, images_b)
+    assert [ids for ids, _ in stream(generation=2)] != [ids for ids, _ in whole]
+    # Above the shuffle buffer, blocks are shuffled within and in a random order.
+    blocked = [ids for ids, _ in stream(buffer=20)]
+    epoch = sum(blocked[:3], [])
+    assert sorted(epoch) == sorted(int(e["id"]) for e in splits.train)
+    assert epoch != sorted(epoch)
+
+
+def test_batch_augmentation_is_a_padded_crop_or_its_mirror():
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 255, (64, 8, 8, 1)).astype(np.uint8)
+    augment = make_augment((8, 8, 1), flip=True)
+    out = augment({"image": tf.constant(images)}, tf.constant([3, 4], tf.int64))["image"].numpy()
+    padded = np.pad(images, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    offsets, mirrored = set(), 0
+    for image, source in zip(out, padded):
+        crops = {
+            (dy, dx, flip): crop
+            for dy in range(3)
+            for dx in range(3)
+            for flip in (False, True)
+            for crop in [source[dy : dy + 8, dx : dx + 8][:, ::-1] if flip else source[dy : dy + 8, dx : dx + 8]]
+        }
+        (match,) = [k for k, crop in crops.items() if np.array_equal(crop, image)]
+        offsets.add(match[:2])
+        mirrored += match[2]
+    assert len(offsets) == 9 and 0 < mirrored < 64  # Every offset drawn, some flipped.
+    again = augment({"image": tf.constant(images)}, tf.constant([3, 4], tf.int64))["image"].numpy()
+    np.testing.assert_array_equal(out, again)

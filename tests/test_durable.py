@@ -1,0 +1,209 @@
+"""Durable runs: killed (kill -9) or out of disk anywhere, the same command finishes the run
+with the results of a run never interrupted; a diverged generation is never used."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli
+
+CHAIN = (
+    "--depth=8", "--epochs=2", "--generations=3", "--batch_size=32", "--warmup_epochs=0",
+    "--verbose=0", "--precision=float32",
+)
+
+
+def killed_at(point: str, workdir: Path, models: Path) -> None:
+    """`python run.py` in a fresh process that SIGKILLs itself at a named point."""
+    env = {**os.environ, "KREFINERY_KILL_AT": point}
+    result = subprocess.run(
+        [sys.executable, "run.py", *CHAIN, f"--workdir={workdir}", f"--export_dir={models}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == -9, result.stderr[-3000:]
+
+
+def run_here(workdir: Path, models: Path, *extra: str) -> int:
+    """`python run.py` in this process (cheaper than a fresh one); its exit code."""
+    try:
+        run_cli(*CHAIN, *extra, f"--workdir={workdir}", f"--export_dir={models}")
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def comparable(results: dict) -> dict:
+    """results.json without what differs between two runs of the same chain: the folders
+    they write to, and timings."""
+    results = json.loads(json.dumps(results))
+    for key in ("workdir", "exports"):
+        results.pop(key)
+    for key in ("workdir", "export_dir"):
+        results["config"].pop(key)
+    for generation in results["generations"]:
+        generation.pop("seconds")
+    return results
+
+
+def read_results(workdir: Path) -> dict:
+    return json.loads((workdir / "results.json").read_text())
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """The chain run once, never interrupted."""
+    root = tmp_path_factory.mktemp("reference")
+    assert run_here(root / "run", root / "models") == 0
+    return read_results(root / "run")
+
+
+def test_killed_anywhere_the_same_command_finishes_the_same_run(reference, tmp_path, capsys):
+    workdir, models = tmp_path / "run", tmp_path / "models"
+    store = workdir / "generations"
+    # kill -9 during an epoch of generation 1 (after its first checkpoint)...
+    killed_at("gen1.epoch2.batch5", workdir, models)
+    assert [p.name for p in store.glob("*.ckpt.json")] and not (workdir / "results.json").exists()
+    # ...between generation 1's relabel and generation 2...
+    killed_at("gen1.relabelled", workdir, models)
+    assert [g["generation"] for g in read_results(workdir)["generations"]] == [1]
+    # ...during an epoch of generation 3...
+    killed_at("gen3.epoch1.batch10", workdir, models)
+    # ...and during the export, once the SavedModel is written but not yet in place.
+    killed_at("export", workdir, models)
+    assert read_results(workdir)["finished"] is False
+    assert [p.name for p in (models / "digits").iterdir()][0].startswith(".tmp-export-")
+
+    assert run_here(workdir, models) == 0
+    results = read_results(workdir)
+    assert comparable(results) == comparable(reference)
+    assert results["finished"] is True
+    # Exactly one version; the killed export's temporary folder is gone.
+    assert [p.name for p in (models / "digits").iterdir()] == ["1"]
+    assert results["exports"] == {"best": str(models / "digits" / "1")}
+    trained = [json.loads(line) for line in (store / "trained.jsonl").read_text().splitlines()]
+    assert [entry["generation"] for entry in trained] == [1, 2, 3]
+    assert not list(store.glob("*.ckpt*")), "checkpoints of stored generations are removed"
+
+    # A finished run, rerun: its table again, nothing trained or exported.
+    capsys.readouterr()
+    assert run_here(workdir, models) == 0
+    assert "best generation" in capsys.readouterr().out
+    assert read_results(workdir) == results
+    # With its export gone, the rerun exports it again and the results stay the same.
+    shutil.rmtree(models / "digits" / "1")
+    assert run_here(workdir, models) == 0
+    assert [p.name for p in (models / "digits").iterdir()] == ["1"]
+    assert comparable(read_results(workdir)) == comparable(reference)
+
+
+def test_out_of_disk_space_is_one_line_and_the_same_command_resumes(
+    reference, tmp_path, monkeypatch, capsys
+):
+    """ENOSPC (injected) as generation 1 writes its checkpoint after epoch 2; a one-
+    generation chain, whose generation 1 is the reference's."""
+    workdir, models = tmp_path / "run", tmp_path / "models"
+    store = workdir / "generations"
+    monkeypatch.setenv("KREFINERY_ENOSPC_AT", "ckpt-2.weights.h5")
+    assert run_here(workdir, models, "--generations=1") == 4
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "no space left" in line and "ckpt-2.weights.h5" in line and "rerun the same command" in line
+    assert not list(store.glob(".tmp-*")), "a temporary file was left behind"
+    state = json.loads(next(store.glob("*.ckpt.json")).read_text())
+    assert state["epoch"] == 1 and (store / state["weights"]).is_file()  # The last whole one.
+    assert sorted(p.name for p in store.glob("*.weights.h5")) == [state["weights"]]
+
+    assert run_here(workdir, models, "--generations=1") == 0  # Space freed: the same command.
+    results = comparable(read_results(workdir))
+    assert results["generations"] == comparable(reference)["generations"][:1]
+    assert results["finished"] is True
+
+
+def test_a_diverging_chain_stops_with_one_line_and_exports_nothing_of_it(tmp_path, capsys):
+    workdir, models = tmp_path / "run", tmp_path / "models"
+    assert run_here(workdir, models, "--learning_rate=1e4") == 3
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "generation 1 diverged in epoch 1" in line and "--learning_rate" in line
+    results = read_results(workdir)
+    assert results["diverged"] == {"generation": 1, "epoch": 1}
+    assert results["generations"][0]["diverged"] is True
+    assert results["best_generation"] is None and results["finished"] is False
+    assert results["exports"] == {}
+    assert not (models / "digits").exists() or not any((models / "digits").iterdir())
+
+
+def test_a_later_generation_that_diverges_keeps_the_earlier_ones(tmp_path, monkeypatch, capsys):
+    """Generation 1 relabels with non-finite values (as from a model whose logits
+    overflowed): generation 2 diverges on its first batch, generation 1 is exported."""
+    import tensorflow as tf
+
+    from krefinery import label_refinery
+
+    monkeypatch.setattr(
+        label_refinery, "refined_labels", lambda logits, *_: tf.fill(tf.shape(logits), float("nan"))
+    )
+    args = (*CHAIN, "--generations=2", f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(*args)
+    assert exit_.value.code == 3
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "generation 2 diverged in epoch 1" in line
+    results = read_results(tmp_path / "run")
+    first, second = results["generations"]
+    assert "diverged" not in first and second["diverged"] is True and second["epoch"] == 1
+    assert results["best_generation"] == 1 and results["finished"] is False
+    assert results["exports"] == {"best": str(tmp_path / "models" / "digits" / "1")}
+    assert (tmp_path / "run" / "gen_1.weights.h5").exists()
+    assert not (tmp_path / "run" / "gen_2.weights.h5").exists()
+
+    # The divergence is stored: the same command reports it again without training.
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(*args)
+    assert exit_.value.code == 3
+    assert read_results(tmp_path / "run")["generations"] == results["generations"]
+    assert [p.name for p in (tmp_path / "models" / "digits").iterdir()] == ["1"]
+
+
+def test_label_figures_of_non_finite_labels_do_not_read_as_clean():
+    from krefinery.diagnostics import label_stats
+    from krefinery.losses import entropy
+
+    table = np.full((4, 3), np.nan, np.float32)
+    assert np.isnan(label_stats(table, np.zeros(4, int)).mean_entropy)
+    assert np.isnan(entropy(table).numpy()).all()
+    assert entropy(np.eye(3, dtype=np.float32)).numpy().tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_workdir_holding_a_run_with_other_settings_is_refused_naming_the_flags(reference, capsys):
+    workdir = Path(reference["workdir"])
+    before = sorted(p.name for p in workdir.rglob("*"))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(*CHAIN, "--epochs=3", "--seed=1", f"--workdir={workdir}")
+    assert exit_.value.code == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "--epochs=2 there, --epochs=3 here" in line and "--seed=0 there, --seed=1 here" in line
+    assert sorted(p.name for p in workdir.rglob("*")) == before
+
+
+def test_two_default_workdirs_made_in_the_same_second_differ(tmp_path):
+    from krefinery import reporting
+    from krefinery.config import Config
+
+    # Three in a row take well under a second, so at least two share a time stamp.
+    made = [reporting.create_default_workdir(Config()) for _ in range(3)]
+    assert len(set(made)) == 3 and all(path.is_dir() for path in made)
+    stamps = [path.name.split("-")[1] + path.name.split("-")[2] for path in made]
+    assert len(set(stamps)) < 3
+    assert all(path.parent == Path("runs") and path.name.startswith("digits-") for path in made)
