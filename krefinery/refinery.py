@@ -200,8 +200,11 @@ def prepare_experiment(config: Config) -> Experiment:
     """
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    source = load_source(config.dataset, config.data_dir, config.svhn_extra)
+    source = load_source(
+        config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw
+    )
     splits = make_splits(source, config.val_fraction, config.seed)
+    config.check_batch_size(splits.num_train)
     precision = resolve_precision(config.precision)
     jit_compile = resolve_jit_compile(config.jit_compile)
 
@@ -280,8 +283,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     Every bad input (dataset, folder, flags, export folder) is reported before the work
     directory is made and before any training starts.
     """
-    experiment = prepare_experiment(config)
     prepare_export_dir(config)
+    experiment = prepare_experiment(config)
     workdir = reporting.create_workdir(config)
     splits, trainer = experiment.splits, experiment.trainer
     tensorboard = workdir / "tensorboard"
