@@ -14,7 +14,8 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from krefinery.datasets import Source
+from krefinery.config import Config
+from krefinery.datasets import Source, load_source
 from krefinery.errors import UserError
 
 TRAIN, VAL, TEST = 0, 1, 2
@@ -50,6 +51,18 @@ class Splits:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+def load_splits(config: Config) -> Splits:
+    """The run's data: `--dataset` loaded, every file checked, split, and checked against
+    the batch size. Bad data raises `UserError` here, before anything trains.
+    """
+    source = load_source(
+        config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw
+    )
+    splits = make_splits(source, config.val_fraction, config.seed)
+    config.check_batch_size(splits.num_train)
+    return splits
 
 
 def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:

@@ -18,7 +18,6 @@ import tensorflow as tf
 
 from krefinery import charts, reporting, summaries
 from krefinery.config import Config
-from krefinery.datasets import load_source
 from krefinery.device import resolve_jit_compile, resolve_precision
 from krefinery.export import export_generation, prepare_export_dir
 from krefinery.losses import refined_labels
@@ -26,7 +25,7 @@ from krefinery.pipeline import (
     eval_dataset,
     make_augment,
     Splits,
-    make_splits,
+    load_splits,
     onehot_table,
     training_dataset,
 )
@@ -200,11 +199,7 @@ def prepare_experiment(config: Config) -> Experiment:
     """
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    source = load_source(
-        config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw
-    )
-    splits = make_splits(source, config.val_fraction, config.seed)
-    config.check_batch_size(splits.num_train)
+    splits = load_splits(config)
     precision = resolve_precision(config.precision)
     jit_compile = resolve_jit_compile(config.jit_compile)
 
