@@ -112,7 +112,7 @@ class Config:
             folder or self.image_size is None,
             "--image_size only applies to --dataset=folder:PATH (other datasets have one size).",
         )
-        self.image_hw  # Checks --image_size.
+        parse_image_size(self.image_size)
         _require(self.epochs >= 1, f"--epochs={self.epochs} must be >= 1.")
         _require(self.batch_size >= 1, f"--batch_size={self.batch_size} must be >= 1.")
         _require(
@@ -158,19 +158,7 @@ class Config:
     @property
     def image_hw(self) -> tuple[int, int] | None:
         """`--image_size=HxW` as (height, width), or None."""
-        if self.image_size is None:
-            return None
-        match = IMAGE_SIZE.fullmatch(self.image_size.strip().lower())
-        _require(
-            match is not None,
-            f"--image_size={self.image_size} must be HEIGHTxWIDTH in pixels, e.g. --image_size=32x32.",
-        )
-        height, width = int(match[1]), int(match[2])
-        _require(
-            1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE,
-            f"--image_size={self.image_size}: each side must be 1 to {MAX_IMAGE_SIDE} pixels.",
-        )
-        return height, width
+        return parse_image_size(self.image_size)
 
     def check_batch_size(self, num_train: int) -> None:
         """A batch larger than the training split would make every epoch one short step."""
@@ -183,6 +171,23 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_image_size(text: str | None) -> tuple[int, int] | None:
+    """`HxW` -> (height, width); None stays None; anything else is a `UserError`."""
+    if text is None:
+        return None
+    match = IMAGE_SIZE.fullmatch(text.strip().lower())
+    _require(
+        match is not None,
+        f"--image_size={text} must be HEIGHTxWIDTH in pixels, e.g. --image_size=32x32.",
+    )
+    height, width = int(match[1]), int(match[2])
+    _require(
+        1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE,
+        f"--image_size={text}: each side must be 1 to {MAX_IMAGE_SIDE} pixels.",
+    )
+    return height, width
 
 
 def _require(condition: bool, message: str) -> None:

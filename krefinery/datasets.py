@@ -117,7 +117,7 @@ def folder(
     if not os.path.isdir(os.path.join(root, "train")):
         raise UserError(
             f"{where}: expected class folders under {os.path.join(root, 'train')} "
-            "(PATH/train/<class>/*.png|jpg)."
+            f"(PATH/train/<class>/*: {READABLE})."
         )
     not_read = [
         name + "/" if os.path.isdir(os.path.join(root, name)) else name
@@ -150,16 +150,19 @@ def folder(
         raise UserError(f"{where}: {_describe_bad(bad)}; no training image is readable.")
     shape, notes = _choose_shape(train_headers, list(headers.values()), image_size)
     _check_memory(where, len(headers), shape)
-    pixels = _read_all(root, list(headers), shape, bad)
+    train_images, train_labels = _decode(root, train, headers, shape, bad)
+    test_arrays = _decode(root, test, headers, shape, bad) if test else None
     if bad and not skip_bad_images:
         raise UserError(
             f"{where}: {_describe_bad(bad)}. Fix or remove {'it' if len(bad) == 1 else 'them'}, "
             "or pass --skip_bad_images to train without."
         )
-    train_images, train_labels = _arrays(where, train, pixels, shape)
-    test_arrays = _arrays(where, test, pixels, shape) if test else None
+    _check_classes(where, train, train_labels)
+    if test:
+        _check_classes(where, test, test_arrays[1])
     notes = {"skipped_files": [f"{f}: {r}" for f, r in sorted(bad.items())], **notes, "not_read": not_read}
-    for line in _note_lines(notes, shape, len(pixels)):
+    total = len(train_labels) + (len(test_arrays[1]) if test_arrays else 0)
+    for line in _note_lines(notes, shape, total):
         print(f"{where}: {line}", flush=True)
     return Source(
         name=f"folder:{path}",
@@ -277,25 +280,45 @@ def _check_memory(where: str, count: int, shape: tuple[int, int, int]) -> None:
         )
 
 
-def _read_all(
-    root: str, files: list[str], shape: tuple[int, int, int], bad: dict[str, str]
-) -> dict[str, np.ndarray]:
-    """Every file decoded to `shape`, in threads (Pillow decodes without the GIL)."""
+def _decode(
+    root: str,
+    split: _Split,
+    headers: dict[str, images.Header],
+    shape: tuple[int, int, int],
+    bad: dict[str, str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A split's images decoded to `shape` (in threads: Pillow decodes without the GIL),
+    straight into one array, and their labels; files that fail go into `bad`.
+    """
+    readable = [(name, label) for name, label in zip(split.files, split.labels) if name in headers]
+    batch = np.empty((len(readable), *shape), np.uint8)
 
-    def read(name: str) -> np.ndarray | str:
+    def read(index: int) -> str | None:
         try:
-            return images.read_pixels(os.path.join(root, name), shape)
+            batch[index] = images.read_pixels(os.path.join(root, readable[index][0]), shape)
         except images.BadImage as error:
             return str(error)
+        return None
 
-    pixels = {}
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        for name, result in zip(files, pool.map(read, files, chunksize=64)):
-            if isinstance(result, str):
-                bad[name] = result
-            else:
-                pixels[name] = result
-    return pixels
+        errors = list(pool.map(read, range(len(readable)), chunksize=64))
+    for (name, _), error in zip(readable, errors):
+        if error is not None:
+            bad[name] = error
+    labels = np.asarray([label for _, label in readable], np.int64)
+    failed = np.asarray([error is not None for error in errors], bool)
+    if failed.any():
+        batch, labels = batch[~failed], labels[~failed]
+    return batch, labels
+
+
+def _check_classes(where: str, split: _Split, labels: np.ndarray) -> None:
+    """Every class a split lists keeps at least one image, after bad files are left out."""
+    for label in sorted(set(split.labels) - set(labels.tolist())):
+        folder = next(name for name, l in zip(split.files, split.labels) if l == label)
+        raise UserError(
+            f"{where}: every file in {folder.rsplit('/', 1)[0]}/ is bad, so that class has no images."
+        )
 
 
 def _describe_bad(bad: dict[str, str]) -> str:
@@ -303,21 +326,6 @@ def _describe_bad(bad: dict[str, str]) -> str:
     shown = [f"{name}: {reason}" for name, reason in sorted(bad.items())[:3]]
     more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
     return f"{len(bad)} bad file{'s' if len(bad) > 1 else ''}: " + "; ".join(shown) + more
-
-
-def _arrays(
-    where: str, split: _Split, pixels: dict[str, np.ndarray], shape: tuple[int, int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """A split's readable images and labels; every class it lists keeps at least one."""
-    kept = [(name, label) for name, label in zip(split.files, split.labels) if name in pixels]
-    present = {label for _, label in kept}
-    for label in sorted(set(split.labels) - present):
-        folder = next(n for n, l in zip(split.files, split.labels) if l == label).rsplit("/", 1)[0]
-        raise UserError(f"{where}: every file in {folder}/ is bad, so that class has no images.")
-    batch = np.empty((len(kept), *shape), np.uint8)
-    for i, (name, _) in enumerate(kept):
-        batch[i] = pixels[name]
-    return batch, np.asarray([label for _, label in kept], np.int64)
 
 
 def _note_lines(notes: dict[str, Any], shape: tuple[int, int, int], total: int) -> list[str]:

@@ -27,7 +27,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 # Enough to run a chain end to end in seconds, for the survey's accepted cases.
-TINY = ("--depth=8", "--epochs=1", "--generations=1", "--batch_size=4", "--verbose=0")
+TINY = ("--depth=8", "--epochs=2", "--generations=1", "--batch_size=4", "--verbose=0")
 
 
 # Folder builders: a base dataset of two classes, and what each case does to it.
@@ -286,6 +286,8 @@ def case_ids() -> list[str]:
 
 
 def build(case: Case, tmp: Path) -> list[str]:
+    """Makes the case's folder (and `file.txt`, a file where a folder is expected) in `tmp`."""
+    (tmp / "file.txt").write_text("x")
     data = tmp / "data"
     if case.folder is not None:
         data.mkdir()
@@ -322,7 +324,6 @@ def test_bad_input_table(case, tmp_path, capsys):
     from krefinery.errors import UserError
 
     args = build(case, tmp_path)
-    (tmp_path / "file.txt").write_text("x")
     before = snapshot(tmp_path)
     if case.message is None:
         splits = check_before_training(*args)
@@ -409,7 +410,6 @@ END_TO_END = ["bad file in test/ only", "3 classes x 1 image", "unknown flag", "
 def test_end_to_end_refusals_exit_2_with_one_line_and_write_nothing(case_id, tmp_path):
     (case,) = [c for c in TABLE if c.id == case_id]
     args = build(case, tmp_path)
-    (tmp_path / "file.txt").write_text("x")
     before = snapshot(tmp_path)
     result = run_py(*args, *TINY, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
@@ -427,7 +427,7 @@ def survey(root: Path, scratch: Path) -> dict:
         tmp = scratch / case.id.replace(" ", "_").replace("/", "_")
         tmp.mkdir(parents=True)
         args = build(case, tmp)
-        result = run_py(*args, *TINY, cwd=tmp, root=root)
+        result = run_py(*TINY, *args, cwd=tmp, root=root)
         if "Traceback" in result.stderr:
             outcome = "traceback"
         elif result.returncode == 0:
