@@ -120,6 +120,10 @@ def _open(path: str | os.PathLike) -> Image.Image:
                 if error.errno == errno.ELOOP:
                     raise BadImage("symbolic link loop") from None
             raise BadImage("broken symbolic link")
+        if os.path.isdir(path):
+            raise BadImage("a folder, not a file")
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise BadImage("not a regular file (a pipe, socket or device)")  # Would block.
         if os.path.getsize(path) == 0:
             raise BadImage("empty file (0 bytes)")
         with warnings.catch_warnings():
@@ -136,8 +140,6 @@ def _open(path: str | os.PathLike) -> Image.Image:
             raise BadImage("symbolic link loop") from None
         if error.errno == errno.ENOENT:
             raise BadImage("no such file") from None
-        if error.errno == errno.EISDIR:
-            raise BadImage("a folder, not a file") from None
         raise BadImage(f"cannot read ({error.strerror or error})") from None
     except (ValueError, SyntaxError, EOFError) as error:
         raise BadImage(f"damaged header ({_reason(error)})") from None

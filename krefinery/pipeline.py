@@ -125,10 +125,11 @@ def assign_roles(
     needed = num_val + num_test + (len(class_names) if labels is not None else 1)
     if num_ids < needed:
         per_class = " (one training example per class)" if labels is not None else ""
+        lower = ", or lower --val_fraction" if num_val + num_test > 2 else ""
         raise UserError(
             f"{num_ids} training examples are too few to carve out {splits} splits: "
             f"{needed} are needed here{per_class}. Add images"
-            f"{' (or a test/ folder)' if num_test else ''}, or lower --val_fraction."
+            f"{' (or a test/ folder)' if num_test else ''}{lower}."
         )
     order = np.random.default_rng(seed).permutation(num_ids)
     roles = np.full(num_ids, TRAIN, np.int8)

@@ -234,6 +234,7 @@ TABLE = [
     folder_case("truncated jpeg", with_file("train/cat/t.jpg", truncated_jpeg), "train/cat/t.jpg: damaged or truncated", before_data=False),
     folder_case("symlink loop", with_file("train/cat/loop.png", symlink_loop), "train/cat/loop.png: symbolic link loop", before_data=False),
     folder_case("broken symlink", with_file("train/cat/gone.png", broken_link), "train/cat/gone.png: broken symbolic link", before_data=False),
+    folder_case("named pipe", with_file("train/cat/fifo.png", lambda p: os.mkfifo(p)), "train/cat/fifo.png: not a regular file", before_data=False),
     folder_case("unsupported suffix", with_file("train/cat/scan.tif", encoded(RGB, "TIFF")), "train/cat/scan.tif: unsupported file type (.tif", before_data=False),
     folder_case("text file", with_file("train/cat/notes.txt", b"hello"), "train/cat/notes.txt: unsupported file type (.txt", before_data=False),
     folder_case("TIFF named .png", with_file("train/cat/scan.png", encoded(RGB, "TIFF")), "TIFF images are not supported", before_data=False),
@@ -427,7 +428,12 @@ def survey(root: Path, scratch: Path) -> dict:
         tmp = scratch / case.id.replace(" ", "_").replace("/", "_")
         tmp.mkdir(parents=True)
         args = build(case, tmp)
-        result = run_py(*TINY, *args, cwd=tmp, root=root)
+        try:
+            result = run_py(*TINY, *args, cwd=tmp, root=root, timeout=180)
+        except subprocess.TimeoutExpired:
+            outcomes[case.id] = "hangs"
+            print(f"{'hangs':22} {case.id}", flush=True)
+            continue
         if "Traceback" in result.stderr:
             outcome = "traceback"
         elif result.returncode == 0:
