@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,6 +35,17 @@ flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "TFDS data directory (prepar
 flags.DEFINE_bool("svhn_extra", _DEFAULTS.svhn_extra, "Add SVHN's 531k 'extra' split to training.")
 flags.DEFINE_float("val_fraction", _DEFAULTS.val_fraction, "Share of train held out for validation.")
 flags.DEFINE_bool("augment", _DEFAULTS.augment, "Random translation (and flips where safe).")
+flags.DEFINE_bool(
+    "skip_bad_images",
+    _DEFAULTS.skip_bad_images,
+    "folder:PATH: leave out files that are not readable images (listed in the log and "
+    "results.json) instead of stopping at them.",
+)
+flags.DEFINE_string(
+    "image_size",
+    _DEFAULTS.image_size,
+    "folder:PATH: HxW every image is resized to (default: the most common training size).",
+)
 flags.DEFINE_integer("generations", _DEFAULTS.generations, "Generations in the chain.")
 flags.DEFINE_float("temperature", _DEFAULTS.temperature, "Softmax temperature of refined labels.")
 flags.DEFINE_float("alpha", _DEFAULTS.alpha, "Share of ground truth kept in refined labels.")
@@ -51,7 +63,11 @@ flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs per generation.")
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training batch size.")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Peak SGD learning rate.")
 flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, LR_SCHEDULES, "Per-generation schedule.")
-flags.DEFINE_integer("warmup_epochs", _DEFAULTS.warmup_epochs, "Linear warm-up (cosine only).")
+flags.DEFINE_integer(
+    "warmup_epochs",
+    None,
+    "Linear warm-up epochs (cosine only); default: 1, or 0 with --epochs=1 or --lr_schedule=step.",
+)
 flags.DEFINE_float("momentum", _DEFAULTS.momentum, "SGD momentum.")
 flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "L2 weight decay on kernels.")
 flags.DEFINE_enum(
@@ -115,8 +131,27 @@ def predict(filenames: list[str]) -> None:
         raise UserError(f"--top_k={FLAGS.top_k} must be >= 1.")
     from krefinery import predict as predict_lib
 
-    predictions = predict_lib.predict_files(FLAGS.model, filenames, FLAGS.top_k)
+    predictions = predict_lib.predict_files(
+        FLAGS.model, filenames, FLAGS.top_k, on_note=lambda note: print(f"note: {note}", file=sys.stderr)
+    )
     print(predict_lib.format_predictions(predictions))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with its errors as one line and exit code 2, like every bad value.
+
+    Usage is printed only when asked for (`--help`, `--helpfull`).
+    """
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        message = " ".join(str(error).split())
+        fail(f"{message} (python run.py --helpfull lists every flag).")
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv: list[str]) -> None:
@@ -129,11 +164,13 @@ def main(argv: list[str]) -> None:
         try:
             predict(argv[1:])
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            fail(str(error))
         return
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        fail(
+            f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value; image "
+            "files are only taken with --predict)."
+        )
     try:
         config = config_from_flags()
         if FLAGS.tune:
@@ -159,4 +196,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

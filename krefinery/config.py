@@ -15,6 +15,9 @@ RESNET_VERSIONS = (1, 2)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # An export name is one folder beside others that a server watches: no path, not hidden.
 EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+IMAGE_SIZE = re.compile(r"([0-9]+)x([0-9]+)")
+MAX_IMAGE_SIDE = 4096
+SEED_LIMIT = 2**32  # NumPy and Keras seeds are unsigned 32-bit.
 
 
 def check_depth(depth: int) -> int:
@@ -41,6 +44,8 @@ class Config:
     svhn_extra: bool = False
     val_fraction: float = 0.1
     augment: bool = True
+    skip_bad_images: bool = False  # folder:PATH only: leave unreadable files out, and say so.
+    image_size: str | None = None  # folder:PATH only: "HxW"; None: the most common size.
     # Refinery.
     generations: int = 3
     temperature: float = 1.0
@@ -55,7 +60,7 @@ class Config:
     batch_size: int = 64
     learning_rate: float = 0.1
     lr_schedule: str = "cosine"
-    warmup_epochs: int = 1
+    warmup_epochs: int | None = None  # None: 1, or 0 where it cannot apply (see below).
     momentum: float = 0.9
     weight_decay: float = 5e-4
     # Speed: `auto` and None pick per device (see `krefinery.device`).
@@ -98,6 +103,16 @@ class Config:
             f"--resnet_version={self.resnet_version} must be 1 (post-activation) or 2 "
             "(pre-activation).",
         )
+        folder = self.dataset.startswith("folder:")
+        _require(
+            folder or not self.skip_bad_images,
+            "--skip_bad_images only applies to --dataset=folder:PATH.",
+        )
+        _require(
+            folder or self.image_size is None,
+            "--image_size only applies to --dataset=folder:PATH (other datasets have one size).",
+        )
+        parse_image_size(self.image_size)
         _require(self.epochs >= 1, f"--epochs={self.epochs} must be >= 1.")
         _require(self.batch_size >= 1, f"--batch_size={self.batch_size} must be >= 1.")
         _require(
@@ -108,6 +123,11 @@ class Config:
             self.lr_schedule in LR_SCHEDULES,
             f"--lr_schedule={self.lr_schedule} must be one of {', '.join(LR_SCHEDULES)}.",
         )
+        if self.warmup_epochs is None:
+            # The default warms up for one epoch where there is an epoch to spare and the
+            # schedule has a warm-up; stored resolved, so results.json says what ran.
+            warmup = 1 if self.epochs > 1 and self.lr_schedule == "cosine" else 0
+            object.__setattr__(self, "warmup_epochs", warmup)
         _require(
             0 <= self.warmup_epochs < self.epochs,
             f"--warmup_epochs={self.warmup_epochs} must be >= 0 and less than "
@@ -115,10 +135,14 @@ class Config:
         )
         _require(
             self.lr_schedule == "cosine" or self.warmup_epochs == 0,
-            "--warmup_epochs applies to --lr_schedule=cosine only; pass --warmup_epochs=0 "
-            "with --lr_schedule=step.",
+            f"--warmup_epochs={self.warmup_epochs} applies to --lr_schedule=cosine only; "
+            "leave it unset with --lr_schedule=step.",
         )
         _require(0.0 <= self.momentum < 1.0, f"--momentum={self.momentum} must be in [0, 1).")
+        _require(
+            0 <= self.seed < SEED_LIMIT,
+            f"--seed={self.seed} must be in [0, 2**32 - 1 = {SEED_LIMIT - 1}].",
+        )
         _require(self.weight_decay >= 0, f"--weight_decay={self.weight_decay} must be >= 0.")
         _require(
             self.precision in PRECISIONS,
@@ -131,8 +155,39 @@ class Config:
             "'_', '.' or '-', starting with a letter or digit.",
         )
 
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """`--image_size=HxW` as (height, width), or None."""
+        return parse_image_size(self.image_size)
+
+    def check_batch_size(self, num_train: int) -> None:
+        """A batch larger than the training split would make every epoch one short step."""
+        _require(
+            self.batch_size <= num_train,
+            f"--batch_size={self.batch_size} is larger than the training split "
+            f"({num_train} images): each epoch would be one step. Pass --batch_size={num_train} "
+            "or less.",
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_image_size(text: str | None) -> tuple[int, int] | None:
+    """`HxW` -> (height, width); None stays None; anything else is a `UserError`."""
+    if text is None:
+        return None
+    match = IMAGE_SIZE.fullmatch(text.strip().lower())
+    _require(
+        match is not None,
+        f"--image_size={text} must be HEIGHTxWIDTH in pixels, e.g. --image_size=32x32.",
+    )
+    height, width = int(match[1]), int(match[2])
+    _require(
+        1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE,
+        f"--image_size={text}: each side must be 1 to {MAX_IMAGE_SIDE} pixels.",
+    )
+    return height, width
 
 
 def _require(condition: bool, message: str) -> None:

@@ -6,21 +6,28 @@ order, so that an example's position is a stable id (see `pipeline.py`).
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import math
 import os
 import socket
 import urllib.parse
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from krefinery import images
 from krefinery.errors import UserError
 
 # Short names users type, mapped to TFDS names.
 TFDS_ALIASES = {"svhn": "svhn_cropped"}
 # Datasets whose labels survive a horizontal flip. Digits and house numbers do not.
 FLIP_SAFE = {"cifar10", "cifar100", "fashion_mnist"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+READABLE = "png, jpeg, gif, bmp, webp"
+# Decoded folder images reach tf.data in chunks of this many.
+IN_MEMORY_CHUNK = 512
 OFFLINE_HINT = "run offline with --dataset=digits"
 
 
@@ -34,18 +41,29 @@ class Source:
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
     flip_safe: bool = False
+    # The training split's labels in order, where known without reading the images: it
+    # lets the splits keep every class in training (see `pipeline.assign_roles`).
+    labels: np.ndarray | None = None
+    # What was decided about the data (skipped files, resizing, channels): results.json.
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
 
-def load_source(dataset: str, data_dir: str | None = None, svhn_extra: bool = False) -> Source:
+def load_source(
+    dataset: str,
+    data_dir: str | None = None,
+    svhn_extra: bool = False,
+    skip_bad_images: bool = False,
+    image_size: tuple[int, int] | None = None,
+) -> Source:
     """Resolves `--dataset`: `digits`, `folder:PATH`, or a TFDS name (or alias)."""
     if dataset == "digits":
         return digits()
     if dataset.startswith("folder:"):
-        return folder(dataset[len("folder:") :])
+        return folder(dataset[len("folder:") :], skip_bad_images, image_size)
     if svhn_extra and TFDS_ALIASES.get(dataset, dataset) != "svhn_cropped":
         raise UserError("--svhn_extra only applies to --dataset=svhn.")
     return tfds_source(dataset, data_dir=data_dir, extra=svhn_extra)
@@ -75,105 +93,294 @@ def digits() -> Source:
         test=as_dataset(x_test, y_test),
         class_names=tuple(str(n) for n in bunch.target_names),
         image_shape=(8, 8, 1),
+        labels=y_train,
     )
 
 
-def folder(path: str) -> Source:
+def folder(
+    path: str, skip_bad_images: bool = False, image_size: tuple[int, int] | None = None
+) -> Source:
     """Images in `PATH/train/<class>/*`, and `PATH/test/<class>/*` when that exists.
 
-    Every image is decoded to the size and channel count of the first training image.
+    Every file is read in full here, before anything trains, so a bad file anywhere
+    costs one error line (or, with `skip_bad_images`, is left out and reported), never
+    a generation. Mixed files become one shape by visible rules (see `krefinery.images`):
+    RGB if any training image has colour, else grey; the most common training size, or
+    `image_size`. What was decided is printed and kept in `Source.notes`.
     """
-    root = os.path.expanduser(path)
+    where = f"--dataset=folder:{path}"
     if not path:
         raise UserError("--dataset=folder: needs a path, e.g. --dataset=folder:/data/pets.")
+    root = os.path.expanduser(path)
     if not os.path.isdir(root):
-        raise UserError(f"--dataset=folder:{path}: no such folder.")
-    train_dir = os.path.join(root, "train")
-    if not os.path.isdir(train_dir):
+        raise UserError(f"{where}: no such folder.")
+    if not os.path.isdir(os.path.join(root, "train")):
         raise UserError(
-            f"--dataset=folder:{path}: expected class folders under {train_dir} "
-            "(PATH/train/<class>/*.png|jpg)."
+            f"{where}: expected class folders under {os.path.join(root, 'train')} "
+            f"(PATH/train/<class>/*: {READABLE})."
         )
-    class_names, train_files, train_labels = _list_images(train_dir, path)
-    if len(class_names) < 2:
+    not_read = [
+        name + "/" if os.path.isdir(os.path.join(root, name)) else name
+        for name in _entries(root, where)
+        if name not in ("train", "test")
+    ]
+    train = _list_split(root, "train", where, not_read)
+    if len(train.class_names) < 2:
         raise UserError(
-            f"--dataset=folder:{path}: found {len(class_names)} class folder(s) with images "
-            f"in {train_dir}; a classifier needs at least 2."
+            f"{where}: found {len(train.class_names)} class folder(s) with images in "
+            f"{os.path.join(root, 'train')}; a classifier needs at least 2."
         )
-    image_shape = _probe_image(train_files[0])
     test = None
-    test_dir = os.path.join(root, "test")
-    if os.path.isdir(test_dir):
-        test_names, test_files, test_labels = _list_images(test_dir, path)
-        unknown = sorted(set(test_names) - set(class_names))
+    if os.path.isdir(os.path.join(root, "test")):
+        test = _list_split(root, "test", where, not_read)
+        unknown = sorted(set(test.class_names) - set(train.class_names))
         if unknown:
-            raise UserError(
-                f"--dataset=folder:{path}: test classes {unknown} do not appear in train/."
-            )
-        index = {name: i for i, name in enumerate(class_names)}
-        test_labels = [index[test_names[label]] for label in test_labels]
-        test = _decode_files(test_files, test_labels, image_shape)
+            raise UserError(f"{where}: test classes {unknown} do not appear in train/.")
+        index = {name: i for i, name in enumerate(train.class_names)}
+        test = dataclasses.replace(
+            test,
+            class_names=train.class_names,
+            labels=[index[test.class_names[label]] for label in test.labels],
+        )
+    files = train.files + (test.files if test else [])
+    bad: dict[str, str] = {}
+    headers = _read_headers(root, files, bad)
+    train_headers = [headers[f] for f in train.files if f in headers]
+    if not train_headers:
+        raise UserError(f"{where}: {_describe_bad(bad)}; no training image is readable.")
+    shape, notes = _choose_shape(train_headers, list(headers.values()), image_size)
+    _check_memory(where, len(headers), shape)
+    train_images, train_labels = _decode(root, train, headers, shape, bad)
+    test_arrays = _decode(root, test, headers, shape, bad) if test else None
+    if bad and not skip_bad_images:
+        raise UserError(
+            f"{where}: {_describe_bad(bad)}. Fix or remove {'it' if len(bad) == 1 else 'them'}, "
+            "or pass --skip_bad_images to train without."
+        )
+    _check_classes(where, train, train_labels)
+    if test:
+        _check_classes(where, test, test_arrays[1])
+    notes = {"skipped_files": [f"{f}: {r}" for f, r in sorted(bad.items())], **notes, "not_read": not_read}
+    total = len(train_labels) + (len(test_arrays[1]) if test_arrays else 0)
+    for line in _note_lines(notes, shape, total):
+        print(f"{where}: {line}", flush=True)
     return Source(
         name=f"folder:{path}",
-        train=_decode_files(train_files, train_labels, image_shape),
-        test=test,
-        class_names=tuple(class_names),
-        image_shape=image_shape,
+        train=_in_memory(train_images, train_labels),
+        test=_in_memory(*test_arrays) if test_arrays else None,
+        class_names=tuple(train.class_names),
+        image_shape=shape,
+        labels=train_labels,
+        notes=notes,
     )
 
 
-def _list_images(directory: str, path: str) -> tuple[list[str], list[str], list[int]]:
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    """One split's image files (relative to the dataset root) and class ids."""
+
+    class_names: list[str]
+    files: list[str]
+    labels: list[int]
+
+
+def _entries(directory: str, where: str) -> list[str]:
+    """The folder's entries, sorted, less hidden files and file-manager metadata."""
     try:
-        entries = sorted(os.listdir(directory))
+        return sorted(name for name in os.listdir(directory) if not images.is_ignored(name))
     except OSError as error:
-        raise UserError(f"--dataset=folder:{path}: cannot read {directory}: {error.strerror}.")
+        raise UserError(f"{where}: cannot read {directory}: {error.strerror}.") from None
+
+
+def _list_split(root: str, split: str, where: str, not_read: list[str]) -> _Split:
+    """Class folders of `root/split`. Every other entry is named in `not_read`."""
     names, files, labels = [], [], []
-    for entry in entries:
-        class_dir = os.path.join(directory, entry)
-        if not os.path.isdir(class_dir):
+    for entry in _entries(os.path.join(root, split), where):
+        relative = f"{split}/{entry}"
+        if not os.path.isdir(os.path.join(root, relative)):
+            not_read.append(relative)  # Not in a class folder: it has no label.
+            continue
+        class_files = []
+        for name in _entries(os.path.join(root, relative), where):
+            if os.path.isdir(os.path.join(root, relative, name)):
+                not_read.append(f"{relative}/{name}/")
+            else:
+                class_files.append(f"{relative}/{name}")
+        if not class_files:
+            raise UserError(
+                f"{where}: {relative}/ holds no image files; add images or remove the folder."
+            )
+        labels += [len(names)] * len(class_files)
+        files += class_files
+        names.append(entry)
+    return _Split(names, files, labels)
+
+
+def _read_headers(root: str, files: list[str], bad: dict[str, str]) -> dict[str, images.Header]:
+    """Headers of the readable files; the others go into `bad` with what is wrong."""
+    headers = {}
+    for name in files:
+        if not images.has_image_suffix(name):
+            suffix = os.path.splitext(name)[1] or "no extension"
+            bad[name] = f"unsupported file type ({suffix}; krefinery reads {READABLE})"
             continue
         try:
-            images = sorted(
-                f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_SUFFIXES)
-            )
-        except OSError as error:
-            raise UserError(f"--dataset=folder:{path}: cannot read {class_dir}: {error.strerror}.")
-        if not images:
-            continue
-        labels += [len(names)] * len(images)
-        files += [os.path.join(class_dir, f) for f in images]
-        names.append(entry)
-    if not files:
-        raise UserError(
-            f"--dataset=folder:{path}: no .png or .jpg images in class folders under {directory}."
-        )
-    return names, files, labels
+            headers[name] = images.read_header(os.path.join(root, name))
+        except images.BadImage as error:
+            bad[name] = str(error)
+    return headers
 
 
-def _probe_image(filename: str) -> tuple[int, int, int]:
+def _choose_shape(
+    train: list[images.Header], every: list[images.Header], image_size: tuple[int, int] | None
+) -> tuple[tuple[int, int, int], dict[str, Any]]:
+    """One `(height, width, channels)` for every image, and what it takes to get there."""
+    sizes = collections.Counter(header.size for header in train)
+    if image_size is None:
+        # The most common size; among equally common ones, the largest.
+        height, width = max(sizes, key=lambda s: (sizes[s], s[0] * s[1], s))
+    else:
+        height, width = image_size
+    channels = 3 if any(header.colour for header in train) else 1
+    notes = {
+        "image_size": {
+            "size": [height, width],
+            "chosen": "--image_size" if image_size else "most common training size",
+            "resized": sum(header.size != (height, width) for header in every),
+            "training_sizes": {f"{h}x{w}": n for (h, w), n in sizes.most_common()},
+        },
+        "channels": {
+            "channels": channels,
+            "grey_read_as_rgb": sum(not h.colour for h in every) if channels == 3 else 0,
+            "colour_read_as_grey": sum(h.colour for h in every) if channels == 1 else 0,
+            "alpha_dropped": sum(h.alpha for h in every),
+        },
+        "converted": {
+            "16_bit_to_8_bit": sum(h.wide for h in every),
+            "exif_rotated": sum(h.rotated for h in every),
+            "animated_first_frame": sum(h.animated for h in every),
+        },
+    }
+    return (height, width, channels), notes
+
+
+def _check_memory(where: str, count: int, shape: tuple[int, int, int]) -> None:
+    """Decoded images are held in memory (and cached once more): refuse what cannot fit."""
+    needed = 2 * count * math.prod(shape)
     try:
-        with open(filename, "rb") as handle:
-            image = tf.io.decode_image(handle.read(), expand_animations=False)
-    except (OSError, tf.errors.InvalidArgumentError) as error:
-        raise UserError(f"cannot decode {filename} as an image: {error}") from None
-    height, width, channels = image.shape
-    return int(height), int(width), 1 if channels == 1 else 3
-
-
-def _decode_files(files: list[str], labels: list[int], shape: tuple[int, int, int]):
-    height, width, channels = shape
-
-    def decode(filename, label):
-        image = tf.io.decode_image(
-            tf.io.read_file(filename), channels=channels, expand_animations=False
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if needed > available // 2:
+        height, width, _ = shape
+        raise UserError(
+            f"{where}: {count} images of {height}x{width} take {needed / 2**30:.1f} GiB in "
+            f"memory, more than half of this machine's {available / 2**30:.1f} GiB; pass a "
+            "smaller --image_size=HxW."
         )
-        image = tf.image.resize(image, (height, width))
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-        image.set_shape(shape)
-        return {"image": image, "label": label}
 
-    dataset = tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int64)))
-    return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+def _decode(
+    root: str,
+    split: _Split,
+    headers: dict[str, images.Header],
+    shape: tuple[int, int, int],
+    bad: dict[str, str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A split's images decoded to `shape` (in threads: Pillow decodes without the GIL),
+    straight into one array, and their labels; files that fail go into `bad`.
+    """
+    readable = [(name, label) for name, label in zip(split.files, split.labels) if name in headers]
+    batch = np.empty((len(readable), *shape), np.uint8)
+
+    def read(index: int) -> str | None:
+        try:
+            batch[index] = images.read_pixels(os.path.join(root, readable[index][0]), shape)
+        except images.BadImage as error:
+            return str(error)
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        errors = list(pool.map(read, range(len(readable)), chunksize=64))
+    for (name, _), error in zip(readable, errors):
+        if error is not None:
+            bad[name] = error
+    labels = np.asarray([label for _, label in readable], np.int64)
+    failed = np.asarray([error is not None for error in errors], bool)
+    if failed.any():
+        batch, labels = batch[~failed], labels[~failed]
+    return batch, labels
+
+
+def _check_classes(where: str, split: _Split, labels: np.ndarray) -> None:
+    """Every class a split lists keeps at least one image, after bad files are left out."""
+    for label in sorted(set(split.labels) - set(labels.tolist())):
+        folder = next(name for name, l in zip(split.files, split.labels) if l == label)
+        raise UserError(
+            f"{where}: every file in {folder.rsplit('/', 1)[0]}/ is bad, so that class has no images."
+        )
+
+
+def _describe_bad(bad: dict[str, str]) -> str:
+    """The first bad files and what is wrong with each, in one line."""
+    shown = [f"{name}: {reason}" for name, reason in sorted(bad.items())[:3]]
+    more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+    return f"{len(bad)} bad file{'s' if len(bad) > 1 else ''}: " + "; ".join(shown) + more
+
+
+def _note_lines(notes: dict[str, Any], shape: tuple[int, int, int], total: int) -> list[str]:
+    """What was decided about the files, as log lines; nothing when there is nothing to say."""
+    lines = []
+    skipped = notes["skipped_files"]
+    if skipped:
+        shown = "; ".join(skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        lines.append(f"skipped {len(skipped)} bad file(s) (--skip_bad_images): {shown}")
+    size = notes["image_size"]
+    if size["resized"]:
+        found = ", ".join(f"{s} x{n}" for s, n in size["training_sizes"].items())
+        lines.append(
+            f"resized {size['resized']} of {total} images to {shape[0]}x{shape[1]} "
+            f"({size['chosen']}; training sizes: {found}); --image_size=HxW picks another"
+        )
+    channels = notes["channels"]
+    if channels["grey_read_as_rgb"]:
+        lines.append(
+            f"{channels['grey_read_as_rgb']} greyscale image(s) read as RGB (grey copied to 3 "
+            "channels), since training images have colour"
+        )
+    if channels["colour_read_as_grey"]:
+        lines.append(
+            f"{channels['colour_read_as_grey']} colour test image(s) read as grey, since every "
+            "training image is greyscale"
+        )
+    if channels["alpha_dropped"]:
+        lines.append(f"alpha channel dropped from {channels['alpha_dropped']} image(s)")
+    converted = {key: n for key, n in notes["converted"].items() if n}
+    if converted:
+        lines.append("also: " + ", ".join(f"{key.replace('_', ' ')}: {n}" for key, n in converted.items()))
+    if notes["not_read"]:
+        lines.append(
+            f"not read (outside PATH/train/<class>/ and PATH/test/<class>/): "
+            + ", ".join(notes["not_read"][:5])
+            + (f" and {len(notes['not_read']) - 5} more" if len(notes["not_read"]) > 5 else "")
+        )
+    return lines
+
+
+def _in_memory(images_: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
+    """Examples from arrays, streamed in chunks: no copy of the arrays in the graph."""
+
+    def chunks():
+        for start in range(0, len(labels), IN_MEMORY_CHUNK):
+            stop = start + IN_MEMORY_CHUNK
+            yield {"image": images_[start:stop], "label": labels[start:stop]}
+
+    spec = {
+        "image": tf.TensorSpec((None, *images_.shape[1:]), tf.uint8),
+        "label": tf.TensorSpec((None,), tf.int64),
+    }
+    dataset = tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(labels)))
 
 
 def tfds_source(dataset: str, data_dir: str | None = None, extra: bool = False) -> Source:

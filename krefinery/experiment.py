@@ -10,14 +10,13 @@ import numpy as np
 import tensorflow as tf
 
 from krefinery.config import Config
-from krefinery.datasets import load_source
 from krefinery.device import resolve_jit_compile, resolve_precision
 from krefinery.label_refinery import LabelRefinery
 from krefinery.pipeline import (
     Splits,
     eval_dataset,
     make_augment,
-    make_splits,
+    load_splits,
     onehot_table,
     onehot_values,
     steps_per_epoch,
@@ -97,8 +96,7 @@ def prepare_experiment(config: Config) -> Experiment:
     """
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    source = load_source(config.dataset, config.data_dir, config.svhn_extra)
-    splits = make_splits(source, config.val_fraction, config.seed)
+    splits = load_splits(config)
     precision = resolve_precision(config.precision)
 
     def build_classifier(seed: int) -> keras.Model:

@@ -161,16 +161,35 @@ def remove_stale_exports(model_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def resolve_model_path(path: str | os.PathLike) -> Path:
-    """A version folder as given, or, for a model folder, its highest integer version."""
+def complete(version_dir: Path) -> bool:
+    """Whether a version folder holds a whole SavedModel: its graph and its variables."""
+    return (version_dir / "saved_model.pb").is_file() and (
+        version_dir / "variables" / "variables.index"
+    ).is_file()
+
+
+def resolve_model_path(path: str | os.PathLike) -> tuple[Path, list[str]]:
+    """A version folder as given, or, for a model folder, its highest complete version.
+
+    Like a server, a model folder's incomplete versions (copied or written half-way by
+    another tool) are passed over; their names come back so the caller can say so.
+    """
     path = Path(path)
     if (path / "saved_model.pb").is_file():
-        return path
+        return path, []
     if not path.exists():
         raise UserError(f"--model={path}: no such file or folder.")
     found = versions(path)
-    if found and (path / str(found[-1]) / "saved_model.pb").is_file():
-        return path / str(found[-1])
+    skipped = []
+    for version in reversed(found):
+        if complete(path / str(version)):
+            return path / str(version), skipped
+        skipped.append(str(version))
+    if found:
+        raise UserError(
+            f"--model={path}: none of its versions ({', '.join(map(str, found))}) is a complete "
+            "SavedModel (saved_model.pb and variables/)."
+        )
     raise UserError(
         f"--model={path} is not a SavedModel: expected a version folder holding saved_model.pb, "
         "or a model folder of integer version folders."
@@ -202,15 +221,24 @@ def export_model_name(config: Config, generation: int | None = None) -> str:
 
 
 def prepare_export_dir(config: Config) -> Path:
-    """Creates `<export_dir>/<name>` up front, so an unusable folder fails before training."""
+    """`<export_dir>/<name>`, checked up front so that an unusable folder fails before
+    any data is read; nothing is created (export makes the folder), so a refused run
+    leaves nothing behind.
+    """
     name = config.export_name or default_export_name(config.dataset)
     model_dir = Path(config.export_dir) / name
-    try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(
-            f"--export_dir={config.export_dir}: cannot create {model_dir}: {error.strerror}."
-        ) from None
-    if not os.access(model_dir, os.W_OK | os.X_OK):
-        raise UserError(f"--export_dir={config.export_dir}: {model_dir} is not writable.")
+    where = f"--export_dir={config.export_dir}"
+    existing = model_dir
+    while not os.path.lexists(existing):
+        parent = existing.parent
+        if parent == existing:
+            break
+        existing = parent
+    if existing.exists() and not existing.is_dir():
+        raise UserError(f"{where}: {existing} is a file, so {model_dir} cannot be created.")
+    if not existing.exists():
+        raise UserError(f"{where}: cannot create {model_dir}: {existing} is a broken link.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == model_dir else f"cannot be created: {existing} is not writable"
+        raise UserError(f"{where}: {model_dir} {what}.")
     return model_dir

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
 
-from krefinery.datasets import Source
+from krefinery.config import Config
+from krefinery.datasets import Source, load_source
 from krefinery.errors import UserError
 
 TRAIN, VAL, TEST = 0, 1, 2
@@ -46,17 +47,30 @@ class Splits:
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
     flip_safe: bool
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)  # From `Source.notes`.
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
 
+def load_splits(config: Config) -> Splits:
+    """The run's data: `--dataset` loaded, every file checked, split, and checked against
+    the batch size. Bad data raises `UserError` here, before anything trains.
+    """
+    source = load_source(
+        config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw
+    )
+    splits = make_splits(source, config.val_fraction, config.seed)
+    config.check_batch_size(splits.num_train)
+    return splits
+
+
 def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:
     """Carves validation (and test, if the source has none) out of train, fixed by `seed`."""
     num_ids = _count(source.train)
     test_fraction = val_fraction if source.test is None else 0.0
-    roles = assign_roles(num_ids, val_fraction, test_fraction, seed)
+    roles = assign_roles(num_ids, val_fraction, test_fraction, seed, source.labels, source.class_names)
     examples = with_ids(source.train)
     role_of = tf.constant(roles)
 
@@ -81,6 +95,7 @@ def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:
         class_names=source.class_names,
         image_shape=source.image_shape,
         flip_safe=source.flip_safe,
+        notes=source.notes,
     )
 
 
@@ -90,19 +105,52 @@ def cached(examples: tf.data.Dataset, size: int) -> tf.data.Dataset:
     return chunks.unbatch().apply(tf.data.experimental.assert_cardinality(size))
 
 
-def assign_roles(num_ids: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """TRAIN, VAL or TEST per id: a seeded random subset of exact size for each role."""
+def assign_roles(
+    num_ids: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    labels: np.ndarray | None = None,
+    class_names: tuple[str, ...] = (),
+) -> np.ndarray:
+    """TRAIN, VAL or TEST per id: a seeded random subset of exact size for each role.
+
+    Validation and a carved test split hold at least one example each. Given the labels,
+    every class keeps at least one training example: ids are taken in a seeded random
+    order, passing over the last training example of its class (which changes nothing
+    where every class has a few examples).
+    """
     num_val = max(1, round(num_ids * val_fraction))
-    num_test = round(num_ids * test_fraction)
-    if num_ids - num_val - num_test < 1:
+    num_test = max(1, round(num_ids * test_fraction)) if test_fraction else 0
+    splits = "validation" + (" and test" if num_test else "")
+    needed = num_val + num_test + (len(class_names) if labels is not None else 1)
+    if num_ids < needed:
+        per_class = " (one training example per class)" if labels is not None else ""
+        lower = ", or lower --val_fraction" if num_val + num_test > 2 else ""
         raise UserError(
-            f"{num_ids} training examples are too few to carve out validation"
-            f"{' and test' if num_test else ''} splits; lower --val_fraction or add data."
+            f"{num_ids} training examples are too few to carve out {splits} splits: "
+            f"{needed} are needed here{per_class}. Add images"
+            f"{' (or a test/ folder)' if num_test else ''}{lower}."
         )
     order = np.random.default_rng(seed).permutation(num_ids)
     roles = np.full(num_ids, TRAIN, np.int8)
-    roles[order[:num_val]] = VAL
-    roles[order[num_val : num_val + num_test]] = TEST
+    if labels is None:
+        roles[order[:num_val]] = VAL
+        roles[order[num_val : num_val + num_test]] = TEST
+        return roles
+    in_train = np.bincount(labels, minlength=len(class_names))
+    empty = [name for name, count in zip(class_names, in_train) if count == 0]
+    if empty:
+        raise UserError(f"classes {empty} have no training examples.")
+    wanted = [VAL] * num_val + [TEST] * num_test
+    taken = 0
+    for i in order:
+        if taken == len(wanted):
+            break
+        if in_train[labels[i]] > 1:
+            in_train[labels[i]] -= 1
+            roles[i] = wanted[taken]
+            taken += 1
     return roles
 
 

@@ -1,31 +1,41 @@
 """Classify image files with an exported SavedModel alone: no krefinery model code, no weights file.
 
-Images are decoded to the signature's channel count (`tf.io.decode_image` turns RGB
-into grey and back); their size must already be the training size, because resizing
-would show the model images unlike any it was trained on.
+Files are read by the same rules as a training folder (`krefinery.images`): any format,
+mode and size training reads, EXIF orientation applied, alpha dropped, grey copied to
+RGB for an RGB model, and other sizes stretched to the model's, as training stretches
+its odd-sized images; each resize is reported. The one refusal: a colour image for a
+greyscale model, which would lose its colour without a word (grey stored as RGB is fine).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from krefinery import images
 from krefinery.diagnostics import top_classes
 from krefinery.errors import UserError
 from krefinery.export import INPUT_NAME, SIGNATURE, resolve_model_path
 
 
-def load_serving(model: str | os.PathLike) -> tuple[tf.Module, list[str], tuple[int, int, int]]:
+def load_serving(
+    model: str | os.PathLike, on_note: Callable[[str], None] | None = None
+) -> tuple[tf.Module, list[str], tuple[int, int, int]]:
     """The loaded export (call `.signatures["serving_default"]`), class names and image shape.
 
     The loaded object is returned, not just its signature, because the signature's
-    variables are only kept alive by it.
+    variables are only kept alive by it. `on_note` hears of incomplete versions skipped.
     """
-    path = resolve_model_path(model)
+    path, skipped = resolve_model_path(model)
+    if skipped and on_note is not None:
+        on_note(
+            f"--model={model}: skipped incomplete version(s) {', '.join(skipped)} "
+            f"(no saved_model.pb or variables); using version {path.name}."
+        )
     try:
         loaded = tf.saved_model.load(os.fspath(path))
     except (OSError, ValueError, tf.errors.OpError) as error:
@@ -43,39 +53,51 @@ def load_serving(model: str | os.PathLike) -> tuple[tf.Module, list[str], tuple[
     return loaded, names, tuple(spec.shape[1:])
 
 
-def read_image(filename: str | os.PathLike, image_shape: Sequence[int]) -> np.ndarray:
-    """One image file as uint8 `[H, W, C]` of `image_shape`, or one clear `UserError`."""
+def read_image(filename: str | os.PathLike, image_shape: Sequence[int]) -> tuple[np.ndarray, bool]:
+    """One image file as uint8 `image_shape` and whether it was resized, or one `UserError`."""
     height, width, channels = image_shape
     try:
-        data = tf.io.read_file(os.fspath(filename))
-    except tf.errors.OpError:
-        raise UserError(f"{filename}: no such image file.") from None
-    try:
-        image = tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
-    except (tf.errors.OpError, ValueError):
-        raise UserError(f"{filename}: cannot decode as an image (png, jpeg, gif or bmp).") from None
-    if tuple(image.shape[:2]) != (height, width):
-        raise UserError(
-            f"{filename} is {image.shape[1]}x{image.shape[0]} pixels; the model takes "
-            f"{width}x{height} images, the size it was trained on."
-        )
-    return image.numpy()
+        header = images.read_header(filename)
+        if channels == 1 and header.colour:
+            rgb = images.read_pixels(filename, (height, width, 3))
+            if not (np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 1] == rgb[..., 2])):
+                raise UserError(
+                    f"{filename} has colour, but the model was trained on greyscale images; "
+                    "convert it to grey first if that is what you mean."
+                )
+            return rgb[..., :1], header.size != (height, width)
+        return images.read_pixels(filename, (height, width, channels)), header.size != (height, width)
+    except images.BadImage as error:
+        raise UserError(f"{filename}: {error}.") from None
 
 
 Prediction = tuple[str, list[tuple[str, float]]]  # (file, [(class name, probability), ...])
 
 
 def predict_files(
-    model: str | os.PathLike, filenames: Sequence[str], top_k: int = 3
+    model: str | os.PathLike,
+    filenames: Sequence[str],
+    top_k: int = 3,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[Prediction]:
-    """The `top_k` classes, with probabilities, of each image file, in order."""
+    """The `top_k` classes, with probabilities, of each image file, in order.
+
+    `on_note` hears what was done beyond the plain case (versions skipped, images resized).
+    """
     if not filenames:
         raise UserError(
             "--predict needs image files to classify: python run.py --predict --model=PATH IMAGE ..."
         )
-    loaded, names, shape = load_serving(model)
-    images = np.stack([read_image(name, shape) for name in filenames])
-    outputs = loaded.signatures[SIGNATURE](**{INPUT_NAME: tf.constant(images)})
+    loaded, names, shape = load_serving(model, on_note)
+    read = [read_image(name, shape) for name in filenames]
+    resized = [name for name, (_, changed) in zip(filenames, read) if changed]
+    if resized and on_note is not None:
+        on_note(
+            f"resized {len(resized)} image(s) to {shape[0]}x{shape[1]} (HxW), the model's input size "
+            f"(first: {resized[0]})."
+        )
+    images_ = np.stack([pixels for pixels, _ in read])
+    outputs = loaded.signatures[SIGNATURE](**{INPUT_NAME: tf.constant(images_)})
     probabilities = outputs["probabilities"].numpy()
     return [
         (name, [(names[c], p) for c, p in top_classes(row, min(top_k, len(names)))])

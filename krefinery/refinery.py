@@ -41,10 +41,10 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         done = _finished(workdir)
         if done is not None:
             return done
+    prepare_export_dir(config)  # Cheap checks first: nothing is read or written before them.
     experiment = prepare_experiment(config)
     if workdir is not None:
         reporting.check_runtime(workdir, experiment.runtime)
-    prepare_export_dir(config)
     workdir = reporting.create_workdir(config, experiment.runtime, workdir)
     cache = GenerationCache(workdir / STORE)
     outputs = RunOutputs(workdir, experiment, cache)

@@ -162,6 +162,7 @@ def results_record(
             "num_classes": splits.num_classes,
             "class_names": list(splits.class_names),
             "image_shape": list(splits.image_shape),
+            **splits.notes,
         },
         "runtime": dict(runtime),
         "generations": generations,

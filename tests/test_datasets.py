@@ -47,7 +47,7 @@ def test_folder_test_split_and_resizing(tmp_path):
         (None, "no such folder"),
         ({}, "expected class folders"),
         ({"train/only": 3}, "at least 2"),
-        ({"train/a": 0, "train/b": 0}, "no .png or .jpg"),
+        ({"train/a": 0, "train/b": 0}, "train/a/ holds no image files"),
         ({"train/a": 2, "train/b": 2, "test/zebra": 1}, "do not appear in train"),
     ],
 )
@@ -61,13 +61,6 @@ def test_bad_folders_are_clear_errors(tmp_path, layout, message):
                 write_images(root / folder.split("/")[0], {folder.split("/")[1]: count})
     with pytest.raises(UserError, match=message):
         load_source(f"folder:{root}")
-
-
-def test_undecodable_image_is_a_clear_error(tmp_path):
-    write_images(tmp_path / "train", {"a": 2, "b": 2})
-    (tmp_path / "train" / "a" / "0.png").write_bytes(b"not an image")
-    with pytest.raises(UserError, match="cannot decode"):
-        load_source(f"folder:{tmp_path}")
 
 
 def test_unknown_dataset_is_a_clear_error():

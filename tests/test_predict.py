@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from conftest import run_cli, run_subprocess
 from krefinery.datasets import load_source
@@ -42,9 +43,9 @@ def test_predict_prints_the_models_classes_for_real_images(digits_run, tmp_path)
     [
         ("no_model", "no such file or folder"),
         ("not_saved_model", "is not a SavedModel"),
-        ("missing_image", "no such image file"),
-        ("not_an_image", "cannot decode as an image"),
-        ("wrong_size", "the model takes 8x8 images"),
+        ("missing_image", "missing.png: no such file."),
+        ("not_an_image", "results.json: not an image (content unrecognised)."),
+        ("colour_for_grey_model", "has colour, but the model was trained on greyscale images"),
         ("no_images", "--predict needs image files"),
     ],
 )
@@ -52,12 +53,14 @@ def test_predict_bad_input_is_one_clear_error(digits_run, tmp_path, capsys, case
     model = digits_run["export_dir"] / "digits" / "1"
     image = tmp_path / "ok.png"
     image.write_bytes(tf.io.encode_png(np.zeros((8, 8, 1), np.uint8)).numpy())
+    colour = tmp_path / "colour.png"
+    colour.write_bytes(tf.io.encode_png(np.full((8, 8, 3), [200, 10, 10], np.uint8)).numpy())
     args = {
         "no_model": [f"--model={tmp_path / 'nowhere'}", str(image)],
         "not_saved_model": [f"--model={digits_run['workdir']}", str(image)],
         "missing_image": [f"--model={model}", str(tmp_path / "missing.png")],
         "not_an_image": [f"--model={model}", str(digits_run["workdir"] / "results.json")],
-        "wrong_size": [f"--model={model}", str(digits_run["workdir"] / "accuracy.png")],
+        "colour_for_grey_model": [f"--model={model}", str(colour)],
         "no_images": [f"--model={model}"],
     }[case]
     with pytest.raises(SystemExit) as exit_:
@@ -65,6 +68,46 @@ def test_predict_bad_input_is_one_clear_error(digits_run, tmp_path, capsys, case
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_predict_resizes_other_sizes_as_training_does_and_says_so(digits_run, tmp_path, capsys):
+    """A 16x16 image of a digit gives what its 8x8 version (resized by the same rules) gives."""
+    from krefinery import images
+
+    paths, _ = write_digits(tmp_path, count=1, rgb_first=False)
+    large = tmp_path / "large.png"
+    pixels = np.asarray(Image.open(paths[0]).resize((16, 16), Image.Resampling.NEAREST))
+    Image.fromarray(pixels).save(large)
+    model = digits_run["export_dir"] / "digits"
+    run_cli("--predict", f"--model={model}", str(large))
+    out, err = capsys.readouterr()
+    assert err.strip() == f"note: resized 1 image(s) to 8x8 (HxW), the model's input size (first: {large})."
+    small = tmp_path / "small.png"
+    Image.fromarray(images.read_pixels(large, (8, 8, 1))[..., 0]).save(small)
+    run_cli("--predict", f"--model={model}", str(small))
+    assert capsys.readouterr().out.split(":", 1)[1] == out.split(":", 1)[1]
+
+
+def test_predict_uses_the_highest_complete_version_and_says_so(digits_run, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "digits"
+    shutil.copytree(digits_run["export_dir"] / "digits" / "1", model / "1")
+    (model / "2" / "variables").mkdir(parents=True)  # A copy stopped half-way.
+    shutil.copy(digits_run["export_dir"] / "digits" / "1" / "saved_model.pb", model / "2")
+    (model / "3").mkdir()
+    paths, _ = write_digits(tmp_path, count=1)
+    run_cli("--predict", f"--model={model}", *paths)
+    out, err = capsys.readouterr()
+    assert err.strip() == (
+        f"note: --model={model}: skipped incomplete version(s) 3, 2 (no saved_model.pb or "
+        "variables); using version 1."
+    )
+    assert out.startswith(f"{paths[0]}: ")
+    shutil.rmtree(model / "1")
+    with pytest.raises(SystemExit):
+        run_cli("--predict", f"--model={model}", *paths)
+    assert "none of its versions (2, 3) is a complete SavedModel" in capsys.readouterr().err
 
 
 def test_predict_errors_reach_the_shell_without_a_traceback(tmp_path):
