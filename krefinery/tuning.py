@@ -19,7 +19,7 @@ import keras
 import keras_tuner as kt
 import tensorflow as tf
 
-from krefinery import reporting
+from krefinery import reporting, summaries
 from krefinery.chain_cache import GenerationCache, chain_keys
 from krefinery.chains import ChainRunner
 from krefinery.config import Config
@@ -99,8 +99,10 @@ class RefineryHyperModel(kt.HyperModel):
         self.runner.load(chosen["key"])
         for checkpoint in checkpoints:
             model.save_weights(checkpoint.filepath)
-        for board in boards:
-            _write_hparams(board.log_dir, generations, temperature, alpha, metrics)
+        hparams = {"generations": generations, "temperature": temperature, "alpha": alpha}
+        for board in boards:  # keras-tuner logs each trial to <log_dir>/<trial_id>/execution<n>.
+            trial_id = Path(board.log_dir).parent.name
+            summaries.write_trial_hparams(board.log_dir, trial_id, hparams, metrics, "COMPLETED")
         return metrics
 
 
@@ -146,6 +148,9 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
     tuner = make_tuner(hypermodel, workdir)
     board = keras.callbacks.TensorBoard(
         log_dir=os.fspath(workdir / "tensorboard"), write_graph=False, profile_batch=0
+    )
+    summaries.write_hparams_config(
+        workdir / "tensorboard", search.generations, search.temperatures(), search.alphas(config.alpha)
     )
     tuner.search(callbacks=[board], verbose=config.verbose)
     if "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in worker:
@@ -306,16 +311,3 @@ def format_trials(record: dict[str, Any]) -> str:
 
 def _is_hparams_callback(callback: keras.callbacks.Callback) -> bool:
     return type(callback).__module__.startswith("tensorboard.plugins.hparams")
-
-
-def _write_hparams(logdir: str, generations: int, temperature: float, alpha: float, metrics) -> None:
-    """One HParams session per trial, written even when every generation came from the cache."""
-    from tensorboard.plugins.hparams import api as hparams_api
-
-    with tf.summary.create_file_writer(logdir).as_default():
-        hparams_api.hparams(
-            {"generations": generations, "temperature": temperature, "alpha": alpha}
-        )
-        for name, value in metrics.items():
-            if name.startswith(OBJECTIVE):
-                tf.summary.scalar(name, value, step=0)
