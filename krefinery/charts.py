@@ -21,6 +21,7 @@ ACCURACY_CHART = "accuracy.png"
 # Tiles are at least this many pixels on their longer side: 8x8 digits become 96x96,
 # 32x32 CIFAR images 96x96, both upscaled without blurring (nearest neighbour).
 MIN_TILE = 96
+MARGIN = 8  # Pixels around each tile and between a tile and its caption.
 CAPTION_FONT_SIZE = 15
 
 
@@ -146,7 +147,7 @@ def labelled_tiles(images: np.ndarray, captions: Sequence[str]) -> bytes:
         max(tile.shape[0], line_height * len(caption.splitlines()))
         for tile, caption in zip(tiles, captions)
     ]
-    gap = 8
+    gap = MARGIN
     width = gap + tile_width + gap + math.ceil(text_width) + gap
     height = gap + sum(h + gap for h in row_heights)
     canvas = Image.new("RGB", (width, height), "white")

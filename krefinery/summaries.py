@@ -120,7 +120,8 @@ def moved_image_description(step: int) -> str:
         f"The training images whose labels for generation {step} ({made}) put the least "
         "probability on their ground-truth class (the paper's Figure 4 view), upscaled "
         "without blurring; beside each: rank, example id, ground truth with its "
-        "probability, and the labels' top-3 classes."
+        f"probability, and the labels' top-3 classes. Step = {step}, the generation that "
+        "trains on these labels."
     )
 
 
