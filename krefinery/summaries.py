@@ -432,12 +432,12 @@ def _probability(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-# keras-tuner's trial statuses, as the HParams dashboard's.
+# keras-tuner's trial statuses, as the HParams dashboard's (which has only these four).
 _TRIAL_STATUS = {
     "COMPLETED": "STATUS_SUCCESS",
     "FAILED": "STATUS_FAILURE",
     "INVALID": "STATUS_FAILURE",
-    "STOPPED": "STATUS_ABORTED",
+    "STOPPED": "STATUS_UNKNOWN",  # Stopped early by the oracle: neither done nor failed.
     "RUNNING": "STATUS_RUNNING",
     "IDLE": "STATUS_UNKNOWN",
 }

@@ -1,11 +1,8 @@
-"""TensorBoard logs of a run, read back with TensorBoard's own event reader."""
+"""TensorBoard logs of a run, read back with TensorBoard's own event reader and HTTP server."""
 
-import contextlib
-import json
 import math
 import re
 import urllib.parse
-import urllib.request
 
 import keras
 import numpy as np
@@ -13,6 +10,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from helpers import get_json, tensorboard_server
 from krefinery import charts, summaries
 from krefinery.datasets import load_source
 from krefinery.diagnostics import label_stats
@@ -170,36 +168,6 @@ def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digit
     assert sorted(logged[summaries.LABEL_CHART]) == [2]
 
 
-@contextlib.contextmanager
-def tensorboard_server(logdir):
-    """TensorBoard's own server on a free port of 127.0.0.1, its data loaded once before it
-    answers; stopped on leaving."""
-    from tensorboard import program
-
-    servers = []
-
-    def make_server(app, flags):
-        servers.append(program.WerkzeugServer(app, flags))
-        return servers[-1]
-
-    board = program.TensorBoard(server_class=make_server)
-    board.configure(
-        logdir=str(logdir), host="127.0.0.1", port=0, load_fast="false",
-        reload_interval=0, reload_task="blocking",
-    )
-    url = board.launch()
-    try:
-        yield url.rstrip("/")
-    finally:
-        servers[0].shutdown()
-        servers[0].server_close()
-
-
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=20) as response:
-        return json.loads(response.read())
-
-
 def test_tensorboard_serves_the_run_as_the_browser_reads_it(digits_run):
     generations = digits_run["results"]["generations"]
     with tensorboard_server(digits_run["workdir"] / "tensorboard") as url:
@@ -259,6 +227,26 @@ def test_label_tiles_are_upscaled_without_blurring():
     np.testing.assert_array_equal(picture[top : top + 96, charts.MARGIN : charts.MARGIN + 96, 0], tile)
     assert charts.upscale(np.zeros((32, 32, 3), np.uint8)).shape == (96, 96, 3)
     assert charts.upscale(np.zeros((200, 100, 3), np.uint8)).shape == (200, 100, 3)
+
+
+def test_every_keras_tuner_trial_status_is_written_as_an_hparams_status(tmp_path):
+    import keras_tuner as kt
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    statuses = {}
+    for status in vars(kt.engine.trial.TrialStatus).values():
+        if isinstance(status, str) and status.isupper():
+            summaries.write_trial_hparams(tmp_path / status, "7", {"generations": 2}, {"val_accuracy": 0.5}, status)
+            tags = read_run(tmp_path / status)
+            assert float(tags["val_accuracy"][0]) == 0.5
+            accumulator = event_accumulator.EventAccumulator(str(tmp_path / status))
+            accumulator.Reload()
+            content = accumulator.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content
+            statuses[status] = metadata.parse_session_end_info_plugin_data(content).status
+    assert statuses["COMPLETED"] == api_pb2.STATUS_SUCCESS and statuses["FAILED"] == api_pb2.STATUS_FAILURE
+    assert {"RUNNING", "IDLE", "INVALID", "STOPPED"} <= set(statuses)
+    with pytest.raises(ValueError, match="unknown trial status"):
+        summaries.write_trial_hparams(tmp_path / "x", "7", {}, {}, "DONE")
 
 
 def test_label_stats_on_hand_computed_labels():
