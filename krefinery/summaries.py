@@ -69,7 +69,7 @@ DESCRIPTIONS = {
     "each generation's last epoch, on augmented images (results.json `train_accuracy`)."
     + _PER_GENERATION,
     GENERATION_TABLE: "results.json's figures, one row per generation so far (the best on "
-    "validation accuracy starred). Step = the last generation in the table.",
+    "validation accuracy marked). Step = the last generation in the table.",
     ACCURACY_IMAGE: "Validation and test accuracy by generation, each point labelled with "
     "its value (the run's accuracy.png). Step = the last generation drawn.",
     LABEL_TAGS["agreement"]: "Share of training examples whose label's most probable class "
