@@ -1,7 +1,10 @@
-"""PNG pictures of a run, for readers without TensorBoard and for TensorBoard's image tab.
+"""PNG pictures of a run, for readers without TensorBoard and for TensorBoard's image cards.
 
-matplotlib's object API (`Figure`, no pyplot) for the chart and Pillow for the labelled
-tiles, so no display or global state is touched.
+TensorBoard's Time Series tab fits an image into a card of about 420x220 pixels (the
+Images tab into one about 370 pixels wide), so the pictures here are drawn at about that
+size and shape: shown at their own size, their text stays legible. matplotlib's object
+API (`Figure`, no pyplot) draws the charts and Pillow the labelled tiles, so no display
+or global state is touched.
 """
 
 from __future__ import annotations
@@ -18,18 +21,16 @@ from PIL import Image, ImageDraw, ImageFont
 
 ACCURACY_CHART = "accuracy.png"
 
-# Tiles are at least this many pixels on their longer side: 8x8 digits become 96x96,
-# 32x32 CIFAR images 96x96, both upscaled without blurring (nearest neighbour).
-MIN_TILE = 96
-MARGIN = 8  # Pixels around each tile and between a tile and its caption.
-CAPTION_FONT_SIZE = 15
-
-
-# Sized for a TensorBoard image card (about 340 px wide) at `CARD_DPI`, so that it is
-# shown at its own size there; the work directory's copy is drawn at `FILE_DPI`.
-CHART_WIDTH = 3.4
+CARD_SIZE = (4.2, 2.2)  # Inches; at CARD_DPI, 420x220 pixels.
 CARD_DPI = 100
-FILE_DPI = 160
+FILE_DPI = 160  # The work directory's accuracy.png: the same chart, sharper.
+
+# Tiles are at least this many pixels on their longer side (8x8 digits become 64x64,
+# 32x32 CIFAR images too), upscaled without blurring (nearest neighbour).
+MIN_TILE = 64
+MARGIN = 8  # Pixels around each cell, and between a tile and its caption.
+CAPTION_FONT_SIZE = 13
+COLUMNS = 4
 
 
 def accuracy_chart_png(
@@ -41,7 +42,7 @@ def accuracy_chart_png(
     so the chart reads the same at any size (no smoothing, no fractional generations).
     """
     steps = [g["generation"] for g in generations]
-    figure = Figure(figsize=(CHART_WIDTH, 2.6), layout="constrained")
+    figure = Figure(figsize=CARD_SIZE, layout="constrained")
     axes = figure.add_subplot()
     for key, label in (("val_accuracy", "validation"), ("test_accuracy", "test")):
         _plot_labelled(axes, steps, [g[key] for g in generations], label, "{:.4f}")
@@ -56,7 +57,7 @@ def accuracy_chart_png(
         markeredgecolor="black",
         label=f"best (gen {best_generation})",
     )
-    _finish(axes, steps, "accuracy", "Accuracy by generation")
+    _finish(axes, steps, "Accuracy by generation", "generation", legend=True)
     return _png(figure, dpi)
 
 
@@ -68,22 +69,22 @@ def accuracy_chart(
         file.write(accuracy_chart_png(generations, best_generation, dpi=FILE_DPI))
 
 
-def label_chart_png(
+def series_chart_png(
     steps: Sequence[int],
-    panels: Sequence[tuple[str, dict[str, Sequence[float | None]]]],
+    title: str,
+    series: dict[str, Sequence[float | None]],
+    xlabel: str = "generation",
     dpi: int = CARD_DPI,
 ) -> bytes:
-    """Panels stacked in one column, each `(title, {series name: values by step})`, every
-    point labelled with its value: the label figures, exact at any TensorBoard setting."""
-    figure = Figure(figsize=(CHART_WIDTH, 1.9 * len(panels)), layout="constrained")
-    for index, (title, series) in enumerate(panels, start=1):
-        axes = figure.add_subplot(len(panels), 1, index)
-        for name, values in series.items():
-            known = [(s, v) for s, v in zip(steps, values) if v is not None]
-            if known:
-                _plot_labelled(axes, *zip(*known), name, "{:.3g}")
-        _finish(axes, list(steps), None, title, legend=len(series) > 1)
-    axes.set_xlabel("generation that trains on the labels", fontsize=7)
+    """Lines `{name: value per step}` (None: no value at that step), every point labelled
+    with its value, one tick per step: exact at any TensorBoard setting."""
+    figure = Figure(figsize=CARD_SIZE, layout="constrained")
+    axes = figure.add_subplot()
+    for name, values in series.items():
+        known = [(s, v) for s, v in zip(steps, values) if v is not None]
+        if known:
+            _plot_labelled(axes, *zip(*known), name, "{:.3g}")
+    _finish(axes, list(steps), title, xlabel, legend=len(series) > 1)
     return _png(figure, dpi)
 
 
@@ -92,22 +93,20 @@ def _plot_labelled(axes, steps, values, label: str, form: str) -> None:
     for step, value in zip(steps, values):
         axes.annotate(
             form.format(value), (step, value), textcoords="offset points", xytext=(0, 4),
-            ha="center", fontsize=6,
+            ha="center", fontsize=7,
         )
 
 
-def _finish(axes, steps, ylabel: str | None, title: str, legend: bool = True) -> None:
+def _finish(axes, steps, title: str, xlabel: str, legend: bool) -> None:
     axes.set_xticks(steps)
     axes.set_xlim(min(steps) - 0.3, max(steps) + 0.3)
     axes.margins(y=0.25)
     axes.tick_params(labelsize=7)
-    if ylabel:
-        axes.set_ylabel(ylabel, fontsize=7)
-        axes.set_xlabel("generation", fontsize=7)
-    axes.set_title(title, fontsize=8)
+    axes.set_xlabel(xlabel, fontsize=7)
+    axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
     if legend:
-        axes.legend(fontsize=6)
+        axes.legend(fontsize=7)
 
 
 def _png(figure: Figure, dpi: int) -> bytes:
@@ -126,41 +125,41 @@ def upscale(image: np.ndarray, min_size: int = MIN_TILE) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def labelled_tiles(images: np.ndarray, captions: Sequence[str]) -> bytes:
-    """PNG bytes of uint8 images `[n, H, W, C]` stacked in one column, each with its caption
-    (lines of text) to its right.
+def labelled_tiles(images: np.ndarray, captions: Sequence[str], columns: int = COLUMNS) -> bytes:
+    """PNG bytes of uint8 images `[n, H, W, C]` in a grid, row by row, each upscaled
+    (`upscale`) with its caption (lines of text) under it.
 
-    One column keeps the picture narrow (about 330 px for digits and CIFAR), which is
-    about the width TensorBoard shows an image card at, so it is shown at its own size
-    and the captions stay legible.
+    With 8 digits or CIFAR images and two short caption lines this is about 440x230
+    pixels: a Time Series image card's shape, so TensorBoard shows it at about its size.
     """
     font = _caption_font()
     tiles = [upscale(np.asarray(image, np.uint8)) for image in images]
-    line_height = round(CAPTION_FONT_SIZE * 1.3)
+    line_height = round(CAPTION_FONT_SIZE * 1.25)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_width = max(
         (measure.textlength(line, font=font) for caption in captions for line in caption.splitlines()),
         default=0,
     )
-    tile_width = max(tile.shape[1] for tile in tiles)
-    row_heights = [
-        max(tile.shape[0], line_height * len(caption.splitlines()))
-        for tile, caption in zip(tiles, captions)
-    ]
-    gap = MARGIN
-    width = gap + tile_width + gap + math.ceil(text_width) + gap
-    height = gap + sum(h + gap for h in row_heights)
-    canvas = Image.new("RGB", (width, height), "white")
+    lines = max((len(caption.splitlines()) for caption in captions), default=0)
+    cell_width = max(max(tile.shape[1] for tile in tiles), math.ceil(text_width))
+    cell_height = max(tile.shape[0] for tile in tiles) + MARGIN + lines * line_height
+    columns = min(columns, len(tiles))
+    rows = -(-len(tiles) // columns)
+    canvas = Image.new(
+        "RGB",
+        (MARGIN + columns * (cell_width + MARGIN), MARGIN + rows * (cell_height + MARGIN)),
+        "white",
+    )
     draw = ImageDraw.Draw(canvas)
-    top = gap
-    for tile, caption, row_height in zip(tiles, captions, row_heights):
+    for index, (tile, caption) in enumerate(zip(tiles, captions)):
+        row, column = divmod(index, columns)
+        left, top = MARGIN + column * (cell_width + MARGIN), MARGIN + row * (cell_height + MARGIN)
         if tile.shape[-1] == 1:
             tile = np.repeat(tile, 3, axis=-1)
-        canvas.paste(Image.fromarray(tile), (gap, top))
-        for index, line in enumerate(caption.splitlines()):
-            draw.text((2 * gap + tile_width, top + index * line_height), line, fill="black", font=font)
-        top += row_height + gap
-        draw.line([(0, top - gap // 2), (width, top - gap // 2)], fill=(210, 210, 210))
+        canvas.paste(Image.fromarray(tile), (left, top))
+        text_top = top + tile.shape[0] + MARGIN
+        for number, line in enumerate(caption.splitlines()):
+            draw.text((left, text_top + number * line_height), line, fill="black", font=font)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()

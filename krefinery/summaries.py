@@ -50,7 +50,13 @@ TRUTH_HISTOGRAM = "labels/ground_truth_probability"
 LOG_TRUTH_HISTOGRAM = "labels/log10_ground_truth_probability"
 MOVED_IMAGE = "labels/moved_furthest"  # One tag (card) per generation: MOVED_IMAGE/gen_<k>.
 MOVED_TABLE = "labels/moved_furthest_table"
-LABEL_CHART = "labels/chart"
+# The label scalars drawn as charts, each point labelled: exact at any smoothing.
+LABEL_CHARTS = {
+    "agreement": "labels/chart/agreement_and_confidence",
+    "tail": "labels/chart/share_truth_probability_below",
+    "spread": "labels/chart/entropy_and_kl",
+    "changed": "labels/chart/argmax_changed",
+}
 
 _ON_LABELS = (
     " Over the training examples, un-augmented. Step = the generation that trains on these "
@@ -90,9 +96,6 @@ DESCRIPTIONS = {
     f"its ground-truth class (-1: 0.1, -2: 0.01; floored at log10({EPSILON:g})), which "
     "spreads out the low-probability tail that the linear histogram puts in one bin."
     + _ON_LABELS,
-    LABEL_CHART: "The label scalars (agreement, confidence, the shares below thresholds, "
-    "entropy, KL, argmax changes) by generation, each point labelled with its value: exact "
-    "at any smoothing. Step = the last generation drawn.",
     MOVED_TABLE: "The examples of the image cards, with their ids: ground truth, its "
     "probability and the top-3 classes of the labels." + _ON_LABELS,
 }
@@ -102,6 +105,12 @@ def truth_below_tag(threshold: float) -> str:
     return f"labels/share_truth_probability_below_{threshold:g}"
 
 
+for _tag in LABEL_CHARTS.values():
+    DESCRIPTIONS[_tag] = (
+        "A chart of the labels/ scalars it names, each point labelled with its value, so it "
+        "reads right at any smoothing. Step = the last generation drawn; the x axis is the "
+        "generation that trains on the labels."
+    )
 for _threshold in TRUTH_THRESHOLDS:
     DESCRIPTIONS[truth_below_tag(_threshold)] = (
         f"Share of training examples (0 to 1) whose label puts less than {_threshold:g} on "
@@ -118,9 +127,10 @@ def moved_image_description(step: int) -> str:
     made = "the one-hot ground truth" if step == 1 else f"the labels generation {step - 1} made"
     return (
         f"The training images whose labels for generation {step} ({made}) put the least "
-        "probability on their ground-truth class (the paper's Figure 4 view), upscaled "
-        "without blurring; beside each: rank, example id, ground truth with its "
-        f"probability, and the labels' top-3 classes. Step = {step}, the generation that "
+        "probability on their ground-truth class (the paper's Figure 4 view), furthest "
+        "first, row by row, upscaled without blurring; under each: its ground-truth class "
+        "and the labels' most probable class, with their probabilities (labels/"
+        f"moved_furthest_table has ids and top-3). Step = {step}, the generation that "
         "trains on these labels."
     )
 
@@ -333,7 +343,7 @@ class RelabelSummaries:
             self._write_stats(1, label_stats(previous, self._truth))
         stats = label_stats(refined, self._truth, previous)
         self._write_stats(generation + 1, stats)
-        self._write_chart(generation + 1)
+        self._write_charts(generation + 1)
         self._write_moved(generation + 1, refined)
         self._writer.flush()
 
@@ -368,28 +378,34 @@ class RelabelSummaries:
             ):
                 tf.summary.histogram(tag, data, description=DESCRIPTIONS[tag])
 
-    def _write_chart(self, step: int) -> None:
+    def _write_charts(self, step: int) -> None:
         steps = sorted(self.history)
         stats = [self.history[k] for k in steps]
-        shares = {
-            f"below {t:g}": [float(np.mean(s.ground_truth_probability < t)) for s in stats]
-            for t in TRUTH_THRESHOLDS
+        charts_by_tag = {
+            LABEL_CHARTS["agreement"]: (
+                "Agreement with ground truth, mean confidence",
+                {"agreement": [s.agreement for s in stats],
+                 "mean confidence": [s.mean_confidence for s in stats]},
+            ),
+            LABEL_CHARTS["tail"]: (
+                "Share of examples whose p(ground truth) is below",
+                {f"{t:g}": [float(np.mean(s.ground_truth_probability < t)) for s in stats]
+                 for t in TRUTH_THRESHOLDS},
+            ),
+            LABEL_CHARTS["spread"]: (
+                "Mean entropy, KL from the previous labels (nats)",
+                {"entropy": [s.mean_entropy for s in stats],
+                 "KL from previous": [s.kl_from_previous for s in stats]},
+            ),
+            LABEL_CHARTS["changed"]: (
+                "Examples whose argmax changed (count)",
+                {"changed": [s.argmax_changed for s in stats]},
+            ),
         }
-        panels = [
-            ("Agreement with ground truth, confidence",
-             {"agreement": [s.agreement for s in stats],
-              "mean confidence": [s.mean_confidence for s in stats]}),
-            ("Share of examples with p(truth) below", shares),
-            ("Mean entropy, KL from previous (nats)",
-             {"entropy": [s.mean_entropy for s in stats],
-              "KL from previous": [s.kl_from_previous for s in stats]}),
-            ("Examples whose argmax changed", {"count": [s.argmax_changed for s in stats]}),
-        ]
-        png = charts.label_chart_png(steps, panels)
         with self._writer.as_default(step=step):
-            tf.summary.image(
-                LABEL_CHART, tf.image.decode_png(png, channels=3)[None], description=DESCRIPTIONS[LABEL_CHART]
-            )
+            for tag, (title, series) in charts_by_tag.items():
+                png = charts.series_chart_png(steps, title, series, "generation that trains on the labels")
+                tf.summary.image(tag, tf.image.decode_png(png, channels=3)[None], description=DESCRIPTIONS[tag])
 
     def _write_moved(self, step: int, refined: np.ndarray) -> None:
         rows = moved_furthest(refined, self._truth, self.num_images)
@@ -401,9 +417,11 @@ class RelabelSummaries:
             truth_p = refined[row, self._truth[row]]
             top = top_classes(refined[row], 3)
             listed = ", ".join(f"{self.class_names[c]} {p:.2f}" for c, p in top)
-            lines = [f"#{rank}  example {self._ids[row]}", f"truth: {truth}  p={_probability(truth_p)}"]
-            lines += [f"  {self.class_names[c]}: {_probability(p)}" for c, p in top]
-            captions.append("\n".join(lines))
+            first, first_p = top[0]
+            captions.append(
+                f"truth {truth}: {_probability(truth_p)}\n"
+                f"top {self.class_names[first]}: {_probability(first_p)}"
+            )
             table.append(f"| {rank} | {self._ids[row]} | {truth} | {truth_p:.3f} | {listed} |")
         png = charts.labelled_tiles(images, captions)
         with self._writer.as_default(step=step):

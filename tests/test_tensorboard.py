@@ -147,17 +147,18 @@ def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digit
     assert 0 < below <= np.sum(expected.ground_truth_probability < 0.1) + 3
 
     # One image card per generation: the examples furthest from their ground truth,
-    # each tile the image itself, upscaled without blurring to at least 64 pixels.
+    # each tile the image itself, upscaled without blurring to at least 64 pixels, in a
+    # picture about the size of a Time Series card (so shown at its own size).
     assert summaries.moved_image_tag(2) in logged and summaries.moved_image_tag(3) not in logged
     width, height, png = logged[summaries.moved_image_tag(2)][2]
     picture = tf.image.decode_png(png).numpy()
     assert picture.shape[:2] == (int(height), int(width))
+    assert picture.shape[1] <= 460 and picture.shape[0] <= 240
     furthest = np.argsort(refined[np.arange(len(truth)), truth], kind="stable")[:8]
     tile = charts.upscale(images[furthest[0]])
     assert tile.shape[0] >= 64 and tile.shape[0] % images.shape[1] == 0
     corner = charts.MARGIN
     np.testing.assert_array_equal(picture[corner : corner + tile.shape[0], corner : corner + tile.shape[1], 0], tile[..., 0])
-    assert picture.shape[1] <= 400  # About a card's width: shown at its own size.
 
     table = logged[summaries.MOVED_TABLE][2].item().decode().splitlines()
     rows = [line.split("|")[1:-1] for line in table[2:]]
@@ -165,7 +166,8 @@ def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digit
     assert [row[2].strip() for row in rows] == [str(t) for t in truth[furthest]]
     top = refined[furthest[0]].argmax()
     assert rows[0][4].strip().startswith(f"{top} {refined[furthest[0], top]:.2f}")
-    assert sorted(logged[summaries.LABEL_CHART]) == [2]
+    for tag in summaries.LABEL_CHARTS.values():
+        assert sorted(logged[tag]) == [2]
 
 
 def test_tensorboard_serves_the_run_as_the_browser_reads_it(digits_run):
@@ -209,7 +211,7 @@ def test_tensorboard_serves_the_run_as_the_browser_reads_it(digits_run):
         for chart in category["chart"]:
             for pattern in chart["multiline"]["tag"]:
                 assert any(re.search(pattern, tag) for tag in all_tags), (chart["title"], pattern)
-    assert {summaries.moved_image_tag(2), summaries.LABEL_CHART} <= set(image_tags["refinery"])
+    assert {summaries.moved_image_tag(2), *summaries.LABEL_CHARTS.values()} <= set(image_tags["refinery"])
 
 
 def test_accuracy_chart_is_written(digits_run):
@@ -220,12 +222,25 @@ def test_accuracy_chart_is_written(digits_run):
 
 def test_label_tiles_are_upscaled_without_blurring():
     rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
-    picture = tf.image.decode_png(charts.labelled_tiles(small, ["a\nb", "c"])).numpy()
-    tile = np.kron(small[1, ..., 0], np.ones((12, 12), np.uint8))  # Each pixel a 12x12 square.
-    top = charts.MARGIN + max(96, 2 * round(charts.CAPTION_FONT_SIZE * 1.3)) + charts.MARGIN
-    np.testing.assert_array_equal(picture[top : top + 96, charts.MARGIN : charts.MARGIN + 96, 0], tile)
-    assert charts.upscale(np.zeros((32, 32, 3), np.uint8)).shape == (96, 96, 3)
+    small = rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+    picture = tf.image.decode_png(charts.labelled_tiles(small, ["a\nb"] * 5)).numpy()[..., 0]
+    tiles = [np.kron(image[..., 0], np.ones((8, 8), np.uint8)) for image in small]  # Each pixel an 8x8 square.
+
+    def found_at(tile):
+        return [
+            (y, x)
+            for y in range(picture.shape[0] - 63)
+            for x in range(picture.shape[1] - 63)
+            if picture[y, x] == tile[0, 0] and np.array_equal(picture[y : y + 64, x : x + 64], tile)
+        ]
+
+    positions = [found_at(tile) for tile in tiles]
+    assert positions[0] == [(charts.MARGIN, charts.MARGIN)]
+    # Row by row, four to a row: the fifth starts the second row.
+    assert all(len(p) == 1 for p in positions)
+    assert [y for (y, _), in positions[:4]] == [charts.MARGIN] * 4
+    assert positions[4][0][1] == charts.MARGIN and positions[4][0][0] > charts.MARGIN + 64
+    assert charts.upscale(np.zeros((32, 32, 3), np.uint8)).shape == (64, 64, 3)
     assert charts.upscale(np.zeros((200, 100, 3), np.uint8)).shape == (200, 100, 3)
 
 
