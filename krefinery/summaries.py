@@ -175,8 +175,8 @@ class EpochSummaries(keras.callbacks.Callback):
     `validation/<metric>` and `train/learning_rate`, at step = epoch (from 1).
 
     Keras's own TensorBoard callback puts training and validation in two sub-runs, so
-    every generation took two of TensorBoard's colours, and the palette (7 colours)
-    wrapped around within three generations.
+    every generation took two of TensorBoard's colours, and its palette came round again
+    by generation 3 (generations 1 and 3 were drawn in the same colours).
     """
 
     def __init__(self, logdir: str | os.PathLike):
@@ -219,13 +219,14 @@ def custom_scalars_layout():
     return layout_pb2.Layout(
         category=[
             layout_pb2.Category(
-                title="By generation (step = generation; set smoothing to 0)",
+                title="By generation (step = generation; read with smoothing 0, outliers not ignored)",
                 chart=[
                     chart("Accuracy: validation, test, train", "^generation/.*_accuracy$"),
                 ],
             ),
             layout_pb2.Category(
-                title="Labels each generation trains on (step = that generation; smoothing 0)",
+                title="Labels each generation trains on (step = that generation; smoothing 0, "
+                "outliers not ignored)",
                 chart=[
                     chart("Agreement with ground truth, mean confidence",
                           f"^{LABEL_TAGS['agreement']}$", f"^{LABEL_TAGS['mean_confidence']}$"),
@@ -470,8 +471,10 @@ _TRIAL_METRICS = {
 
 def _trial_metric_description(name: str) -> str:
     if name.startswith("val_accuracy_gen_"):
-        return f"Validation accuracy of generation {name.rsplit('_', 1)[1]} of the trial's chain."
-    return _TRIAL_METRICS.get(name, f"`{name}`.")
+        what = f"Validation accuracy of generation {name.rsplit('_', 1)[1]} of the trial's chain."
+    else:
+        what = _TRIAL_METRICS.get(name, f"`{name}`.")
+    return what + " One value per keras-tuner trial; Step = 0."
 
 
 def write_hparams_config(
