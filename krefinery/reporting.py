@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import keras
 
-from krefinery import files
+from krefinery import files, summaries
 from krefinery.config import Config
 from krefinery.errors import UserError
 from krefinery.pipeline import Splits
@@ -119,13 +119,10 @@ def read_results(workdir: Path) -> dict[str, Any] | None:
     return _read_record(Path(workdir) / RESULTS)
 
 
-def tensorboard_callback(workdir: Path, generation: int) -> keras.callbacks.TensorBoard:
-    """Per-epoch curves of one generation, as the sub-run `gen_<k>` under the work directory."""
-    return keras.callbacks.TensorBoard(
-        log_dir=os.fspath(workdir / "tensorboard" / f"gen_{generation}"),
-        write_graph=False,
-        profile_batch=0,
-    )
+def tensorboard_callback(workdir: Path, generation: int) -> keras.callbacks.Callback:
+    """Per-epoch curves of one generation, as the sub-run `gen_<k>` under the work directory
+    (training and validation in that one sub-run, so a generation keeps one colour)."""
+    return summaries.EpochSummaries(workdir / "tensorboard" / f"gen_{generation}")
 
 
 def best_generation(generations: list[dict[str, Any]]) -> int | None:

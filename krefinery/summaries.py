@@ -1,13 +1,18 @@
-"""TensorBoard summaries beyond Keras's per-epoch curves: across generations, and at each relabel.
+"""TensorBoard logs of a run, laid out to read right at TensorBoard's default settings.
 
-Sub-runs under `<workdir>/tensorboard/`:
+TensorBoard colours by sub-run, so each sub-run is one thing a user tells apart:
 
-- `gen_<k>/train`, `gen_<k>/validation`: written by `keras.callbacks.TensorBoard`
-  (`epoch_loss`, `epoch_accuracy`, `epoch_learning_rate`, ... at step = epoch).
-- `generations/validation`, `generations/test`: `generation_accuracy` at step =
-  generation, so the two overlay on one chart.
+- `gen_<k>`, one per generation: `train/<metric>` and `validation/<metric>` at step =
+  epoch (1 to `--epochs`), written by `EpochSummaries`. One generation keeps one colour
+  on every chart, and the generations overlay on each.
+- `generations`: `generation/*` at step = generation, the figures of `results.json`, as
+  scalars, a text table and the accuracy chart image (the last two are exact at any
+  smoothing); also the custom-scalars layout (`custom_scalars_layout`).
 - `refinery`: the labels each generation trains on, at step = that generation (step 1
   is the one-hot ground truth, step k+1 the labels generation k made). See `LABEL_TAGS`.
+
+A search (`tuning.py`) writes one HParams session per keras-tuner trial
+(`write_trial_hparams`) under the domains `write_hparams_config` declares.
 """
 
 from __future__ import annotations
@@ -16,13 +21,20 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from krefinery import charts
-from krefinery.diagnostics import LabelStats, label_stats, moved_furthest, top_classes
+from krefinery.diagnostics import EPSILON, LabelStats, label_stats, moved_furthest, top_classes
 
-GENERATION_TAG = "generation_accuracy"
+GENERATION_TAGS = {
+    "val_accuracy": "generation/validation_accuracy",
+    "test_accuracy": "generation/test_accuracy",
+    "train_accuracy": "generation/train_accuracy",
+}
+GENERATION_TABLE = "generation/table"
+ACCURACY_IMAGE = "generation/accuracy_chart"
 LABEL_TAGS = {
     "agreement": "labels/agreement_with_ground_truth",
     "mean_entropy": "labels/mean_entropy",
@@ -30,38 +42,270 @@ LABEL_TAGS = {
     "kl_from_previous": "labels/kl_from_previous",
     "argmax_changed": "labels/argmax_changed",
 }
+# The tail the means hide: the share of training examples whose labels put less than
+# each of these probabilities on the ground-truth class.
+TRUTH_THRESHOLDS = (0.5, 0.1, 0.01)
 CONFIDENCE_HISTOGRAM = "labels/confidence"
 TRUTH_HISTOGRAM = "labels/ground_truth_probability"
-MOVED_IMAGE = "labels/moved_furthest"
+LOG_TRUTH_HISTOGRAM = "labels/log10_ground_truth_probability"
+MOVED_IMAGE = "labels/moved_furthest"  # One tag (card) per generation: MOVED_IMAGE/gen_<k>.
 MOVED_TABLE = "labels/moved_furthest_table"
+# The label scalars drawn as charts, each point labelled: exact at any smoothing.
+LABEL_CHARTS = {
+    "agreement": "labels/chart/agreement_and_confidence",
+    "tail": "labels/chart/share_truth_probability_below",
+    "spread": "labels/chart/entropy_and_kl",
+    "changed": "labels/chart/argmax_changed",
+}
+
+_ON_LABELS = (
+    " Over the training examples, un-augmented. Step = the generation that trains on these "
+    "labels (1: the one-hot ground truth; k+1: the labels generation k made, after "
+    "temperature and alpha)."
+)
+_PER_GENERATION = " Step = generation; one point per generation, as in results.json."
+
+DESCRIPTIONS = {
+    GENERATION_TAGS["val_accuracy"]: "Validation accuracy of each generation's final "
+    "weights (share of validation images classified right; results.json `val_accuracy`)."
+    + _PER_GENERATION,
+    GENERATION_TAGS["test_accuracy"]: "Test accuracy of each generation's final weights "
+    "(share of test images classified right; results.json `test_accuracy`)." + _PER_GENERATION,
+    GENERATION_TAGS["train_accuracy"]: "Training accuracy against the ground truth over "
+    "each generation's last epoch, on augmented images (results.json `train_accuracy`)."
+    + _PER_GENERATION,
+    GENERATION_TABLE: "results.json's figures, one row per generation so far (the best on "
+    "validation accuracy marked). Step = the last generation in the table.",
+    ACCURACY_IMAGE: "Validation and test accuracy by generation, each point labelled with "
+    "its value (the run's accuracy.png). Step = the last generation drawn.",
+    LABEL_TAGS["agreement"]: "Share of training examples whose label's most probable class "
+    "is the ground-truth class (0 to 1)." + _ON_LABELS,
+    LABEL_TAGS["mean_entropy"]: "Mean entropy of the training labels, in nats (0: one-hot; "
+    "log(classes): uniform)." + _ON_LABELS,
+    LABEL_TAGS["mean_confidence"]: "Mean probability of each training label's most "
+    "probable class (0 to 1)." + _ON_LABELS,
+    LABEL_TAGS["kl_from_previous"]: "Mean KL(previous labels || these labels), in nats: "
+    "how far this relabel moved the labels." + _ON_LABELS,
+    LABEL_TAGS["argmax_changed"]: "Number of training examples whose most probable class "
+    "differs from the previous labels' (a count)." + _ON_LABELS,
+    CONFIDENCE_HISTOGRAM: "Histogram of each training example's top-1 label probability."
+    + _ON_LABELS,
+    TRUTH_HISTOGRAM: "Histogram of the probability each training label puts on its "
+    "ground-truth class." + _ON_LABELS,
+    LOG_TRUTH_HISTOGRAM: "Histogram of log10 of the probability each training label puts on "
+    f"its ground-truth class (-1: 0.1, -2: 0.01; floored at log10({EPSILON:g})), which "
+    "spreads out the low-probability tail that the linear histogram puts in one bin."
+    + _ON_LABELS,
+    MOVED_TABLE: "The examples of the image cards, with their ids: ground truth, its "
+    "probability and the top-3 classes of the labels." + _ON_LABELS,
+}
+
+
+def truth_below_tag(threshold: float) -> str:
+    return f"labels/share_truth_probability_below_{threshold:g}"
+
+
+for _tag in LABEL_CHARTS.values():
+    DESCRIPTIONS[_tag] = (
+        "A chart of the labels/ scalars it names, each point labelled with its value, so it "
+        "reads right at any smoothing. Step = the last generation drawn; the x axis is the "
+        "generation that trains on the labels."
+    )
+for _threshold in TRUTH_THRESHOLDS:
+    DESCRIPTIONS[truth_below_tag(_threshold)] = (
+        f"Share of training examples (0 to 1) whose label puts less than {_threshold:g} on "
+        "the ground-truth class: the tail that mean agreement and confidence hide." + _ON_LABELS
+    )
+
+
+def moved_image_tag(step: int) -> str:
+    """One image card per generation, so each is shown at its own size."""
+    return f"{MOVED_IMAGE}/gen_{step}"
+
+
+def moved_image_description(step: int) -> str:
+    made = "the one-hot ground truth" if step == 1 else f"the labels generation {step - 1} made"
+    return (
+        f"The training images whose labels for generation {step} ({made}) put the least "
+        "probability on their ground-truth class (the paper's Figure 4 view), furthest "
+        "first, row by row, upscaled without blurring; under each: its ground-truth class "
+        "and the labels' most probable class, with their probabilities (labels/"
+        f"moved_furthest_table has ids and top-3). Step = {step}, the generation that "
+        "trains on these labels."
+    )
+
+
+_EPOCH_METRICS = {
+    "loss": "Loss, in nats: training, the soft-target cross-entropy against the labels "
+    "this generation trains on plus the weight-decay penalty; validation, the "
+    "cross-entropy against the ground truth.",
+    "accuracy": "Share of images (0 to 1) whose most probable class is the ground truth "
+    "(training: augmented images).",
+    "label_agreement": "Share of training targets (0 to 1) whose most probable class is "
+    "the ground-truth class.",
+    "label_entropy": "Mean entropy of the training targets, in nats.",
+    "learning_rate": "The learning-rate schedule's value at the epoch's end.",
+}
+
+
+def epoch_tag(name: str) -> str:
+    """Keras's `val_<metric>` as `validation/<metric>`, others as `train/<metric>`."""
+    if name.startswith("val_"):
+        return f"validation/{name[4:]}"
+    return f"train/{name}"
+
+
+def epoch_description(name: str) -> str:
+    metric = name[4:] if name.startswith("val_") else name
+    what = _EPOCH_METRICS.get(metric, f"Keras's `{metric}`.")
+    split = "Validation split" if name.startswith("val_") else "Training"
+    return f"{split}. {what} Step = epoch of this generation (1 to --epochs); one sub-run (colour) per generation."
 
 
 def write_scalars(writer: tf.summary.SummaryWriter, values: Mapping[str, float], step: int) -> None:
-    """One scalar per tag at `step`, flushed, so a live TensorBoard shows it at once."""
+    """One scalar per tag at `step`, described, flushed so a live TensorBoard shows it."""
     with writer.as_default(step=step):
         for tag, value in values.items():
-            tf.summary.scalar(tag, value)
+            tf.summary.scalar(tag, value, description=DESCRIPTIONS.get(tag))
     writer.flush()
 
 
+class EpochSummaries(keras.callbacks.Callback):
+    """Per-epoch curves of one generation, in one sub-run: `train/<metric>`,
+    `validation/<metric>` and `train/learning_rate`, at step = epoch (from 1).
+
+    Keras's own TensorBoard callback puts training and validation in two sub-runs, so
+    every generation took two of TensorBoard's colours, and its palette came round again
+    by generation 3 (generations 1 and 3 were drawn in the same colours).
+    """
+
+    def __init__(self, logdir: str | os.PathLike):
+        super().__init__()
+        self.logdir = Path(logdir)
+        self._writer: tf.summary.SummaryWriter | None = None
+
+    def on_train_begin(self, logs=None):
+        self._writer = tf.summary.create_file_writer(os.fspath(self.logdir))
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {name: float(value) for name, value in (logs or {}).items()}
+        values.setdefault(
+            "learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        )
+        with self._writer.as_default(step=epoch + 1):
+            for name in sorted(values):
+                tf.summary.scalar(epoch_tag(name), values[name], description=epoch_description(name))
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def custom_scalars_layout():
+    """The Custom Scalars tab: the cross-generation and label views, grouped and titled.
+
+    Titles say what the step is; accuracies share one chart, and the tail shares too.
+    """
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    def chart(title: str, *tags: str) -> layout_pb2.Chart:
+        return layout_pb2.Chart(
+            title=title, multiline=layout_pb2.MultilineChartContent(tag=list(tags))
+        )
+
+    below = "|".join(t.replace(".", r"\.") for t in map(truth_below_tag, TRUTH_THRESHOLDS))
+    return layout_pb2.Layout(
+        category=[
+            layout_pb2.Category(
+                title="By generation (step = generation; read with smoothing 0, outliers not ignored)",
+                chart=[
+                    chart("Accuracy: validation, test, train", "^generation/.*_accuracy$"),
+                ],
+            ),
+            layout_pb2.Category(
+                title="Labels each generation trains on (step = that generation; smoothing 0, "
+                "outliers not ignored)",
+                chart=[
+                    chart("Agreement with ground truth, mean confidence",
+                          f"^{LABEL_TAGS['agreement']}$", f"^{LABEL_TAGS['mean_confidence']}$"),
+                    chart("Share of examples with p(ground truth) below 0.5, 0.1, 0.01",
+                          f"^({below})$"),
+                    chart("Mean entropy (nats)", f"^{LABEL_TAGS['mean_entropy']}$"),
+                    chart("KL from the previous labels (nats)", f"^{LABEL_TAGS['kl_from_previous']}$"),
+                    chart("Examples whose argmax changed", f"^{LABEL_TAGS['argmax_changed']}$"),
+                ],
+            ),
+            layout_pb2.Category(
+                title="Per-epoch curves (step = epoch; one colour per generation)",
+                chart=[
+                    chart("Loss: train and validation", "^(train|validation)/loss$"),
+                    chart("Accuracy: train and validation", "^(train|validation)/accuracy$"),
+                ],
+                closed=True,
+            ),
+        ]
+    )
+
+
+def _write_raw(summary_pb) -> None:
+    tf.summary.experimental.write_raw_pb(summary_pb.SerializeToString(), step=0)
+
+
 class GenerationSummaries:
-    """Validation and test accuracy of each generation, at step = generation."""
+    """The `results.json` figures of each generation, at step = generation, in one sub-run;
+    with them the text table, the accuracy chart and the custom-scalars layout."""
 
     def __init__(self, logdir: str | os.PathLike):
         self.logdir = Path(logdir)
-        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+        self._writer: tf.summary.SummaryWriter | None = None
+        self._generations: list[Mapping[str, Any]] = []
 
     def write(self, generation: Mapping[str, Any]) -> None:
         """`generation` is a `results.json` generation entry."""
-        for run, key in (("validation", "val_accuracy"), ("test", "test_accuracy")):
-            if run not in self._writers:
-                self._writers[run] = tf.summary.create_file_writer(os.fspath(self.logdir / run))
-            step = generation["generation"]
-            write_scalars(self._writers[run], {GENERATION_TAG: generation[key]}, step)
+        if self._writer is None:
+            from tensorboard.plugins.custom_scalar import summary as custom_scalar
+
+            self._writer = tf.summary.create_file_writer(os.fspath(self.logdir))
+            with self._writer.as_default():
+                _write_raw(custom_scalar.pb(custom_scalars_layout()))
+        self._generations.append(generation)
+        step = int(generation["generation"])
+        values = {tag: generation[key] for key, tag in GENERATION_TAGS.items() if key in generation}
+        write_scalars(self._writer, values, step)
+        best = max(self._generations, key=lambda g: g["val_accuracy"])["generation"]
+        png = charts.accuracy_chart_png(self._generations, best)
+        with self._writer.as_default(step=step):
+            tf.summary.text(GENERATION_TABLE, self._table(best), description=DESCRIPTIONS[GENERATION_TABLE])
+            tf.summary.image(
+                ACCURACY_IMAGE,
+                tf.image.decode_png(png, channels=3)[None],
+                description=DESCRIPTIONS[ACCURACY_IMAGE],
+            )
+        self._writer.flush()
 
     def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
+        if self._writer is not None:
+            self._writer.close()
+
+    def _table(self, best: int) -> str:
+        columns = (
+            ("val_accuracy", "validation accuracy"),
+            ("test_accuracy", "test accuracy"),
+            ("train_accuracy", "train accuracy"),
+            ("train_label_agreement", "label agreement"),
+            ("train_label_entropy", "label entropy (nats)"),
+        )
+        lines = [
+            "| generation | " + " | ".join(title for _, title in columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
+        for g in self._generations:
+            mark = " (best)" if g["generation"] == best else ""
+            cells = [f"{g[key]:.4f}" if key in g else "" for key, _ in columns]
+            lines.append(f"| {g['generation']}{mark} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
 
 
 class RelabelSummaries:
@@ -100,6 +344,7 @@ class RelabelSummaries:
             self._write_stats(1, label_stats(previous, self._truth))
         stats = label_stats(refined, self._truth, previous)
         self._write_stats(generation + 1, stats)
+        self._write_charts(generation + 1)
         self._write_moved(generation + 1, refined)
         self._writer.flush()
 
@@ -122,10 +367,46 @@ class RelabelSummaries:
             for field, tag in LABEL_TAGS.items()
             if getattr(stats, field) is not None
         }
+        truth = stats.ground_truth_probability
+        for threshold in TRUTH_THRESHOLDS:
+            values[truth_below_tag(threshold)] = float(np.mean(truth < threshold))
         write_scalars(self._writer, values, step)
         with self._writer.as_default(step=step):
-            tf.summary.histogram(CONFIDENCE_HISTOGRAM, stats.confidence)
-            tf.summary.histogram(TRUTH_HISTOGRAM, stats.ground_truth_probability)
+            for tag, data in (
+                (CONFIDENCE_HISTOGRAM, stats.confidence),
+                (TRUTH_HISTOGRAM, truth),
+                (LOG_TRUTH_HISTOGRAM, np.log10(np.maximum(truth, EPSILON))),
+            ):
+                tf.summary.histogram(tag, data, description=DESCRIPTIONS[tag])
+
+    def _write_charts(self, step: int) -> None:
+        steps = sorted(self.history)
+        stats = [self.history[k] for k in steps]
+        charts_by_tag = {
+            LABEL_CHARTS["agreement"]: (
+                "Agreement with ground truth, mean confidence",
+                {"agreement": [s.agreement for s in stats],
+                 "mean confidence": [s.mean_confidence for s in stats]},
+            ),
+            LABEL_CHARTS["tail"]: (
+                "Share of examples whose p(ground truth) is below",
+                {f"{t:g}": [float(np.mean(s.ground_truth_probability < t)) for s in stats]
+                 for t in TRUTH_THRESHOLDS},
+            ),
+            LABEL_CHARTS["spread"]: (
+                "Mean entropy, KL from the previous labels (nats)",
+                {"entropy": [s.mean_entropy for s in stats],
+                 "KL from previous": [s.kl_from_previous for s in stats]},
+            ),
+            LABEL_CHARTS["changed"]: (
+                "Examples whose argmax changed (count)",
+                {"changed": [s.argmax_changed for s in stats]},
+            ),
+        }
+        with self._writer.as_default(step=step):
+            for tag, (title, series) in charts_by_tag.items():
+                png = charts.series_chart_png(steps, title, series, "generation that trains on the labels")
+                tf.summary.image(tag, tf.image.decode_png(png, channels=3)[None], description=DESCRIPTIONS[tag])
 
     def _write_moved(self, step: int, refined: np.ndarray) -> None:
         rows = moved_furthest(refined, self._truth, self.num_images)
@@ -134,23 +415,23 @@ class RelabelSummaries:
         table = ["| rank | id | ground truth | p(truth) | top-3 refined |", "|---|---|---|---|---|"]
         for rank, row in enumerate(rows, start=1):
             truth = self.class_names[self._truth[row]]
+            truth_p = refined[row, self._truth[row]]
             top = top_classes(refined[row], 3)
             listed = ", ".join(f"{self.class_names[c]} {p:.2f}" for c, p in top)
-            lines = [f"truth: {truth}"] + [f"{self.class_names[c]}: {p:.2f}" for c, p in top]
-            captions.append("\n".join(lines))
-            table.append(
-                f"| {rank} | {self._ids[row]} | {truth} | {refined[row, self._truth[row]]:.3f} "
-                f"| {listed} |"
+            first, first_p = top[0]
+            captions.append(
+                f"truth {truth}: {_probability(truth_p)}\n"
+                f"top {self.class_names[first]}: {_probability(first_p)}"
             )
-        png = charts.captioned_grid(images, captions)
+            table.append(f"| {rank} | {self._ids[row]} | {truth} | {truth_p:.3f} | {listed} |")
+        png = charts.labelled_tiles(images, captions)
         with self._writer.as_default(step=step):
             tf.summary.image(
-                MOVED_IMAGE,
+                moved_image_tag(step),
                 tf.image.decode_png(png, channels=3)[None],
-                description="Training images whose refined labels put the least probability "
-                "on their ground-truth class.",
+                description=moved_image_description(step),
             )
-            tf.summary.text(MOVED_TABLE, "\n".join(table))
+            tf.summary.text(MOVED_TABLE, "\n".join(table), description=DESCRIPTIONS[MOVED_TABLE])
 
     def _images(self, ids: np.ndarray) -> np.ndarray:
         """The un-augmented images of `ids`, in that order (one pass over the examples)."""
@@ -163,3 +444,88 @@ class RelabelSummaries:
             if len(found) == len(wanted):
                 break
         return np.stack([found[n] for n in range(len(ids))])
+
+
+def _probability(p: float) -> str:
+    """Three decimals, or two significant digits for the tail (0.000 would hide it)."""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+# keras-tuner's trial statuses, as the HParams dashboard's (which has only these four).
+_TRIAL_STATUS = {
+    "COMPLETED": "STATUS_SUCCESS",
+    "FAILED": "STATUS_FAILURE",
+    "INVALID": "STATUS_FAILURE",
+    "STOPPED": "STATUS_UNKNOWN",  # Stopped early by the oracle: neither done nor failed.
+    "RUNNING": "STATUS_RUNNING",
+    "IDLE": "STATUS_UNKNOWN",
+}
+
+_TRIAL_METRICS = {
+    "val_accuracy": "Validation accuracy of the trial's chosen generation (the best of "
+    "its generations): the search's objective.",
+    "chosen_generation": "The generation of the trial's chain with the best validation accuracy.",
+    "epochs_trained": "Epochs this trial trained itself; the rest of its chain came from the store.",
+}
+
+
+def _trial_metric_description(name: str) -> str:
+    if name.startswith("val_accuracy_gen_"):
+        what = f"Validation accuracy of generation {name.rsplit('_', 1)[1]} of the trial's chain."
+    else:
+        what = _TRIAL_METRICS.get(name, f"`{name}`.")
+    return what + " One value per keras-tuner trial; Step = 0."
+
+
+def write_hparams_config(
+    logdir: str | os.PathLike,
+    generations: tuple[int, int],
+    temperatures: Sequence[float],
+    alphas: Sequence[float],
+) -> None:
+    """The search's HParams domains (integer generations, discrete T and alpha) and
+    metrics, so the dashboard shows and filters them as what they are."""
+    from tensorboard.plugins.hparams import api as hp
+
+    low, high = generations
+    hparams = [
+        hp.HParam("generations", hp.IntInterval(int(low), int(high)),
+                  description="Generations in the trial's chain."),
+        hp.HParam("temperature", hp.Discrete(sorted(float(t) for t in temperatures)),
+                  description="Softmax temperature of the refined labels."),
+        hp.HParam("alpha", hp.Discrete(sorted(float(a) for a in alphas)),
+                  description="Share of ground truth mixed into the refined labels."),
+    ]
+    names = ["val_accuracy", *(f"val_accuracy_gen_{k}" for k in range(1, int(high) + 1)),
+             "chosen_generation", "epochs_trained"]
+    metrics = [hp.Metric(n, description=_trial_metric_description(n)) for n in names]
+    writer = tf.summary.create_file_writer(os.fspath(logdir))
+    with writer.as_default():
+        hp.hparams_config(hparams=hparams, metrics=metrics)
+    writer.close()
+
+
+def write_trial_hparams(
+    logdir: str | os.PathLike,
+    trial_id: str,
+    hparams: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    status: str,
+) -> None:
+    """One HParams session for a keras-tuner trial, in `logdir`: its hyperparameters under
+    keras-tuner's `trial_id` (so a row matches `tuning.json`), `metrics` as scalars at
+    step 0 (one value per trial), and `status` (keras-tuner's: COMPLETED, FAILED, ...)."""
+    from tensorboard.plugins.hparams import api as hp
+    from tensorboard.plugins.hparams import api_pb2
+    from tensorboard.plugins.hparams import summary as hparams_summary
+
+    if status.upper() not in _TRIAL_STATUS:
+        raise ValueError(f"unknown trial status {status!r}; expected one of {sorted(_TRIAL_STATUS)}")
+    writer = tf.summary.create_file_writer(os.fspath(logdir))
+    with writer.as_default():
+        hp.hparams(dict(hparams), trial_id=str(trial_id))
+        for name, value in metrics.items():
+            tf.summary.scalar(name, value, step=0, description=_trial_metric_description(name))
+        code = api_pb2.Status.Value(_TRIAL_STATUS[status.upper()])
+        _write_raw(hparams_summary.session_end_pb(code))
+    writer.close()

@@ -19,7 +19,7 @@ import keras
 import keras_tuner as kt
 import tensorflow as tf
 
-from krefinery import files, reporting
+from krefinery import files, reporting, summaries
 from krefinery.chain_cache import GenerationCache
 from krefinery.chains import ChainRunner
 from krefinery.config import Config
@@ -105,7 +105,7 @@ class ChainTuner(kt.Tuner):
         diverged = [r["generation"] for r in records if r.get("diverged")]
         trained = sum(self.config.epochs for r in records if r["trained"])
         if not finished:
-            _write_trial_hparams(self._logdir(trial), trial.trial_id, hparams, {}, "FAILED")
+            summaries.write_trial_hparams(self._logdir(trial), trial.trial_id, hparams, {}, "FAILED")
             raise kt.errors.FailedTrialError(
                 f"generation 1 diverged (T={temperature:g}, alpha={alpha:g}); lower "
                 "--learning_rate."
@@ -119,7 +119,7 @@ class ChainTuner(kt.Tuner):
         }
         if diverged:
             metrics["diverged_generation"] = diverged[0]
-        _write_trial_hparams(self._logdir(trial), trial.trial_id, hparams, metrics, "COMPLETED")
+        summaries.write_trial_hparams(self._logdir(trial), trial.trial_id, hparams, metrics, "COMPLETED")
         return metrics
 
     def _logdir(self, trial: kt.engine.trial.Trial) -> Path:
@@ -163,9 +163,12 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
     distributed = "KERASTUNER_ORACLE_IP" in os.environ
     chief = distributed and worker.startswith("chief")
     # The chief only runs the oracle; everyone else trains, so loads the data first.
-    experiment = None if chief else prepare_experiment(config)
     prepare_export_dir(config)
+    experiment = None if chief else prepare_experiment(config)
     workdir = create_tuning_workdir(config, search, workdir)
+    summaries.write_hparams_config(
+        workdir / "tensorboard", search.generations, search.temperatures(), search.alphas(config.alpha)
+    )
     cache = GenerationCache(workdir / "generations")
     space = SearchSpace(search, config.alpha)
     tuner = ChainTuner(
@@ -349,20 +352,3 @@ def format_trials(record: dict[str, Any]) -> str:
     ]
     return "\n".join(lines)
 
-
-def _write_trial_hparams(
-    logdir: Path, trial_id: str, hparams: dict[str, Any], metrics: dict[str, float], status: str
-) -> None:
-    """One HParams session per trial, written even when every generation came from the store.
-
-    (summaries.write_trial_hparams, with this signature, replaces it once merged.)
-    """
-    from tensorboard.plugins.hparams import api as hparams_api
-
-    writer = tf.summary.create_file_writer(os.fspath(logdir))
-    with writer.as_default():
-        hparams_api.hparams(hparams, trial_id=trial_id)
-        for name, value in metrics.items():
-            if name.startswith(OBJECTIVE):
-                tf.summary.scalar(name, value, step=0)
-    writer.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import urllib.request
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -50,3 +54,36 @@ def classifier_builder(shape, classes, precision="float32"):
         return build_resnet(shape, classes, depth=8, precision=precision)
 
     return build
+
+
+@contextlib.contextmanager
+def tensorboard_server(logdir):
+    """TensorBoard's own server on a free port of 127.0.0.1, its data loaded once before it
+    answers; stopped on leaving."""
+    from tensorboard import program
+
+    servers = []
+
+    def make_server(app, flags):
+        servers.append(program.WerkzeugServer(app, flags))
+        return servers[-1]
+
+    board = program.TensorBoard(server_class=make_server)
+    board.configure(
+        logdir=str(logdir), host="127.0.0.1", port=0, load_fast="false",
+        reload_interval=0, reload_task="blocking",
+    )
+    url = board.launch()
+    try:
+        yield url.rstrip("/")
+    finally:
+        servers[0].shutdown()
+        servers[0].server_close()
+
+
+def get_json(url: str, body: dict | None = None):
+    """GET, or POST `body` as JSON (as the HParams dashboard does), with a bounded wait."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return json.loads(response.read())

@@ -1,6 +1,8 @@
-"""TensorBoard logs of a run, read back with TensorBoard's own event reader."""
+"""TensorBoard logs of a run, read back with TensorBoard's own event reader and HTTP server."""
 
 import math
+import re
+import urllib.parse
 
 import keras
 import numpy as np
@@ -8,7 +10,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from krefinery import summaries
+from helpers import get_json, tensorboard_server
+from krefinery import charts, summaries
 from krefinery.datasets import load_source
 from krefinery.diagnostics import label_stats
 from krefinery.pipeline import eval_dataset, make_splits
@@ -25,28 +28,66 @@ def read_run(path) -> dict[str, dict[int, np.ndarray]]:
     }
 
 
-def test_each_generation_has_epoch_curves_matching_results(digits_run):
+def described_tags(path) -> dict[str, str]:
+    """`{tag: description}` of one sub-run's summaries (what TensorBoard shows under the card's i)."""
+    accumulator = event_accumulator.EventAccumulator(str(path), size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    return {
+        tag: accumulator.SummaryMetadata(tag).summary_description
+        for tag in accumulator.Tags()["tensors"]
+        if accumulator.SummaryMetadata(tag).plugin_data.plugin_name != "custom_scalars"
+    }
+
+
+def test_each_generation_is_one_sub_run_with_train_and_validation_curves(digits_run):
     board = digits_run["workdir"] / "tensorboard"
+    # One sub-run per generation (TensorBoard gives each sub-run one colour), nothing nested.
+    runs = sorted(p.parent.relative_to(board).as_posix() for p in board.rglob("events.out.tfevents.*"))
+    assert runs == ["gen_1", "gen_2", "generations", "refinery"]
     for entry in digits_run["results"]["generations"]:
-        train = read_run(board / f"gen_{entry['generation']}" / "train")
-        validation = read_run(board / f"gen_{entry['generation']}" / "validation")
-        for tag in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate"):
-            assert sorted(train[tag]) == [0, 1], tag
-        for tag in ("epoch_loss", "epoch_accuracy"):
-            assert sorted(validation[tag]) == [0, 1], tag
-        assert float(validation["epoch_accuracy"][1]) == pytest.approx(entry["val_accuracy"], abs=1e-7)
-        assert float(train["epoch_accuracy"][1]) == pytest.approx(entry["train_accuracy"], abs=1e-7)
+        logged = read_run(board / f"gen_{entry['generation']}")
+        assert sorted(logged) == [
+            "train/accuracy", "train/label_agreement", "train/label_entropy", "train/learning_rate",
+            "train/loss", "validation/accuracy", "validation/loss",
+        ]
+        for tag, values in logged.items():
+            assert sorted(values) == [1, 2], tag  # Step = epoch, counted from 1.
+        assert float(logged["validation/accuracy"][2]) == pytest.approx(entry["val_accuracy"], abs=1e-7)
+        assert float(logged["train/accuracy"][2]) == pytest.approx(entry["train_accuracy"], abs=1e-7)
+        assert float(logged["train/label_agreement"][2]) == pytest.approx(entry["train_label_agreement"], abs=1e-7)
         # Cosine decay from 0.1 over two epochs, read at each epoch's end; every generation restarts it.
-        assert float(train["epoch_learning_rate"][0]) == pytest.approx(0.05, rel=1e-5)
-        assert float(train["epoch_learning_rate"][1]) == pytest.approx(0.0, abs=1e-7)
+        assert float(logged["train/learning_rate"][1]) == pytest.approx(0.05, rel=1e-5)
+        assert float(logged["train/learning_rate"][2]) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_cross_generation_view_matches_results(digits_run):
-    board = digits_run["workdir"] / "tensorboard" / "generations"
+    logged = read_run(digits_run["workdir"] / "tensorboard" / "generations")
     generations = digits_run["results"]["generations"]
-    for run, key in (("validation", "val_accuracy"), ("test", "test_accuracy")):
-        values = read_run(board / run)[summaries.GENERATION_TAG]
-        assert {step: float(v) for step, v in values.items()} == pytest.approx({g["generation"]: g[key] for g in generations})
+    for key, tag in summaries.GENERATION_TAGS.items():
+        assert {step: float(v) for step, v in logged[tag].items()} == pytest.approx({g["generation"]: g[key] for g in generations})
+    # The table and the chart are exact at any smoothing: the last step holds every generation.
+    table = logged[summaries.GENERATION_TABLE][2].item().decode().splitlines()
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table[2:]]
+    best = digits_run["results"]["best_generation"]
+    assert [row[0] for row in rows] == [f"{g['generation']}" + (" (best)" if g["generation"] == best else "") for g in generations]
+    assert [row[1] for row in rows] == [f"{g['val_accuracy']:.4f}" for g in generations]
+    assert [row[2] for row in rows] == [f"{g['test_accuracy']:.4f}" for g in generations]
+    width, height, png = logged[summaries.ACCURACY_IMAGE][2]
+    assert tf.image.decode_png(png).shape[:2] == (int(height), int(width))
+    assert sorted(logged[summaries.ACCURACY_IMAGE]) == [1, 2]
+
+
+def test_every_summary_says_what_it_is_and_what_its_step_means(digits_run):
+    board = digits_run["workdir"] / "tensorboard"
+    for run in ("gen_1", "generations", "refinery"):
+        descriptions = described_tags(board / run)
+        assert descriptions
+        for tag, description in descriptions.items():
+            assert "Step = " in description, (run, tag, description)
+    label_descriptions = described_tags(board / "refinery")
+    assert "nats" in label_descriptions[summaries.LABEL_TAGS["mean_entropy"]]
+    assert "nats" in label_descriptions[summaries.LABEL_TAGS["kl_from_previous"]]
+    assert "nats" in described_tags(board / "gen_1")["train/loss"]
 
 
 def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digits_run):
@@ -58,12 +99,14 @@ def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digit
         splits.image_shape, splits.num_classes, depth=8, precision=results["runtime"]["precision"]
     )
     classifier.load_weights(digits_run["workdir"] / "gen_1.weights.h5")
-    ids, truth, refined = [], [], []
+    ids, truth, refined, images = [], [], [], []
     for batch in eval_dataset(splits.train):
         ids.append(batch["id"].numpy())
         truth.append(batch["label"].numpy())
+        images.append(batch["image"].numpy())
         refined.append(keras.ops.softmax(classifier(batch["image"], training=False)).numpy())
     ids, truth, refined = np.concatenate(ids), np.concatenate(truth), np.concatenate(refined)
+    images = np.concatenate(images)
     onehot = np.eye(splits.num_classes, dtype=np.float32)[truth]
     expected = label_stats(refined, truth, onehot)
 
@@ -72,6 +115,8 @@ def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digit
     assert float(logged[tags["agreement"]][1]) == 1.0
     assert float(logged[tags["mean_entropy"]][1]) == 0.0
     assert float(logged[tags["mean_confidence"]][1]) == 1.0
+    for threshold in summaries.TRUTH_THRESHOLDS:
+        assert float(logged[summaries.truth_below_tag(threshold)][1]) == 0.0
     # Step 2: generation 1's labels, which generation 2 trained on.
     assert sorted(logged[tags["kl_from_previous"]]) == sorted(logged[tags["argmax_changed"]]) == [2]
     assert float(logged[tags["agreement"]][2]) == pytest.approx(expected.agreement, abs=1e-6)
@@ -86,30 +131,137 @@ def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digit
     assert float(logged[tags["agreement"]][2]) == pytest.approx(second["train_label_agreement"], abs=1e-6)
     assert float(logged[tags["mean_entropy"]][2]) == pytest.approx(second["train_label_entropy"], rel=1e-4)
     assert 0.0 < expected.agreement < 1.0 and expected.mean_entropy > 0.0
+    # The tail: the share below each threshold, to within a few examples that rounding may
+    # carry across a threshold.
+    for threshold in summaries.TRUTH_THRESHOLDS:
+        share = np.mean(expected.ground_truth_probability < threshold)
+        assert float(logged[summaries.truth_below_tag(threshold)][2]) == pytest.approx(share, abs=3 / len(ids))
+    assert float(logged[summaries.truth_below_tag(0.5)][2]) > 0.0
 
-    # Histograms count every training example once.
-    for tag in (summaries.CONFIDENCE_HISTOGRAM, summaries.TRUTH_HISTOGRAM):
+    # Histograms count every training example once; the log one spreads out the tail.
+    for tag in (summaries.CONFIDENCE_HISTOGRAM, summaries.TRUTH_HISTOGRAM, summaries.LOG_TRUTH_HISTOGRAM):
         assert sorted(logged[tag]) == [1, 2]
         assert logged[tag][2][:, 2].sum() == len(ids) == splits.num_train
+    log_buckets = logged[summaries.LOG_TRUTH_HISTOGRAM][2]
+    below = log_buckets[log_buckets[:, 1] <= -1.0, 2].sum()  # Buckets wholly below p = 0.1.
+    assert 0 < below <= np.sum(expected.ground_truth_probability < 0.1) + 3
 
-    # The image grid and its table show the examples furthest from their ground truth.
-    width, height, png = logged[summaries.MOVED_IMAGE][2]
-    image = tf.image.decode_png(png)
-    assert image.shape[:2] == (int(height), int(width))
-    table = logged[summaries.MOVED_TABLE][2].item().decode().splitlines()
+    # One image card per generation: the examples furthest from their ground truth,
+    # each tile the image itself, upscaled without blurring to at least 64 pixels, in a
+    # picture about the size of a Time Series card (so shown at its own size).
+    assert summaries.moved_image_tag(2) in logged and summaries.moved_image_tag(3) not in logged
+    width, height, png = logged[summaries.moved_image_tag(2)][2]
+    picture = tf.image.decode_png(png).numpy()
+    assert picture.shape[:2] == (int(height), int(width))
+    assert picture.shape[1] <= 460 and picture.shape[0] <= 240
     furthest = np.argsort(refined[np.arange(len(truth)), truth], kind="stable")[:8]
+    tile = charts.upscale(images[furthest[0]])
+    assert tile.shape[0] >= 64 and tile.shape[0] % images.shape[1] == 0
+    corner = charts.MARGIN
+    np.testing.assert_array_equal(picture[corner : corner + tile.shape[0], corner : corner + tile.shape[1], 0], tile[..., 0])
+
+    table = logged[summaries.MOVED_TABLE][2].item().decode().splitlines()
     rows = [line.split("|")[1:-1] for line in table[2:]]
     assert [int(row[1]) for row in rows] == [int(i) for i in ids[furthest]]
     assert [row[2].strip() for row in rows] == [str(t) for t in truth[furthest]]
     top = refined[furthest[0]].argmax()
     assert rows[0][4].strip().startswith(f"{top} {refined[furthest[0], top]:.2f}")
+    for tag in summaries.LABEL_CHARTS.values():
+        assert sorted(logged[tag]) == [2]
+
+
+def test_tensorboard_serves_the_run_as_the_browser_reads_it(digits_run):
+    generations = digits_run["results"]["generations"]
+    with tensorboard_server(digits_run["workdir"] / "tensorboard") as url:
+        runs = get_json(f"{url}/data/runs")
+        scalar_tags = get_json(f"{url}/data/plugin/scalars/tags")
+        layout = get_json(f"{url}/data/plugin/custom_scalars/layout")
+        image_tags = get_json(f"{url}/data/plugin/images/tags")
+
+        def scalars(run, tag):
+            query = urllib.parse.urlencode({"run": run, "tag": tag})
+            return get_json(f"{url}/data/plugin/scalars/scalars?{query}")
+
+        series = {
+            (run, tag): scalars(run, tag)
+            for run, tags in (("generations", summaries.GENERATION_TAGS.values()), ("gen_2", ["validation/accuracy"]))
+            for tag in tags
+        }
+        series["refinery", "agreement"] = scalars("refinery", summaries.LABEL_TAGS["agreement"])
+
+    # One sub-run per generation, so no generation shares a colour with another.
+    assert sorted(runs) == ["gen_1", "gen_2", "generations", "refinery"]
+    assert "validation/accuracy" in scalar_tags["gen_1"] and "train/loss" in scalar_tags["gen_2"]
+    assert "Step = generation" in scalar_tags["generations"][summaries.GENERATION_TAGS["test_accuracy"]]["description"]
+    for key, tag in summaries.GENERATION_TAGS.items():
+        points = series["generations", tag]
+        assert [step for _, step, _ in points] == [g["generation"] for g in generations]
+        assert all(type(step) is int for _, step, _ in points)
+        assert [value for _, _, value in points] == pytest.approx([g[key] for g in generations], rel=1e-7)
+    assert [(step, value) for _, step, value in series["gen_2", "validation/accuracy"]][-1] == (2, pytest.approx(generations[1]["val_accuracy"], rel=1e-7))
+    agreement = [(step, value) for _, step, value in series["refinery", "agreement"]]
+    assert agreement == [(1, 1.0), (2, pytest.approx(generations[1]["train_label_agreement"], rel=1e-6))]
+
+    # The custom-scalars layout groups the cross-generation and label views, each chart's
+    # tags found among the run's.
+    categories = {c["title"]: c for c in layout["category"]}
+    assert any("step = generation" in title for title in categories)
+    all_tags = {tag for tags in scalar_tags.values() for tag in tags}
+    for category in categories.values():
+        for chart in category["chart"]:
+            for pattern in chart["multiline"]["tag"]:
+                assert any(re.search(pattern, tag) for tag in all_tags), (chart["title"], pattern)
+    assert {summaries.moved_image_tag(2), *summaries.LABEL_CHARTS.values()} <= set(image_tags["refinery"])
 
 
 def test_accuracy_chart_is_written(digits_run):
     png = (digits_run["workdir"] / "accuracy.png").read_bytes()
     image = tf.image.decode_png(png)
-    assert image.shape[0] > 100 and image.shape[1] > 100
-    assert math.prod(image.shape) > 0
+    assert image.shape[0] > 300 and image.shape[1] > 400
+
+
+def test_label_tiles_are_upscaled_without_blurring():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+    picture = tf.image.decode_png(charts.labelled_tiles(small, ["a\nb"] * 5)).numpy()[..., 0]
+    tiles = [np.kron(image[..., 0], np.ones((8, 8), np.uint8)) for image in small]  # Each pixel an 8x8 square.
+
+    def found_at(tile):
+        return [
+            (y, x)
+            for y in range(picture.shape[0] - 63)
+            for x in range(picture.shape[1] - 63)
+            if picture[y, x] == tile[0, 0] and np.array_equal(picture[y : y + 64, x : x + 64], tile)
+        ]
+
+    positions = [found_at(tile) for tile in tiles]
+    assert positions[0] == [(charts.MARGIN, charts.MARGIN)]
+    # Row by row, four to a row: the fifth starts the second row.
+    assert all(len(p) == 1 for p in positions)
+    assert [y for (y, _), in positions[:4]] == [charts.MARGIN] * 4
+    assert positions[4][0][1] == charts.MARGIN and positions[4][0][0] > charts.MARGIN + 64
+    assert charts.upscale(np.zeros((32, 32, 3), np.uint8)).shape == (64, 64, 3)
+    assert charts.upscale(np.zeros((200, 100, 3), np.uint8)).shape == (200, 100, 3)
+
+
+def test_every_keras_tuner_trial_status_is_written_as_an_hparams_status(tmp_path):
+    import keras_tuner as kt
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    statuses = {}
+    for status in vars(kt.engine.trial.TrialStatus).values():
+        if isinstance(status, str) and status.isupper():
+            summaries.write_trial_hparams(tmp_path / status, "7", {"generations": 2}, {"val_accuracy": 0.5}, status)
+            tags = read_run(tmp_path / status)
+            assert float(tags["val_accuracy"][0]) == 0.5
+            accumulator = event_accumulator.EventAccumulator(str(tmp_path / status))
+            accumulator.Reload()
+            content = accumulator.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content
+            statuses[status] = metadata.parse_session_end_info_plugin_data(content).status
+    assert statuses["COMPLETED"] == api_pb2.STATUS_SUCCESS and statuses["FAILED"] == api_pb2.STATUS_FAILURE
+    assert {"RUNNING", "IDLE", "INVALID", "STOPPED"} <= set(statuses)
+    with pytest.raises(ValueError, match="unknown trial status"):
+        summaries.write_trial_hparams(tmp_path / "x", "7", {}, {}, "DONE")
 
 
 def test_label_stats_on_hand_computed_labels():

@@ -24,16 +24,21 @@ def trained_generations(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def hparams_sessions(logdir: Path) -> int:
-    import tensorflow as tf
+def hparams_table(logdir: Path) -> tuple[dict, dict[str, dict]]:
+    """What the HParams dashboard reads from TensorBoard's server: the experiment (domains,
+    metrics) and `{row name: session group}`, over every status."""
+    from helpers import get_json, tensorboard_server
 
-    count = 0
-    for path in logdir.rglob("events.out.tfevents.*"):
-        for event in tf.compat.v1.train.summary_iterator(os.fspath(path)):
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == "hparams" and value.tag.endswith("session_start_info"):
-                    count += 1
-    return count
+    from tensorboard.plugins.hparams import api_pb2
+
+    statuses = list(api_pb2.Status.keys())
+    with tensorboard_server(logdir) as url:
+        experiment = get_json(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""})
+        groups = get_json(
+            f"{url}/data/plugin/hparams/session_groups",
+            {"experimentName": "", "allowedStatuses": statuses, "colParams": [], "startIndex": 0, "sliceSize": 100},
+        )
+    return experiment, {group["name"]: group for group in groups["sessionGroups"]}
 
 
 def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, capsys):
@@ -65,8 +70,20 @@ def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, cap
     assert record["epochs"]["naive"] == sum(t["generations"] for t in trials)
     assert record["epochs"]["trained"] < record["epochs"]["naive"]
 
-    # The HParams dashboard lists every trial, cached ones included.
-    assert hparams_sessions(tmp_path / "tensorboard") == len(trials)
+    # The HParams dashboard lists every trial, cached ones included, under keras-tuner's
+    # trial id, with its status, in the declared domains.
+    experiment, groups = hparams_table(tmp_path / "tensorboard")
+    assert sorted(groups) == [t["trial_id"] for t in trials]
+    for t in trials:
+        group = groups[t["trial_id"]]
+        assert group["hparams"] == {"generations": t["generations"], "temperature": t["temperature"], "alpha": t["alpha"]}
+        assert [session["status"] for session in group["sessions"]] == ["STATUS_SUCCESS"]
+        metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        assert metrics["val_accuracy"] == pytest.approx(t["objective"], rel=1e-7)
+        assert metrics["chosen_generation"] == t["chosen_generation"]
+    domains = {info["name"]: info for info in experiment["hparamInfos"]}
+    assert domains["generations"]["domainInterval"] == {"minValue": 1.0, "maxValue": 2.0}
+    assert domains["temperature"]["domainDiscrete"] == [1.0, 2.0, 4.0]
     out = capsys.readouterr().out
     assert "epochs trained" in out and "naive" in out and "val g1" in out
 
