@@ -19,7 +19,7 @@ import tensorflow as tf
 from krefinery import charts, reporting, summaries
 from krefinery.config import Config
 from krefinery.datasets import load_source
-from krefinery.device import resolve_jit_compile, resolve_precision
+from krefinery.device import apply_determinism, resolve_runtime
 from krefinery.export import export_generation, prepare_export_dir
 from krefinery.losses import refined_labels
 from krefinery.pipeline import (
@@ -198,12 +198,12 @@ def prepare_experiment(config: Config) -> Experiment:
 
     Bad input (dataset, folder) raises `UserError` here, before anything is written.
     """
-    tf.config.experimental.enable_op_determinism()
+    runtime = resolve_runtime(config.precision, config.jit_compile, config.deterministic)
+    apply_determinism(runtime.deterministic)
     keras.utils.set_random_seed(config.seed)
     source = load_source(config.dataset, config.data_dir, config.svhn_extra)
     splits = make_splits(source, config.val_fraction, config.seed)
-    precision = resolve_precision(config.precision)
-    jit_compile = resolve_jit_compile(config.jit_compile)
+    precision, jit_compile = runtime.precision, runtime.jit_compile
 
     def build_classifier(seed: int) -> keras.Model:
         keras.utils.set_random_seed(seed)
