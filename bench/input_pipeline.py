@@ -9,7 +9,7 @@ parallelise), alternating with the run's own training step. Figures are img/s an
 img/s per CPU core this process may use. First pass: decoding the JPEGs into the cached
 splits, once per run. Target: >= 10,000 img/s per core.
 
-    python -m bench.input_pipeline [--rounds=3]
+    python -m bench.input_pipeline [--rounds=3] [--tar=../shared/data/cifar10-train-1000.tar]
 """
 
 from __future__ import annotations
@@ -48,15 +48,15 @@ def jpeg_first_pass(folder: str) -> float:
     return rate(load, count)
 
 
-def main(rounds: int = 3, model_steps: int = 10) -> dict[str, float]:
+def main(rounds: int = 3, tar: pathlib.Path = DATA, model_steps: int = 10) -> dict[str, float]:
     from krefinery.refinery import prepare_experiment
 
     cores = len(os.sched_getaffinity(0))
     print(f"# Input pipeline as runs build it: CIFAR-10 JPEGs, 32x32x3, batch {BATCH}; {machine()}")
-    if not DATA.exists():
-        raise SystemExit(f"needs {DATA} (the project's shared data folder)")
+    if not tar.exists():
+        raise SystemExit(f"needs {tar} (the project's shared data; --tar=PATH)")
     with tempfile.TemporaryDirectory() as folder:
-        subprocess.run(["tar", "-xf", str(DATA), "-C", folder], check=True)
+        subprocess.run(["tar", "-xf", str(tar), "-C", folder], check=True)
         experiment = prepare_experiment(
             Config(dataset=f"folder:{folder}", batch_size=BATCH, epochs=1, warmup_epochs=0, verbose=0)
         )
@@ -90,7 +90,7 @@ def main(rounds: int = 3, model_steps: int = 10) -> dict[str, float]:
         for name in ("deterministic", "not deterministic")
     ]
     rows.append(("model training step (the run's)", f"{rates['model']:8.1f} img/s"))
-    rows.append((f"first pass, decoding JPEGs", f"{first:8.1f} img/s = {first / cores:8.1f} per core"))
+    rows.append(("first pass, decoding JPEGs", f"{first:8.1f} img/s = {first / cores:8.1f} per core"))
     report(f"median of {rounds} alternating rounds over {count} training images, {cores} cores", rows)
     return rates
 
@@ -98,5 +98,6 @@ def main(rounds: int = 3, model_steps: int = 10) -> dict[str, float]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tar", type=pathlib.Path, default=DATA)
     args = parser.parse_args()
-    main(args.rounds)
+    main(args.rounds, args.tar)

@@ -2,7 +2,7 @@
 
 Traces a few steps with `tf.profiler.experimental` (the TensorBoard profiler: open
 `--logdir` in TensorBoard with the profile plugin for the trace viewer), then sums
-the traced TensorFlow ops of the host's op lines by op type and prints the largest
+the traced TensorFlow kernels by op type and prints the largest
 shares of the step's op time.
 
     python -m bench.profile_step [--precision=auto] [--jit_compile] [--nodeterministic]
@@ -23,18 +23,24 @@ from bench.train_step import batches, step_config
 
 
 def op_times(logdir: pathlib.Path) -> collections.Counter:
-    """Microseconds per op type, from the newest trace's host "TensorFlow Ops" line."""
+    """Microseconds per op type, from the newest trace's host plane.
+
+    TensorFlow's executor threads (`tf_Compute/...` lines) record each kernel as an
+    event named `scope/name:OpType`; two of them run at once on two cores, so the
+    total can exceed the wall time.
+    """
     (path, *_) = sorted(logdir.rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime, reverse=True)
     space = xplane_pb2.XSpace.FromString(path.read_bytes())
     totals: collections.Counter = collections.Counter()
     for plane in space.planes:
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
         for line in plane.lines:
-            if line.name != "TensorFlow Ops":
+            if not line.name.startswith("tf_Compute"):
                 continue
             for event in line.events:
-                name = names.get(event.metadata_id, "?")
-                totals[name.rpartition(":")[2] or name] += event.duration_ps / 1e6
+                scope, _, op_type = names.get(event.metadata_id, "").rpartition(":")
+                if scope and op_type:
+                    totals[op_type] += event.duration_ps / 1e6
     return totals
 
 
@@ -49,6 +55,7 @@ def main(precision: str, jit: bool | None, deterministic: bool | None, steps: in
     tf.profiler.experimental.stop()
     totals = op_times(folder)
     whole = sum(totals.values()) or 1.0
+    print(f"op time {whole / steps / 1000:.1f} ms/step over {len(totals)} op types")
     rows = [
         (name, f"{micros / steps / 1000:8.1f} ms/step  {100 * micros / whole:5.1f}%")
         for name, micros in totals.most_common(15)

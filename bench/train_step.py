@@ -8,7 +8,8 @@ resolves to on this machine. ResNet-20, 32x32x3 batches of 128, pre-batched in m
 so only the step is timed; every contender runs once per round, interleaved, and op
 determinism is switched to each TensorFlow contender's own setting before its turn.
 PyTorch (bench/torch_resnet.py: the same network, channels-last, float32 or bfloat16
-autocast) joins when installed. Optionally plain `keras.Model.fit` on the same model.
+autocast, with its default threads and with one) joins when installed. Optionally plain
+`keras.Model.fit` on the same network.
 
     python -m bench.train_step [--steps=10] [--rounds=3] [--settings=all] [--fit]
 """
@@ -48,7 +49,14 @@ SETTINGS = {
     "bf16 nodet": ("mixed_bfloat16", False, False),
     "bf16 XLA": ("mixed_bfloat16", True, False),
 }
-TORCH = {"torch float32": "float32", "torch bf16": "bfloat16"}
+# PyTorch's OpenMP threads spin while they wait; on a shared, oversubscribed machine its
+# default (one per core) can run far slower than one thread, so both are timed.
+TORCH = {
+    "torch float32": ("float32", None),
+    "torch bf16": ("bfloat16", None),
+    "torch float32 1 thread": ("float32", 1),
+    "torch bf16 1 thread": ("bfloat16", 1),
+}
 
 
 def batches(steps: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
@@ -60,14 +68,14 @@ def batches(steps: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     return ours.batch(BATCH), plain.batch(BATCH)
 
 
-def torch_contender(steps: int, precision: str) -> Callable[[], float] | None:
+def torch_contender(steps: int, precision: str, threads: int | None) -> Callable[[], float] | None:
     try:
         from bench.torch_resnet import train_rate
     except ImportError:
         return None
     images, labels = synthetic_images(steps * BATCH)
     targets = np.eye(CLASSES, dtype=np.float32)[labels]
-    return lambda: train_rate(images, targets, BATCH, steps, precision)
+    return lambda: train_rate(images, targets, BATCH, steps, precision, threads=threads)
 
 
 def step_config(precision: str, jit: bool | None, deterministic: bool | None) -> Config:
@@ -118,8 +126,8 @@ def main(steps: int = 10, rounds: int = 3, settings: str = "all", fit: bool = Fa
         labels[name], contenders[name] = ours(name, steps, ours_data)
         if fit:
             contenders[f"{name} fit"] = plain_fit(name, steps, plain_data)
-    for name, precision in TORCH.items():
-        run = torch_contender(steps, precision)
+    for name, (precision, threads) in TORCH.items():
+        run = torch_contender(steps, precision, threads)
         if run is not None:
             contenders[name] = run
     medians = alternate(contenders, rounds)

@@ -4,19 +4,20 @@
 once per run (`resolve_runtime`), and `apply_determinism` puts the choice into effect
 before the trainer is compiled. The rules follow bench/RESULTS.md, per machine kind:
 
-- `cpu-avx2` (no native bfloat16, e.g. AMD EPYC): float32, no XLA. bfloat16 is emulated
-  there and ran 26-55% slower; XLA cost 8%.
-- `cpu-bf16` (AVX512_BF16 or AMX, e.g. Intel Xeon Sapphire Rapids): float32, no XLA too.
-  Measured on a Xeon with AVX512_BF16 (its hypervisor hides AMX): float32 without XLA
-  was the fastest of the six settings; bfloat16 and XLA only cost time there.
-- `gpu-bf16` (NVIDIA compute capability >= 8.0): mixed_bfloat16, not measured by this
-  project yet; kept deterministic, so XLA stays off (see below).
-- `gpu` (older NVIDIA): float32, deterministic, no XLA; not measured either.
+- `cpu-avx2` (no native bfloat16; measured on a 2-core AMD EPYC): float32 without XLA
+  was fastest; XLA cost 8%, bfloat16 (emulated) 26-55%.
+- `cpu-bf16` (AVX512_BF16 or AMX; measured on a 2-core Intel Xeon with AVX512_BF16 whose
+  hypervisor hides AMX): float32 without XLA was fastest again, about 1.7x bfloat16
+  and 3x float32 with XLA. Keras 3 runs batch normalization as unfused float32 ops
+  around every bfloat16 convolution, so bfloat16 loses more there than the
+  convolutions gain. The issue's AMX readings (no determinism) rank them the same.
+- `gpu-bf16` (NVIDIA compute capability >= 8.0) and `gpu`: not measured by this
+  project yet; mixed_bfloat16 where tensor cores have it, kept deterministic.
 
-Op determinism (`tf.config.experimental.enable_op_determinism`) is on by default
-everywhere: on the CPU it cost nothing measurable without XLA, and with it Keras turns
-`jit_compile=True` off ("Model doesn't support jit_compile=True"), so the two cannot both
-be on. A run that asks for XLA gets determinism off unless it asks for both, which is an
+Op determinism (`tf.config.experimental.enable_op_determinism`) is on unless XLA is
+asked for: on both CPUs it cost nothing measurable (and two runs gave bit-identical
+weights with it off too), on GPUs it is what makes runs repeatable. Under it Keras
+turns `jit_compile=True` off, so a run gets one or the other; asking for both is an
 error (see `config.Config`).
 """
 

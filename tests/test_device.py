@@ -96,6 +96,20 @@ def test_keras_compiles_without_xla_under_op_determinism(determinism):
     assert model.jit_compile is True
 
 
+@pytest.mark.parametrize("jit_compile", [True, None])
+def test_a_run_compiles_what_it_resolved(determinism, jit_compile):
+    """results.json must not say XLA where Keras quietly trained without it."""
+    from krefinery.refinery import prepare_experiment
+
+    config = Config(depth=8, epochs=1, warmup_epochs=0, precision="float32", jit_compile=jit_compile, verbose=0)
+    runtime = device.resolve_runtime(config.precision, config.jit_compile, config.deterministic)
+    experiment = prepare_experiment(config)
+    assert experiment.trainer.jit_compile is runtime.jit_compile
+    assert device.determinism_enabled() is runtime.deterministic
+    if jit_compile:
+        assert runtime == device.Runtime("float32", jit_compile=True, deterministic=False)
+
+
 def test_unknown_precision_is_a_user_error():
     with pytest.raises(UserError, match="--precision=half must be one of auto, float32"):
         Config(precision="half")
