@@ -74,13 +74,20 @@ flags.DEFINE_enum(
     "precision",
     _DEFAULTS.precision,
     PRECISIONS,
-    "Keras dtype policy; auto: mixed_bfloat16 on GPUs and CPUs with native bfloat16, "
-    "else float32. The soft-target loss is always computed in float32.",
+    "Keras dtype policy; auto: the fastest measured per machine kind (see "
+    "krefinery/device.py). The soft-target loss is always computed in float32.",
 )
 flags.DEFINE_bool(
     "jit_compile",
     _DEFAULTS.jit_compile,
-    "Compile training and relabelling steps with XLA; unset: on where bfloat16 is native.",
+    "Compile training and relabelling steps with XLA; unset: per device (off on CPUs and "
+    "wherever --deterministic is on).",
+)
+flags.DEFINE_bool(
+    "deterministic",
+    _DEFAULTS.deterministic,
+    "TensorFlow op determinism: the same run gives the same weights. Unset: on, unless "
+    "--jit_compile is given (Keras allows one or the other).",
 )
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for splits, shuffling, augmentation, weights.")
 flags.DEFINE_string("workdir", _DEFAULTS.workdir, "Output folder (default: runs/<dataset>-<time>).")

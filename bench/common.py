@@ -7,6 +7,7 @@ one process, several rounds, and reports the median of each plus their ratio.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import platform
@@ -22,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from krefinery.config import Config  # noqa: E402
 from krefinery.datasets import Source  # noqa: E402
+from krefinery.device import Runtime, apply_determinism, machine_kind, resolve_runtime  # noqa: E402
 from krefinery.pipeline import (  # noqa: E402
     eval_dataset,
     make_augment,
@@ -65,9 +67,11 @@ def dtype_policy(name: str) -> Iterator[None]:
 def alternate(contenders: dict[str, Callable[[], float]], rounds: int = 3) -> dict[str, float]:
     """Runs each contender (returning a rate) once per round, interleaved; medians by name."""
     rates: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for name, measure in contenders.items():
             rates[name].append(measure())
+        line = ", ".join(f"{name} {values[-1]:.1f}" for name, values in rates.items())
+        print(f"  round {round_ + 1}/{rounds}: {line}", flush=True)
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
@@ -78,12 +82,57 @@ def rate(run: Callable[[], object], items: int) -> float:
     return items / (time.perf_counter() - start)
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            line = next((line for line in cpuinfo if line.startswith("model name")), "")
+    except OSError:
+        line = ""
+    return line.partition(":")[2].strip() or platform.processor() or platform.machine()
+
+
 def machine() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     device = f"{len(gpus)} GPU(s)" if gpus else "CPU only"
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}; "
+        f"machine kind {machine_kind()}: {cpu_model()}, {os.cpu_count()} cores, {device}; "
         f"TF {tf.__version__}, Keras {keras.__version__}"
+    )
+
+
+def run_trainer(
+    config: Config, steps_per_epoch: int, shape: tuple = SHAPE, classes: int = CLASSES,
+    teacher: bool = False,
+) -> tuple[Trainer, Runtime]:
+    """A trainer set up as `refinery.prepare_experiment` sets up a run's.
+
+    The config's `precision`, `jit_compile` and `deterministic` resolve as a run's do
+    (`auto`/None per machine kind), op determinism is applied before `compile` (Keras
+    decides there whether XLA can be used), and the returned `Runtime` holds what was
+    really compiled: `jit_compile` is read back from the trainer.
+    """
+    runtime = resolve_runtime(config.precision, config.jit_compile, config.deterministic)
+    apply_determinism(runtime.deterministic)
+
+    def build(seed: int) -> keras.Model:
+        keras.utils.set_random_seed(seed)
+        return build_resnet(
+            shape, classes, depth=config.depth, width=config.width,
+            version=config.resnet_version, weight_decay=config.weight_decay,
+            precision=runtime.precision,
+        )
+
+    trainer = Trainer(build(config.seed), teacher=build(config.seed) if teacher else None)
+    trainer.compile(
+        make_optimizer(config, steps_per_epoch, runtime.precision), jit_compile=runtime.jit_compile
+    )
+    return trainer, dataclasses.replace(runtime, jit_compile=bool(trainer.jit_compile))
+
+
+def describe(runtime: Runtime) -> str:
+    return (
+        f"{runtime.precision}{' + XLA' if runtime.jit_compile else ''}"
+        f"{', deterministic' if runtime.deterministic else ', not deterministic'}"
     )
 
 
@@ -114,7 +163,11 @@ def synthetic_source(num_train: int, num_test: int = 1000, seed: int = 0) -> Sou
 
 
 class Refinery:
-    """The pieces `refinery.train_and_evaluate` wires together, for timing them one by one."""
+    """The pieces `refinery.train_and_evaluate` wires together, for timing them one by one.
+
+    Precision, XLA and op determinism resolve as a run's do (`auto`/None: per machine
+    kind); `runtime` says what was compiled.
+    """
 
     def __init__(
         self,
@@ -122,32 +175,37 @@ class Refinery:
         depth: int = 20,
         batch: int = BATCH,
         epochs: int = 1,
-        precision: str = "float32",
-        jit_compile: bool = False,
+        precision: str = "auto",
+        jit_compile: bool | None = None,
+        deterministic: bool | None = None,
         augment: bool = True,
         online: bool = False,
         val_fraction: float = 0.05,
         generations: int = 1_000_000,
     ):
+        config = Config(
+            epochs=epochs, batch_size=batch, warmup_epochs=0, depth=depth, weight_decay=1e-4,
+            precision=precision, jit_compile=jit_compile, deterministic=deterministic,
+        )
         self.splits = make_splits(source, val_fraction, seed=0)
         shape, classes = self.splits.image_shape, self.splits.num_classes
+        steps = math.ceil(self.splits.num_train / batch)
+        self.trainer, self.runtime = run_trainer(config, steps, shape, classes, teacher=online)
 
         def build(seed: int) -> keras.Model:
             keras.utils.set_random_seed(seed)
-            return build_resnet(shape, classes, depth=depth, weight_decay=1e-4, precision=precision)
+            return build_resnet(
+                shape, classes, depth=depth, weight_decay=1e-4, precision=self.runtime.precision
+            )
 
         self.labels = onehot_table(self.splits.train, self.splits.num_ids, classes)
         augment_fn = make_augment(shape, self.splits.flip_safe) if augment else None
         self.train_ds = training_dataset(
             self.splits.train, self.labels, batch, 0, augment_fn, self.splits.num_train
         )
-        self.trainer = Trainer(build(0), teacher=build(0) if online else None)
-        config = Config(epochs=epochs, batch_size=batch, warmup_epochs=0)
-        steps = math.ceil(self.splits.num_train / batch)
-        self.trainer.compile(make_optimizer(config, steps, precision), jit_compile=jit_compile)
         self.refinery = LabelRefinery(
             self.labels, eval_dataset(self.splits.train), build, generations=generations,
-            jit_compile=jit_compile,
+            jit_compile=self.runtime.jit_compile,
         )
         self.refinery.set_model(self.trainer)
 

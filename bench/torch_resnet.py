@@ -10,6 +10,9 @@ import torch
 from torch import nn
 
 
+THREADS = torch.get_num_threads()  # PyTorch's own default: the physical cores.
+
+
 class Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
@@ -49,11 +52,16 @@ class ResNet20(nn.Module):
 
 
 def train_rate(
-    images, targets, batch: int, steps: int, precision: str, device: str = "cpu", warmup: int = 2
+    images, targets, batch: int, steps: int, precision: str, device: str = "cpu", warmup: int = 2,
+    threads: int | None = None,
 ) -> float:
-    """Images/s of a plain soft-target SGD loop (`precision`: float32 or bfloat16 autocast)."""
+    """Images/s of a plain soft-target SGD loop (`precision`: float32 or bfloat16 autocast).
+
+    `threads`: PyTorch's intra-op (OpenMP) threads; None keeps its default.
+    """
     import time
 
+    torch.set_num_threads(threads or THREADS)
     model = ResNet20().to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     images = torch.as_tensor(images).to(device)

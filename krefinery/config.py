@@ -63,9 +63,10 @@ class Config:
     warmup_epochs: int | None = None  # None: 1, or 0 where it cannot apply (see below).
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    # Speed: `auto` and None pick per device (see `krefinery.device`).
+    # Speed and reproducibility: `auto` and None pick per device (see `krefinery.device`).
     precision: str = "auto"
     jit_compile: bool | None = None
+    deterministic: bool | None = None
     # Bookkeeping.
     seed: int = 0
     workdir: str | None = None
@@ -147,6 +148,12 @@ class Config:
         _require(
             self.precision in PRECISIONS,
             f"--precision={self.precision} must be one of {', '.join(PRECISIONS)}.",
+        )
+        _require(
+            not (self.jit_compile and self.deterministic),
+            "--jit_compile and --deterministic cannot both be on: Keras turns XLA off under "
+            "TensorFlow's op determinism. Pass --nodeterministic to train with XLA, or "
+            "--nojit_compile to keep runs reproducible.",
         )
         _require(bool(self.export_dir.strip()), "--export_dir is empty; the default is saved_models.")
         _require(

@@ -1,48 +1,136 @@
-"""Per-device defaults for numeric precision and XLA, chosen from bench/ measurements.
+"""Per-machine defaults for precision, XLA and op determinism, chosen from bench/ measurements.
 
-`--precision=auto` and an unset `--jit_compile` resolve here, once per run, and the
-resolved values go into `results.json`. The rules follow bench/RESULTS.md:
+`--precision=auto`, an unset `--jit_compile` and an unset `--deterministic` resolve here,
+once per run (`resolve_runtime`), and `apply_determinism` puts the choice into effect
+before the trainer is compiled. The rules follow bench/RESULTS.md, per machine kind:
 
-- NVIDIA GPUs of compute capability >= 8.0 (A100, H100, H200) have bfloat16 tensor
-  cores: `mixed_bfloat16`, with XLA (Keras also turns XLA on by default on GPUs).
-- CPUs with native bfloat16 (AVX512_BF16 or AMX) get `mixed_bfloat16` with XLA, since
-  oneDNN's bfloat16 kernels need them. Other CPUs (AVX2 only, like the 2-core CI
-  machine) emulate bfloat16 and ran no faster with it or with XLA: float32, no XLA.
+- `cpu-avx2` (no native bfloat16; measured on a 2-core AMD EPYC): float32 without XLA
+  was fastest; XLA cost 8%, bfloat16 (emulated) 26-55%.
+- `cpu-bf16` (AVX512_BF16 or AMX; measured on a 2-core Intel Xeon with AVX512_BF16 whose
+  hypervisor hides AMX): float32 without XLA was fastest again, about 1.7x bfloat16
+  and 3x float32 with XLA. Keras 3 runs batch normalization as unfused float32 ops
+  around every bfloat16 convolution, so bfloat16 loses more there than the
+  convolutions gain. The issue's AMX readings (no determinism) rank them the same.
+- `gpu-bf16` (NVIDIA compute capability >= 8.0) and `gpu`: not measured by this
+  project yet; mixed_bfloat16 where tensor cores have it, kept deterministic.
+
+Op determinism (`tf.config.experimental.enable_op_determinism`) is on unless XLA is
+asked for: on both CPUs it cost nothing measurable (and two runs gave bit-identical
+weights with it off too), on GPUs it is what makes runs repeatable. Under it Keras
+turns `jit_compile=True` off, so a run gets one or the other; asking for both is an
+error (see `config.Config`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import tensorflow as tf
 
+# TensorFlow exports `enable_op_determinism` but neither its inverse nor a getter; a process
+# that runs several configurations (tests, searches, benchmarks) needs both. Keras's own
+# `model_supports_jit` reads the same module.
+from tensorflow.python.framework import config as _tf_config
+
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+KINDS = ("cpu-avx2", "cpu-bf16", "gpu", "gpu-bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """What `auto`/unset resolve to on one machine kind."""
+
+    precision: str
+    jit_compile: bool
+    deterministic: bool
+
+
+# From bench/RESULTS.md; the GPU rows are unmeasured and keep runs reproducible.
+DEFAULTS = {
+    "cpu-avx2": Defaults("float32", jit_compile=False, deterministic=True),
+    "cpu-bf16": Defaults("float32", jit_compile=False, deterministic=True),
+    "gpu": Defaults("float32", jit_compile=False, deterministic=True),
+    "gpu-bf16": Defaults("mixed_bfloat16", jit_compile=False, deterministic=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """The settings a run actually uses; `results.json` records them."""
+
+    precision: str
+    jit_compile: bool
+    deterministic: bool
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return set(next((line for line in cpuinfo if line.startswith("flags")), "").split())
+    except OSError:
+        return set()
 
 
 @functools.cache
-def _fast_bfloat16() -> bool:
-    """Whether this machine runs bfloat16 natively (a recent GPU, or a bf16-capable CPU)."""
-    for gpu in tf.config.list_physical_devices("GPU"):
-        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-        if capability and capability >= (8, 0):
-            return True
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
+def machine_kind() -> str:
+    """One of KINDS: the kind of device a run here trains on."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+        return "gpu-bf16" if capability and capability >= (8, 0) else "gpu"
+    return "cpu-bf16" if cpu_flags() & set(BF16_CPU_FLAGS) else "cpu-avx2"
 
 
 def resolve_precision(requested: str) -> str:
-    """`auto` -> the fastest Keras dtype policy here; any explicit policy is kept."""
+    """`auto` -> the fastest measured Keras dtype policy here; an explicit policy is kept."""
     if requested != "auto":
         return requested
-    return "mixed_bfloat16" if _fast_bfloat16() else "float32"
+    return DEFAULTS[machine_kind()].precision
 
 
-def resolve_jit_compile(requested: bool | None) -> bool:
-    """`None` (the flag left unset) -> XLA where it paid off in the benchmarks."""
+def resolve_deterministic(requested: bool | None, jit_compile: bool | None = None) -> bool:
+    """`None` -> op determinism on, unless XLA was asked for (Keras allows one or the other)."""
     if requested is not None:
         return requested
-    return _fast_bfloat16()
+    if jit_compile:
+        return False
+    return DEFAULTS[machine_kind()].deterministic
+
+
+def resolve_jit_compile(requested: bool | None, deterministic: bool | None = None) -> bool:
+    """`None` -> XLA where it paid off in the benchmarks, and never under op determinism."""
+    if requested is not None:
+        return requested
+    if deterministic is None:
+        deterministic = resolve_deterministic(None)
+    return DEFAULTS[machine_kind()].jit_compile and not deterministic
+
+
+def resolve_runtime(precision: str, jit_compile: bool | None, deterministic: bool | None) -> Runtime:
+    """The flags' values (`auto`/None for unset) -> the settings this run uses here."""
+    resolved_deterministic = resolve_deterministic(deterministic, jit_compile)
+    return Runtime(
+        precision=resolve_precision(precision),
+        jit_compile=resolve_jit_compile(jit_compile, resolved_deterministic),
+        deterministic=resolved_deterministic,
+    )
+
+
+def apply_determinism(enabled: bool) -> None:
+    """Turns TensorFlow's op determinism on or off for this process.
+
+    Call it before the trainer is compiled: Keras decides at `compile` whether XLA is
+    possible (not under op determinism) and tf.data reads the setting when a dataset
+    is iterated.
+    """
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+    elif _tf_config.is_op_determinism_enabled():
+        _tf_config.disable_op_determinism()
+
+
+def determinism_enabled() -> bool:
+    """Whether op determinism is on in this process now."""
+    return bool(_tf_config.is_op_determinism_enabled())

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from krefinery.config import Config
-from krefinery.device import resolve_jit_compile, resolve_precision
+from krefinery.device import apply_determinism, resolve_runtime
 from krefinery.label_refinery import LabelRefinery
 from krefinery.pipeline import (
     Splits,
@@ -94,10 +94,11 @@ def prepare_experiment(config: Config) -> Experiment:
 
     Bad input (dataset, folder) raises `UserError` here, before anything is written.
     """
-    tf.config.experimental.enable_op_determinism()
+    runtime = resolve_runtime(config.precision, config.jit_compile, config.deterministic)
+    apply_determinism(runtime.deterministic)
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config)
-    precision = resolve_precision(config.precision)
+    precision = runtime.precision
 
     def build_classifier(seed: int) -> keras.Model:
         keras.utils.set_random_seed(seed)
@@ -123,7 +124,7 @@ def prepare_experiment(config: Config) -> Experiment:
     steps = steps_per_epoch(splits.num_train, config.batch_size)
     trainer.compile(
         make_optimizer(config, steps, precision),
-        jit_compile=resolve_jit_compile(config.jit_compile),
+        jit_compile=runtime.jit_compile,
     )
     # Built now, so that checkpoints can be loaded into it before the first step.
     trainer(tf.zeros((1, *splits.image_shape), tf.uint8))
@@ -140,7 +141,7 @@ def prepare_experiment(config: Config) -> Experiment:
             "precision": precision,
             # Keras's own reading: XLA is off under op determinism, whatever was asked.
             "jit_compile": bool(trainer.jit_compile),
-            "deterministic": True,
+            "deterministic": runtime.deterministic,
         },
         steps_per_epoch=steps,
     )
