@@ -101,19 +101,14 @@ class ChainRunner:
         refinery.generation = generation - 1
         if generation == 1:
             self.experiment.labels.assign(self.ground_truth)
-            if trainer.teacher_ready:
-                trainer.teacher_ready = False
-                trainer.train_function = None  # Retrace without the teacher.
+            trainer.use_teacher(None)
             return
         self.load(keys[generation - 2])
         refinery.refine()
 
     def _set_trainer_targets(self, temperature: float, alpha: float) -> None:
         """Online relabelling reads T and alpha inside the traced step: retrace on change."""
-        trainer = self.experiment.trainer
-        if (trainer.temperature, trainer.alpha) != (temperature, alpha):
-            trainer.temperature, trainer.alpha = temperature, alpha
-            trainer.train_function = None
+        self.experiment.trainer.set_refinement(temperature, alpha)
 
     def _generation_pipeline(self, generation: int) -> tf.data.Dataset:
         """The batches generation k sees in a chain trained in one go, from a new pipeline.

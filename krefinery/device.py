@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+import keras
 import tensorflow as tf
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -42,7 +43,13 @@ def resolve_precision(requested: str) -> str:
 
 
 def resolve_jit_compile(requested: bool | None) -> bool:
-    """`None` (the flag left unset) -> XLA where it paid off in the benchmarks."""
+    """`None` (the flag left unset) -> XLA where it paid off in the benchmarks.
+
+    On JAX every step is XLA-compiled (without it Keras runs JAX op by op); on PyTorch
+    Keras runs eagerly, as its own default is (`torch.compile` if asked)."""
     if requested is not None:
         return requested
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        return backend == "jax"
     return _fast_bfloat16()

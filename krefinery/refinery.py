@@ -21,7 +21,6 @@ from krefinery.config import Config
 from krefinery.datasets import load_source
 from krefinery.device import resolve_jit_compile, resolve_precision
 from krefinery.export import export_generation, prepare_export_dir
-from krefinery.losses import refined_labels
 from krefinery.pipeline import (
     eval_dataset,
     make_augment,
@@ -30,6 +29,7 @@ from krefinery.pipeline import (
     onehot_table,
     training_dataset,
 )
+from krefinery.relabel import RefinedLabels, refine_table
 from krefinery.resnet import build_resnet
 from krefinery.train import Trainer, make_optimizer
 
@@ -85,9 +85,9 @@ class LabelRefinery(keras.callbacks.Callback):
         # The targets the last relabel produced, as (generation, table): the next relabel's
         # "previous" labels, so online mode need not run the old teacher over the data again.
         self._last_refined: tuple[int, np.ndarray] | None = None
-        self._relabel_batch = tf.function(
-            self._relabel_batch_eager, jit_compile=jit_compile, reduce_retracing=True
-        )
+        self.jit_compile = jit_compile
+        # One compiled labelling function per model labelled (the classifier, the teacher).
+        self._labellers: dict[int, RefinedLabels] = {}
 
     def on_train_begin(self, logs=None):
         if self.generation == self.generations:
@@ -104,12 +104,7 @@ class LabelRefinery(keras.callbacks.Callback):
         trainer = self.model
         fresh = self.build_classifier(generation_seed(self.seed, self.generation))
         trainer.classifier.set_weights(fresh.get_weights())
-        optimizer = trainer.optimizer
-        if optimizer.built:
-            blank = optimizer.__class__.from_config(optimizer.get_config())
-            blank.build(trainer.classifier.trainable_variables)
-            for variable, initial in zip(optimizer.variables, blank.variables, strict=True):
-                variable.assign(initial.value)
+        trainer.reset_optimizer()
 
     def refine(self) -> None:
         """Refined labels from the classifier just trained, for the next generation."""
@@ -120,13 +115,9 @@ class LabelRefinery(keras.callbacks.Callback):
             fresh = last is not None and last[0] == self.generation - 1
             previous = last[1] if fresh else self.labels_in_use()
         if trainer.teacher is not None:
-            trainer.teacher.set_weights(trainer.classifier.get_weights())
-            if not trainer.teacher_ready:
-                trainer.teacher_ready = True
-                trainer.train_function = None  # Retrace the step with the teacher in it.
+            trainer.use_teacher(trainer.classifier)
         else:
-            for batch in self.examples:
-                self._relabel_batch(batch)
+            refine_table(self._labeller(trainer.classifier), self.examples, self.labels)
         if self.on_relabel is not None:
             refined = self.labels_in_use()
             self._last_refined = (self.generation, refined)
@@ -140,17 +131,16 @@ class LabelRefinery(keras.callbacks.Callback):
         """
         table = self.labels.numpy()
         trainer = self.model
-        if trainer.teacher is not None and trainer.teacher_ready:
-            for batch in self.examples:
-                logits = trainer.teacher(batch["image"], training=False)
-                targets = refined_labels(logits, batch["label"], self.temperature, self.alpha)
-                table[batch["id"].numpy()] = targets.numpy()
+        if trainer.teacher is not None and trainer.teaching:
+            self._labeller(trainer.teacher).table(self.examples, into=table)
         return table
 
-    def _relabel_batch_eager(self, batch):
-        logits = self.model.classifier(batch["image"], training=False)
-        targets = refined_labels(logits, batch["label"], self.temperature, self.alpha)
-        self.labels.scatter_nd_update(batch["id"][:, None], targets)
+    def _labeller(self, model: keras.Model) -> RefinedLabels:
+        if id(model) not in self._labellers:
+            self._labellers[id(model)] = RefinedLabels(
+                model, self.temperature, self.alpha, self.jit_compile
+            )
+        return self._labellers[id(model)]
 
 
 @dataclasses.dataclass

@@ -100,7 +100,7 @@ def test_online_mode_labels_with_the_frozen_previous_generation():
     table_before = labels.numpy()
     snapshots = Snapshots()
     trainer.fit(train_ds, epochs=EPOCHS, callbacks=[refinery, snapshots], verbose=0)
-    assert trainer.teacher_ready
+    assert trainer.teaching
     assert_weights_equal(trainer.teacher.get_weights(), snapshots.end[0]["weights"])
 
     history = trainer.fit(train_ds, epochs=1, callbacks=[refinery, snapshots], verbose=0)
