@@ -136,9 +136,12 @@ class LabelRefinery(keras.callbacks.Callback):
         return table
 
     def _labeller(self, model: keras.Model) -> RefinedLabels:
+        """XLA if asked for and Keras compiles the training step with it (it does not with
+        TensorFlow's op determinism on, for one)."""
         if id(model) not in self._labellers:
+            jit_compile = self.jit_compile and self.model.jit_compile
             self._labellers[id(model)] = RefinedLabels(
-                model, self.temperature, self.alpha, self.jit_compile
+                model, self.temperature, self.alpha, jit_compile
             )
         return self._labellers[id(model)]
 
