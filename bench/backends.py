@@ -2,8 +2,8 @@
 
 One process cannot hold two Keras backends, so each backend gets a worker process that
 builds our `Trainer` (ResNet-20, SGD with momentum) for every precision, compiles it
-with the XLA setting a run resolves to on that backend (`device.resolve_jit_compile`),
-and warms it up; then this process asks the workers in turn, round after round, to
+as a run does on that backend (op determinism on, `device.resolve_jit_compile`), and
+warms it up; then this process asks the workers in turn, round after round, to
 time `fit` over the same in-memory tf.data batches (as runs feed them), so only one
 worker computes at a time and the contenders alternate. Medians and ratios to
 TensorFlow are reported. A backend that is not installed is skipped.
@@ -39,6 +39,7 @@ def worker(precisions: list[str], steps: int) -> None:
     data = tf.data.Dataset.from_tensor_slices(
         {"image": images, "label": labels, "target": tf.one_hot(labels, CLASSES)}
     ).batch(BATCH).cache()
+    tf.config.experimental.enable_op_determinism()  # As prepare_experiment does for runs.
     jit_compile = resolve_jit_compile(None)
     trainers = {}
     for precision in precisions:
@@ -48,7 +49,9 @@ def worker(precisions: list[str], steps: int) -> None:
         trainer.compile(keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=jit_compile)
         trainer.fit(data.take(2), verbose=0)  # Trace and compile outside the timing.
         trainers[precision] = trainer
-    print(f"READY {keras.backend.backend()} jit_compile={jit_compile}", flush=True)
+    # What Keras compiled with: TensorFlow's op determinism turns XLA off there.
+    compiled = {p: t.jit_compile for p, t in trainers.items()}
+    print(f"READY {keras.backend.backend()} jit_compile asked {jit_compile}, used {compiled}", flush=True)
     for line in sys.stdin:
         precision = line.split()[1]
         start = time.perf_counter()
