@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import keras
 import tensorflow as tf
 
 # TensorFlow exports `enable_op_determinism` but neither its inverse nor a getter; a process
@@ -100,9 +101,15 @@ def resolve_deterministic(requested: bool | None, jit_compile: bool | None = Non
 
 
 def resolve_jit_compile(requested: bool | None, deterministic: bool | None = None) -> bool:
-    """`None` -> XLA where it paid off in the benchmarks, and never under op determinism."""
+    """`None` -> XLA where it paid off in the benchmarks, and never under op determinism.
+
+    On JAX every step is XLA-compiled (without it Keras runs JAX op by op, and TensorFlow's
+    op determinism does not reach JAX); on PyTorch Keras runs eagerly, its own default."""
     if requested is not None:
         return requested
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        return backend == "jax"
     if deterministic is None:
         deterministic = resolve_deterministic(None)
     return DEFAULTS[machine_kind()].jit_compile and not deterministic

@@ -38,21 +38,34 @@ class ServingModule(tf.Module):
     The classifier rescales 0..255 pixels itself, so serving needs no preprocessing
     outside the graph. `class_names` (a string variable) keeps the full class list,
     so a client can read every name, not just the predicted one.
+
+    Under the JAX backend the classifier is not TensorFlow code: Keras's `ExportArchive`
+    converts it (jax2tf) into a TensorFlow function over TensorFlow copies of its
+    weights, which this module keeps. The SavedModel then serves the same way.
     """
 
     def __init__(
         self, classifier: keras.Model, class_names: Sequence[str], image_shape: Sequence[int]
     ):
         super().__init__(name="krefinery_classifier")
-        self.classifier = classifier
         self.class_names = tf.Variable(
             list(class_names), trainable=False, dtype=tf.string, name="class_names"
         )
         spec = tf.TensorSpec([None, *image_shape], tf.uint8, name=INPUT_NAME)
+        if keras.backend.backend() == "tensorflow":
+            self.classifier = classifier
+            self.logits = lambda images: classifier(images, training=False)
+        else:
+            archive = keras.export.ExportArchive()
+            archive.track(classifier)
+            self.logits = archive.add_endpoint(
+                "logits", lambda images: classifier(images, training=False), [spec]
+            )
+            self.classifier_variables = list(archive.variables)
         self.serve = tf.function(self._serve, input_signature=[spec])
 
     def _serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = tf.cast(self.classifier(images, training=False), tf.float32)
+        logits = tf.cast(self.logits(images), tf.float32)
         probabilities = tf.nn.softmax(logits, axis=-1)
         class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {
@@ -220,11 +233,23 @@ def export_model_name(config: Config, generation: int | None = None) -> str:
     return name if generation is None else f"{name}_gen{generation}"
 
 
+def check_backend_exports() -> None:
+    """Every run ends with a SavedModel export, which Keras writes from the TensorFlow and
+    JAX backends only (from PyTorch it needs torch_xla): refuse a run that would fail there."""
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax"):
+        raise UserError(
+            f"KERAS_BACKEND={backend} cannot export the SavedModel that every run ends with; "
+            "run with KERAS_BACKEND=tensorflow (the default) or KERAS_BACKEND=jax."
+        )
+
+
 def prepare_export_dir(config: Config) -> Path:
     """`<export_dir>/<name>`, checked up front so that an unusable folder fails before
     any data is read; nothing is created (export makes the folder), so a refused run
     leaves nothing behind.
     """
+    check_backend_exports()
     name = config.export_name or default_export_name(config.dataset)
     model_dir = Path(config.export_dir) / name
     where = f"--export_dir={config.export_dir}"

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from krefinery.losses import refined_labels
+from krefinery.relabel import RefinedLabels, refine_table
 
 
 def generation_seed(seed: int, generation: int) -> int:
@@ -68,9 +68,9 @@ class LabelRefinery(keras.callbacks.Callback):
         # The targets the last relabel produced, as (generation, table): the next relabel's
         # "previous" labels, so online mode need not run the old teacher over the data again.
         self._last_refined: tuple[int, np.ndarray] | None = None
-        self._relabel_batch = tf.function(
-            self._relabel_batch_eager, jit_compile=jit_compile, reduce_retracing=True
-        )
+        self.jit_compile = jit_compile
+        # One compiled labelling function per model labelled (the classifier, the teacher).
+        self._labellers: dict[int, RefinedLabels] = {}
 
     def on_train_begin(self, logs=None):
         if self.generation == self.generations:
@@ -120,8 +120,7 @@ class LabelRefinery(keras.callbacks.Callback):
         if trainer.teacher is not None:
             trainer.use_teacher(trainer.classifier)
         else:
-            for batch in self.examples:
-                self._relabel_batch(batch)
+            refine_table(self._labeller(trainer.classifier), self.examples, self.labels)
         if observe:
             refined = self.labels_in_use()
             self._last_refined = (self.generation, refined)
@@ -136,13 +135,15 @@ class LabelRefinery(keras.callbacks.Callback):
         table = self.labels.numpy()
         trainer = self.model
         if trainer.teaching:
-            for batch in self.examples:
-                logits = trainer.teacher(batch["image"], training=False)
-                targets = refined_labels(logits, batch["label"], self.temperature, self.alpha)
-                table[batch["id"].numpy()] = targets.numpy()
+            self._labeller(trainer.teacher).table(self.examples, into=table)
         return table
 
-    def _relabel_batch_eager(self, batch):
-        logits = self.model.classifier(batch["image"], training=False)
-        targets = refined_labels(logits, batch["label"], self.temperature, self.alpha)
-        self.labels.scatter_nd_update(batch["id"][:, None], targets)
+    def _labeller(self, model: keras.Model) -> RefinedLabels:
+        """XLA if asked for and Keras compiles the training step with it (it does not with
+        TensorFlow's op determinism on, for one)."""
+        if id(model) not in self._labellers:
+            jit_compile = self.jit_compile and self.model.jit_compile
+            self._labellers[id(model)] = RefinedLabels(
+                model, self.temperature, self.alpha, jit_compile
+            )
+        return self._labellers[id(model)]

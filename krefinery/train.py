@@ -1,28 +1,38 @@
 """The training step: a classifier learns from soft targets, scored against ground truth.
 
-`Trainer` follows the Keras knowledge-distillation example: a `keras.Model` that wraps
-the classifier (and, for online relabelling, a frozen teacher) and overrides
-`train_step`/`test_step`, so `fit` brings progress bars, callbacks and TensorBoard.
+`Trainer` is a `keras.Model` that wraps the classifier (and, for online relabelling, a
+frozen teacher) and overrides only `compute_loss` and `compute_metrics`, written with
+`keras.ops`, as Keras's own `keras.distillation.Distiller` does. Keras's train step then
+does the rest on whichever backend runs it (TensorFlow, JAX or PyTorch): gradients, loss
+scaling under `mixed_float16`, the optimizer update, and the `loss` metric; `fit` brings
+progress bars, callbacks and TensorBoard.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from krefinery.config import Config
 from krefinery.losses import entropy, refined_labels, soft_target_crossentropy
+
+TRAIN_METRICS = ("loss", "accuracy", "label_agreement", "label_entropy")
+EVAL_METRICS = ("loss", "accuracy")
 
 
 class Trainer(keras.Model):
     """Trains `classifier` on each batch's `target`, or on a frozen teacher's refined labels.
 
-    Batches are dicts `{"image", "label", "target"}` (see `pipeline.training_dataset`).
+    Batches are dicts `{"image", "label", "target"}` (see `pipeline.training_dataset`);
+    evaluation batches need only `"image"` and `"label"`.
     Training metrics: `loss` (soft-target cross-entropy plus the weight-decay penalty),
     `accuracy` (vs ground truth, on augmented images),
     `label_agreement` (argmax of the targets vs ground truth) and `label_entropy`
     (nats), the last two describing the labels this generation actually trained on.
     Evaluation reports `loss` (cross-entropy vs ground truth, no penalty) and `accuracy`.
+
+    `teacher`, if given, is the frozen slot that online relabelling copies trained weights
+    into (`use_teacher`); it must have the classifier's architecture.
     """
 
     def __init__(
@@ -38,89 +48,98 @@ class Trainer(keras.Model):
         self.teacher = teacher
         if teacher is not None:
             teacher.trainable = False
-        self.temperature = temperature
-        self.alpha = alpha
+        self._temperature = float(temperature)
+        self._alpha = float(alpha)
         self._teaching = False
-        self.loss_tracker = keras.metrics.Mean(name="loss")
+        # Which step Keras is tracing (or, on PyTorch, running): compute_metrics reports
+        # the label figures for training steps only.
+        self._step_trains = True
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.label_agreement = keras.metrics.Mean(name="label_agreement")
         self.label_entropy = keras.metrics.Mean(name="label_entropy")
 
     @property
     def teaching(self) -> bool:
-        """Whether the frozen teacher labels every batch (else: each batch's `target`)."""
+        """Whether the frozen teacher labels every training batch (online relabelling)."""
         return self._teaching
 
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
     def use_teacher(self, model: keras.Model | None) -> None:
-        """`None`: train on each batch's `target`. A model: copy its weights into the
-        frozen teacher, which labels every batch from then on (online relabelling)."""
+        """`None`: train on each batch's `target`. A model: its weights, copied into the
+        frozen teacher, label every batch from now on."""
         if model is not None:
             if self.teacher is None:
-                raise ValueError("this Trainer was built without a teacher (offline relabelling).")
+                raise ValueError("this Trainer has no teacher slot: build it with teacher=.")
             self.teacher.set_weights(model.get_weights())
-        if self._teaching != (model is not None):
-            self._teaching = model is not None
-            self._retrace()  # The step is traced with or without the teacher.
+        teaching = model is not None
+        if teaching != self._teaching:
+            self._teaching = teaching
+            self._retrace()
 
     def set_refinement(self, temperature: float, alpha: float) -> None:
-        """The temperature and alpha the teacher's labels are refined with."""
-        if (self.temperature, self.alpha) != (temperature, alpha):
-            self.temperature, self.alpha = temperature, alpha
-            self._retrace()  # Both are constants of the traced step.
-
-    def _retrace(self) -> None:
-        # Rebuilt in place rather than dropped, so this works inside `fit` too (from a
-        # callback's `on_train_begin`), where Keras has already made the step.
-        if self.train_function is not None:
-            self.make_train_function(force=True)
+        """The temperature and alpha with which the teacher's logits become targets."""
+        refinement = (float(temperature), float(alpha))
+        if refinement != (self._temperature, self._alpha):
+            self._temperature, self._alpha = refinement
+            self._retrace()
 
     def reset_optimizer(self) -> None:
-        """A fresh optimizer state (momenta, iteration count, loss scale), in place, so
-        compiled steps stay valid."""
+        """A fresh optimizer state, in place: momenta, iteration count (hence the learning
+        rate schedule) and, under `mixed_float16`, the loss scale. Compiled steps stay valid."""
         optimizer = self.optimizer
         if not optimizer.built:
             return
         blank = optimizer.__class__.from_config(optimizer.get_config())
-        blank.build(self.classifier.trainable_variables)
+        blank.build(self.trainable_variables)
         for variable, initial in zip(optimizer.variables, blank.variables, strict=True):
             variable.assign(initial.value)
 
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.accuracy, self.label_agreement, self.label_entropy]
+    def _retrace(self) -> None:
+        """The temperature, alpha and whether a teacher labels are fixed in the traced
+        step, so it is traced again when they change. Rebuilt in place rather than
+        dropped, so that this also works inside `fit` (from a callback's
+        `on_train_begin`), where Keras has already made the step."""
+        if self.train_function is not None:
+            self.make_train_function(force=True)
 
     def call(self, inputs, training=False):
         images = inputs["image"] if isinstance(inputs, dict) else inputs
         return self.classifier(images, training=training)
 
-    def train_step(self, batch):
-        images, labels, targets = batch["image"], batch["label"], batch["target"]
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        self._step_trains = training
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        labels = x["label"]
+        if not training:
+            classes = ops.shape(y_pred)[-1]
+            return soft_target_crossentropy(ops.one_hot(labels, classes), y_pred)
         if self._teaching:
-            teacher_logits = self.teacher(images, training=False)
-            targets = refined_labels(teacher_logits, labels, self.temperature, self.alpha)
-        with tf.GradientTape() as tape:
-            logits = self.classifier(images, training=True)
-            loss = soft_target_crossentropy(targets, logits)
-            if self.classifier.losses:
-                loss += tf.add_n(self.classifier.losses)
-            # A no-op except under a LossScaleOptimizer (mixed_float16), which unscales in apply.
-            scaled_loss = self.optimizer.scale_loss(loss)
-        variables = self.classifier.trainable_variables
-        self.optimizer.apply(tape.gradient(scaled_loss, variables), variables)
-        self.loss_tracker.update_state(loss)
-        self.accuracy.update_state(labels, logits)
-        agree = tf.cast(tf.argmax(targets, -1, output_type=labels.dtype) == labels, tf.float32)
-        self.label_agreement.update_state(agree)
+            teacher_logits = self.teacher(x["image"], training=False)
+            targets = refined_labels(teacher_logits, labels, self._temperature, self._alpha)
+            targets = ops.stop_gradient(targets)
+        else:
+            targets = ops.cast(x["target"], "float32")
+        loss = soft_target_crossentropy(targets, y_pred)
+        # Weight decay (the classifier's kernel regularisers) and any other added losses.
+        for penalty in self.losses:
+            loss = loss + ops.cast(penalty, "float32")
+        agree = ops.argmax(targets, axis=-1) == ops.cast(labels, "int32")
+        self.label_agreement.update_state(ops.cast(agree, "float32"))
         self.label_entropy.update_state(entropy(targets))
-        return {m.name: m.result() for m in self.metrics}
+        return loss
 
-    def test_step(self, batch):
-        labels = batch["label"]
-        logits = self.classifier(batch["image"], training=False)
-        targets = tf.one_hot(labels, tf.shape(logits)[-1])
-        self.loss_tracker.update_state(soft_target_crossentropy(targets, logits))
-        self.accuracy.update_state(labels, logits)
-        return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy.result()}
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        self.accuracy.update_state(x["label"], y_pred)
+        names = TRAIN_METRICS if self._step_trains else EVAL_METRICS
+        return {m.name: m.result() for m in self.metrics if m.name in names}
 
 
 def make_optimizer(
