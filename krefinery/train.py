@@ -32,7 +32,8 @@ class Trainer(keras.Model):
     Evaluation reports `loss` (cross-entropy vs ground truth, no penalty) and `accuracy`.
 
     `teacher`, if given, is the frozen slot that online relabelling copies trained weights
-    into (`use_teacher`); it must have the classifier's architecture.
+    into (`use_teacher`): it must have the architecture of the models copied from, which
+    may differ from the classifier's (a deeper model may label for a smaller one).
     """
 
     def __init__(
@@ -102,8 +103,8 @@ class Trainer(keras.Model):
             variable.assign(initial.value)
 
     def _retrace(self) -> None:
-        """The temperature, alpha and whether a teacher labels are fixed in the traced
-        step, so it is traced again (by the next `fit`) when they change."""
+        """Temperature, alpha and whether the teacher labels are constants of the traced
+        step: the next `fit` traces it again."""
         self.train_function = None
 
     def call(self, inputs, training=False):
