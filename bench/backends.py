@@ -9,6 +9,7 @@ worker computes at a time and the contenders alternate. Medians and ratios to
 TensorFlow are reported. A backend that is not installed is skipped.
 
     python -m bench.backends [--steps=8] [--rounds=3] [--precisions=float32,mixed_bfloat16]
+                             [--backends=tensorflow,jax,torch]
 """
 
 from __future__ import annotations
@@ -76,14 +77,21 @@ def start_worker(backend: str, precisions: list[str], steps: int) -> subprocess.
     return process
 
 
-def main(steps: int = 8, rounds: int = 3, precisions: str = "float32,mixed_bfloat16") -> dict:
+def main(
+    steps: int = 8,
+    rounds: int = 3,
+    precisions: str = "float32,mixed_bfloat16",
+    backends: str = ",".join(BACKENDS),
+) -> dict:
     import platform
 
     chosen = precisions.split(",")
     print(f"# Our train step per Keras backend: ResNet-20, 32x32x3, batch 128, {steps} steps "
           f"per measurement; {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     # Started one after another, so compilations do not compete with each other.
-    workers = {b: w for b in BACKENDS if (w := start_worker(b, chosen, steps)) is not None}
+    workers = {
+        b: w for b in backends.split(",") if (w := start_worker(b, chosen, steps)) is not None
+    }
     rates: dict[tuple[str, str], list[float]] = {(b, p): [] for b in workers for p in chosen}
     try:
         for round_ in range(rounds):
@@ -91,7 +99,10 @@ def main(steps: int = 8, rounds: int = 3, precisions: str = "float32,mixed_bfloa
                 for backend, process in workers.items():
                     process.stdin.write(f"RATE {precision}\n")
                     process.stdin.flush()
-                    rates[backend, precision].append(float(process.stdout.readline()))
+                    answer = process.stdout.readline()
+                    if not answer:
+                        raise RuntimeError(f"the {backend} worker exited mid-benchmark")
+                    rates[backend, precision].append(float(answer))
             print(f"round {round_ + 1}: " + ", ".join(
                 f"{b}/{p} {v[-1]:.1f}" for (b, p), v in rates.items()), flush=True)
     finally:
@@ -114,9 +125,10 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.precisions.split(","), args.steps)
     else:
-        main(args.steps, args.rounds, args.precisions)
+        main(args.steps, args.rounds, args.precisions, args.backends)

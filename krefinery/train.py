@@ -32,7 +32,8 @@ class Trainer(keras.Model):
     Evaluation reports `loss` (cross-entropy vs ground truth, no penalty) and `accuracy`.
 
     `teacher`, if given, is the frozen slot that online relabelling copies trained weights
-    into (`use_teacher`); it must have the classifier's architecture.
+    into (`use_teacher`): it must have the architecture of the models copied from, which
+    may differ from the classifier's (a deeper model may label for a smaller one).
     """
 
     def __init__(

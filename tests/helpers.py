@@ -48,10 +48,10 @@ class KnownFunction(keras.Model):
         return 4.0 * tf.sin(brightest[:, None] * self.frequencies / 17.0)
 
 
-def classifier_builder(shape, classes, precision="float32"):
+def classifier_builder(shape, classes, precision="float32", depth=8):
     def build(seed: int) -> keras.Model:
         keras.utils.set_random_seed(seed)
-        return build_resnet(shape, classes, depth=8, precision=precision)
+        return build_resnet(shape, classes, depth=depth, precision=precision)
 
     return build
 

@@ -17,9 +17,11 @@ def test_teacher_and_refinement_changes_reach_the_compiled_step():
     build = classifier_builder(splits.image_shape, splits.num_classes)
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
     train_ds = training_dataset(splits.train, labels, 16, seed=0)  # No augmentation.
-    trainer = Trainer(build(0), teacher=build(1))
+    # The teacher may be of another architecture than the student (a deeper refinery).
+    build_deeper = classifier_builder(splits.image_shape, splits.num_classes, depth=14)
+    trainer = Trainer(build(0), teacher=build_deeper(1))
     trainer.compile(make_optimizer(Config(epochs=1, warmup_epochs=0), math.ceil(splits.num_train / 16)))
-    trained = build(2)  # Stands in for a trained generation: any weights the teacher lacks.
+    trained = build_deeper(2)  # Stands in for a trained refinery: weights the teacher lacks.
 
     def teacher_entropy(temperature):
         rows = [
