@@ -59,10 +59,10 @@ def test_default_digits_chain_reaches_95_percent_every_generation(tmp_path, caps
 def test_precision_and_xla_flags_reach_the_run(tmp_path):
     run_cli(*TINY, "--generations=1", "--precision=mixed_bfloat16", "--jit_compile", f"--workdir={tmp_path}")
     results = read_results(tmp_path)
-    # XLA was asked for; Keras turned it off under op determinism, and the record says so.
-    assert results["runtime"] == {"precision": "mixed_bfloat16", "jit_compile": False, "deterministic": True}
+    # XLA asked for alone turns op determinism off (Keras allows one or the other), and
+    # the record says what Keras really compiled with.
+    assert results["runtime"] == {"precision": "mixed_bfloat16", "jit_compile": True, "deterministic": False}
     assert results["config"]["precision"] == "mixed_bfloat16"
-    assert 0.0 <= results["generations"][0]["val_accuracy"] <= 1.0
 
 
 def test_same_seed_gives_the_same_results(tmp_path):

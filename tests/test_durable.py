@@ -148,10 +148,11 @@ def test_a_later_generation_that_diverges_keeps_the_earlier_ones(tmp_path, monke
     overflowed): generation 2 diverges on its first batch, generation 1 is exported."""
     import tensorflow as tf
 
-    from krefinery import label_refinery
+    from krefinery import relabel
 
+    # Generation 1's refined labels come out NaN, so generation 2's loss is NaN at once.
     monkeypatch.setattr(
-        label_refinery, "refined_labels", lambda logits, *_: tf.fill(tf.shape(logits), float("nan"))
+        relabel, "refined_labels", lambda logits, *_: tf.fill(tf.shape(logits), float("nan"))
     )
     args = (*CHAIN, "--generations=2", f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}")
     with pytest.raises(SystemExit) as exit_:
