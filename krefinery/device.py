@@ -7,10 +7,10 @@ before the trainer is compiled. The rules follow bench/RESULTS.md, per machine k
 - `cpu-avx2` (no native bfloat16; measured on a 2-core AMD EPYC): float32 without XLA
   was fastest; XLA cost 8%, bfloat16 (emulated) 26-55%.
 - `cpu-bf16` (AVX512_BF16 or AMX; measured on a 2-core Intel Xeon with AVX512_BF16 whose
-  hypervisor hides AMX): float32 without XLA was fastest again, about 1.7x bfloat16
-  and 3x float32 with XLA. Keras 3 runs batch normalization as unfused float32 ops
-  around every bfloat16 convolution, so bfloat16 loses more there than the
-  convolutions gain. The issue's AMX readings (no determinism) rank them the same.
+  hypervisor hides AMX): float32 without XLA was fastest again, about 1.6x bfloat16
+  and 2-3x float32 with XLA: its bfloat16 convolutions were no faster than float32's,
+  and Keras adds float32 casts around every batch normalization. The issue's readings
+  on a Xeon with AMX (without op determinism) rank them the same.
 - `gpu-bf16` (NVIDIA compute capability >= 8.0) and `gpu`: not measured by this
   project yet; mixed_bfloat16 where tensor cores have it, kept deterministic.
 
