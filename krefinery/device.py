@@ -15,8 +15,9 @@ before the trainer is compiled. The rules follow bench/RESULTS.md, per machine k
   project yet; mixed_bfloat16 where tensor cores have it, kept deterministic.
 
 Op determinism (`tf.config.experimental.enable_op_determinism`) is on unless XLA is
-asked for: on both CPUs it cost nothing measurable (and two runs gave bit-identical
-weights with it off too), on GPUs it is what makes runs repeatable. Under it Keras
+asked for: on the Xeon it cost nothing measurable and changed no bit of the weights
+(runs were bit-identical with it off too; the EPYC was not measured with it), and on
+GPUs it is what makes runs repeatable. Under it Keras
 turns `jit_compile=True` off, so a run gets one or the other; asking for both is an
 error (see `config.Config`).
 """
