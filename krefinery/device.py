@@ -58,7 +58,8 @@ DEFAULTS = {
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
-    """The settings a run actually uses; `results.json` records them."""
+    """The settings a run uses; `dataclasses.asdict` of it, with `jit_compile` read back
+    from the trainer after `compile`, is `results.json`'s "runtime"."""
 
     precision: str
     jit_compile: bool
