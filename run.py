@@ -80,8 +80,8 @@ flags.DEFINE_enum(
 flags.DEFINE_bool(
     "jit_compile",
     _DEFAULTS.jit_compile,
-    "Compile training and relabelling steps with XLA; unset: per device (off on CPUs and "
-    "wherever --deterministic is on).",
+    "Compile training and relabelling steps with XLA; unset: per machine kind (off on "
+    "every kind so far, see krefinery/device.py), and never with --deterministic.",
 )
 flags.DEFINE_bool(
     "deterministic",

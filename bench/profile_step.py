@@ -38,8 +38,9 @@ def op_times(logdir: pathlib.Path) -> collections.Counter:
             if not line.name.startswith("tf_Compute"):
                 continue
             for event in line.events:
-                scope, _, op_type = names.get(event.metadata_id, "").rpartition(":")
-                if scope and op_type:
+                name = names.get(event.metadata_id, "")
+                scope, _, op_type = name.rpartition(":")
+                if scope and op_type and "::" not in name:  # Not the executor's own events.
                     totals[op_type] += event.duration_ps / 1e6
     return totals
 

@@ -5,7 +5,7 @@ before the first op, so each variant runs in a process of its own; the variants 
 turns, round after round, and each process times the step as a run configures it
 (`bench.common.run_trainer`, `auto` settings unless `--precision` etc. say otherwise).
 
-    python -m bench.threads [--rounds=2] [--steps=10] [--precision=auto]
+    python -m bench.threads [--rounds=2] [--steps=10] [--precision=auto] [--variants=all]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ VARIANTS = {
     "defaults": {},
     "TF_ENABLE_ONEDNN_OPTS=0": {"TF_ENABLE_ONEDNN_OPTS": "0"},
     "inter-op 1, intra-op 2": {"KREFINERY_BENCH_THREADS": "1,2"},
-    "inter-op 2, intra-op 1": {"KREFINERY_BENCH_THREADS": "2,1"},
+    "inter-op 1, intra-op 1": {"KREFINERY_BENCH_THREADS": "1,1"},
 }
 
 
@@ -46,17 +46,21 @@ def child(steps: int, precision: str, jit: bool | None, deterministic: bool | No
     print(json.dumps({"rate": max(rates), "runtime": describe(runtime)}))
 
 
-def main(rounds: int, steps: int, precision: str, jit: bool | None, deterministic: bool | None) -> None:
+def main(
+    rounds: int, steps: int, precision: str, jit: bool | None, deterministic: bool | None, variants: str
+) -> None:
     print(f"# oneDNN and thread-pool settings, one process per variant; {machine()}")
     args = [f"--steps={steps}", f"--precision={precision}", "--child"]
     if jit is not None:
         args.append("--jit_compile" if jit else "--nojit_compile")
     if deterministic is not None:
         args.append("--deterministic" if deterministic else "--nodeterministic")
-    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    names = VARIANTS if variants == "all" else ["defaults", *variants.split(";")]
+    chosen = {name: VARIANTS[name] for name in names}
+    rates: dict[str, list[float]] = {name: [] for name in chosen}
     described = ""
     for round_ in range(rounds):
-        for name, env in VARIANTS.items():
+        for name, env in chosen.items():
             out = subprocess.run(
                 [sys.executable, "-m", "bench.threads", *args],
                 env={**os.environ, **env}, capture_output=True, text=True, check=True,
@@ -80,9 +84,10 @@ if __name__ == "__main__":
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--variants", default="all", help=f"';'-separated, besides defaults: {'; '.join(VARIANTS)}.")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.steps, args.precision, args.jit_compile, args.deterministic)
     else:
-        main(args.rounds, args.steps, args.precision, args.jit_compile, args.deterministic)
+        main(args.rounds, args.steps, args.precision, args.jit_compile, args.deterministic, args.variants)

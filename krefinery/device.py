@@ -7,16 +7,17 @@ before the trainer is compiled. The rules follow bench/RESULTS.md, per machine k
 - `cpu-avx2` (no native bfloat16; measured on a 2-core AMD EPYC): float32 without XLA
   was fastest; XLA cost 8%, bfloat16 (emulated) 26-55%.
 - `cpu-bf16` (AVX512_BF16 or AMX; measured on a 2-core Intel Xeon with AVX512_BF16 whose
-  hypervisor hides AMX): float32 without XLA was fastest again, about 1.7x bfloat16
-  and 3x float32 with XLA. Keras 3 runs batch normalization as unfused float32 ops
-  around every bfloat16 convolution, so bfloat16 loses more there than the
-  convolutions gain. The issue's AMX readings (no determinism) rank them the same.
+  hypervisor hides AMX): float32 without XLA was fastest again, about 1.6x bfloat16
+  and 2-3x float32 with XLA: its bfloat16 convolutions were no faster than float32's,
+  and Keras adds float32 casts around every batch normalization. The issue's readings
+  on a Xeon with AMX (without op determinism) rank them the same.
 - `gpu-bf16` (NVIDIA compute capability >= 8.0) and `gpu`: not measured by this
   project yet; mixed_bfloat16 where tensor cores have it, kept deterministic.
 
 Op determinism (`tf.config.experimental.enable_op_determinism`) is on unless XLA is
-asked for: on both CPUs it cost nothing measurable (and two runs gave bit-identical
-weights with it off too), on GPUs it is what makes runs repeatable. Under it Keras
+asked for: on the Xeon it cost nothing measurable and changed no bit of the weights
+(runs were bit-identical with it off too; the EPYC was not measured with it), and on
+GPUs it is what makes runs repeatable. Under it Keras
 turns `jit_compile=True` off, so a run gets one or the other; asking for both is an
 error (see `config.Config`).
 """
@@ -58,7 +59,8 @@ DEFAULTS = {
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
-    """The settings a run actually uses; `results.json` records them."""
+    """The settings a run uses; `dataclasses.asdict` of it, with `jit_compile` read back
+    from the trainer after `compile`, is `results.json`'s "runtime"."""
 
     precision: str
     jit_compile: bool
