@@ -115,14 +115,15 @@ def test_out_of_disk_space_is_one_line_and_the_same_command_resumes(
     generation chain, whose generation 1 is the reference's."""
     workdir, models = tmp_path / "run", tmp_path / "models"
     store = workdir / "generations"
-    monkeypatch.setenv("KREFINERY_ENOSPC_AT", "ckpt-2.weights.h5")
+    monkeypatch.setenv("KREFINERY_ENOSPC_AT", "ckpt-2.npz")
     assert run_here(workdir, models, "--generations=1") == 4
     (line,) = error_lines(capsys.readouterr().err)
-    assert "no space left" in line and "ckpt-2.weights.h5" in line and "rerun the same command" in line
+    assert "no space left" in line and "ckpt-2.npz" in line and "rerun the same command" in line
     assert not list(store.glob(".tmp-*")), "a temporary file was left behind"
     state = json.loads(next(store.glob("*.ckpt.json")).read_text())
     assert state["epoch"] == 1 and (store / state["weights"]).is_file()  # The last whole one.
-    assert sorted(p.name for p in store.glob("*.weights.h5")) == [state["weights"]]
+    assert sorted(p.name for p in store.glob("*.npz")) == [state["weights"]]
+    assert not list(store.glob("*.weights.h5")) and not (workdir / "results.json").exists()
 
     assert run_here(workdir, models, "--generations=1") == 0  # Space freed: the same command.
     results = comparable(read_results(workdir))
