@@ -3,9 +3,10 @@
 A checkpoint is what `ChainRunner` writes after every epoch: the arrays of the trainer's
 weights and optimizer state (`chains.training_state`) as an `.npz`, to a temporary file
 renamed into place, then a small JSON state. Keras's own `save_weights` of the same
-trainer is timed alongside, alternating, for comparison. Measured on the digits default model (ResNet-20, 8x8x1, the run's
-resolved precision) against one training epoch of that run, and on ResNet-20 at
-32x32x3 (CIFAR-sized), offline and online (online adds the frozen teacher's weights).
+trainer is timed alongside, alternating, for comparison. Measured on the digits
+default model (ResNet-20, 8x8x1, the run's resolved precision) against one training
+epoch of that run, and on ResNet-20 at 32x32x3 (CIFAR-sized), offline and online
+(online adds the frozen teacher's weights).
 
     python -m bench.checkpoint
 """
@@ -56,7 +57,8 @@ def cifar_trainer(online: bool) -> Trainer:
     trainer = Trainer(build(), teacher=build() if online else None)
     trainer.compile(make_optimizer(Config(epochs=1, warmup_epochs=0), 100))
     images = tf.zeros((8, 32, 32, 3), tf.uint8)
-    batch = {"image": images, "label": tf.zeros(8, tf.int32), "target": tf.one_hot(tf.zeros(8, tf.int32), 10)}
+    labels = tf.zeros(8, tf.int32)
+    batch = {"image": images, "label": labels, "target": tf.one_hot(labels, 10)}
     trainer(images)
     trainer.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)  # Builds the optimizer.
     return trainer
@@ -66,14 +68,13 @@ def main() -> None:
     print(f"# Checkpoint cost (median of {ROUNDS}); {machine()}")
     experiment = prepare_experiment(Config(verbose=0))
     trainer = experiment.trainer
-    trainer.fit(
-        experiment.training_dataset(1, 0), epochs=1, steps_per_epoch=experiment.steps_per_epoch, verbose=0
-    )
+    steps = experiment.steps_per_epoch
+    trainer.fit(experiment.training_dataset(1, 0), epochs=1, steps_per_epoch=steps, verbose=0)
     # A second epoch, without tracing: what a checkpoint is weighed against.
     start = time.perf_counter()
     trainer.fit(
         experiment.training_dataset(1, 1), epochs=2, initial_epoch=1,
-        steps_per_epoch=experiment.steps_per_epoch, verbose=0,
+        steps_per_epoch=steps, verbose=0,
     )
     epoch = time.perf_counter() - start
     seconds, size, keras_seconds = checkpoint_cost(trainer)
