@@ -154,7 +154,10 @@ def test_a_later_generation_that_diverges_keeps_the_earlier_ones(tmp_path, monke
     monkeypatch.setattr(
         label_refinery, "refined_labels", lambda logits, *_: tf.fill(tf.shape(logits), float("nan"))
     )
-    args = (*CHAIN, "--generations=2", f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}")
+    args = (
+        *CHAIN, "--generations=2", "--epochs=1",
+        f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}",
+    )
     with pytest.raises(SystemExit) as exit_:
         run_cli(*args)
     assert exit_.value.code == 3
