@@ -13,9 +13,10 @@ Layout of the folder:
     <key>.json              its record (see `ChainRunner`); written last, so its presence
                             means the entry is complete. A diverged generation has a
                             record (`"diverged": true`) and no weights.
-    <key>.ckpt-<e>.weights.h5, <key>.ckpt.json
-                            the generation in flight after epoch e: the trainer's weights
-                            and optimizer state, then the state naming them
+    <key>.ckpt-<e>.npz, <key>.ckpt.json
+                            the generation in flight after epoch e: the arrays of its
+                            training state (see `chains.training_state`), then the
+                            state naming them
     <key>.lock              held while one process trains that generation
     trained.jsonl           one line per generation actually trained (the epoch count)
 
@@ -30,9 +31,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import keras
+import numpy as np
 
 from krefinery import files
 from krefinery.config import Config
@@ -113,10 +115,17 @@ class GenerationCache:
         files.write_json(self.folder / f"{key}.json", record)
         self.drop_checkpoint(key)
 
-    def save_checkpoint(self, key: str, trainer: keras.Model, state: dict[str, Any]) -> None:
-        """The generation in flight after epoch `state["epoch"]`: weights, then state."""
-        weights = self.folder / f"{key}.ckpt-{state['epoch']}.weights.h5"
-        files.atomic_write(weights, trainer.save_weights)
+    def save_checkpoint(
+        self, key: str, arrays: Sequence[np.ndarray], state: dict[str, Any]
+    ) -> None:
+        """The generation in flight after epoch `state["epoch"]`: arrays, then state.
+
+        Plain arrays in an `.npz`, not `save_weights`: Keras's weights file took 5-7x as
+        long for the same arrays, walking the model's objects in Python (see
+        bench/RESULTS.md, "Checkpoints").
+        """
+        weights = self.folder / f"{key}.ckpt-{state['epoch']}.npz"
+        files.atomic_write(weights, lambda temporary: _save_arrays(temporary, arrays))
         previous = self.checkpoint(key)
         files.write_json(self._checkpoint_state(key), {**state, "weights": weights.name})
         if previous is not None and previous["weights"] != weights.name:
@@ -126,8 +135,10 @@ class GenerationCache:
         """The last checkpoint's state (`epoch`, `weights`, ...), or None."""
         return files.read_json(self._checkpoint_state(key))
 
-    def checkpoint_weights(self, key: str) -> Path:
-        return self.folder / self.checkpoint(key)["weights"]
+    def checkpoint_arrays(self, key: str) -> list[np.ndarray]:
+        """The arrays of the last checkpoint, in the order they were saved."""
+        with np.load(self.folder / self.checkpoint(key)["weights"]) as saved:
+            return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
     def drop_checkpoint(self, key: str) -> None:
         state = self.checkpoint(key)
@@ -168,6 +179,11 @@ def _parse_line(line: str) -> dict[str, Any] | None:
         return json.loads(line)
     except ValueError:
         return None
+
+
+def _save_arrays(path: Path, arrays: Sequence[np.ndarray]) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, *arrays)
 
 
 def _digest(payload: dict[str, Any]) -> str:

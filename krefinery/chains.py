@@ -204,11 +204,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """Saves the generation in flight after every epoch; restores it as training begins.
 
     Keras's `BackupAndRestore` does this for one `fit`, but it overwrites its only
-    backup in place (a kill mid-write loses it), deletes it when `fit` ends and keeps
-    no figures; here each checkpoint lands by rename next to the store entry it will
-    become, and keeps the last epoch's logs and the time spent so far, so a generation
-    resumed after its last epoch still has its record. Placed after `LabelRefinery`,
-    whose fresh start it then overwrites with the saved state.
+    backup in place (a kill mid-write loses it), deletes it when `fit` ends, keeps no
+    figures, and writes Keras weights files, which cost 5-7x the time of the same arrays
+    (bench/RESULTS.md). Here each checkpoint lands by rename next to the store entry
+    it will become, and keeps the last epoch's logs and the time spent so far, so a
+    generation resumed after its last epoch still has its record. Placed after
+    `LabelRefinery`, whose fresh start it then overwrites with the saved state.
     """
 
     def __init__(self, cache: GenerationCache, key: str, state: dict[str, Any] | None):
@@ -226,19 +227,36 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._since = time.perf_counter()
-        if self.state is not None:
-            optimizer = self.model.optimizer
-            if not optimizer.built:  # Else its saved state (momenta, iterations) is skipped.
-                optimizer.build(self.model.classifier.trainable_variables)
-            self.model.load_weights(self.cache.folder / self.state["weights"])
+        if self.state is None:
+            return
+        variables = training_state(self.model)
+        arrays = self.cache.checkpoint_arrays(self.key)
+        shapes = [tuple(v.shape) for v in variables]
+        if shapes != [a.shape for a in arrays]:
+            raise RuntimeError(
+                f"the checkpoint {self.state['weights']} does not fit this model; "
+                "remove it to train its generation again."
+            )
+        for variable, value in zip(variables, arrays):
+            variable.assign(value)
 
     def on_epoch_end(self, epoch, logs=None):
         self.logs = {name: float(value) for name, value in (logs or {}).items()}
         self.cache.save_checkpoint(
             self.key,
-            self.model,
+            [keras.ops.convert_to_numpy(v) for v in training_state(self.model)],
             {"epoch": epoch + 1, "logs": self.logs, "seconds": self.elapsed()},
         )
+
+
+def training_state(trainer: keras.Model) -> list[keras.Variable]:
+    """What training continues from: the trainer's weights (the classifier's, batch-norm
+    statistics included, and online the teacher's) and the optimizer's variables
+    (momenta, iteration count, loss scale), built if they were not yet."""
+    optimizer = trainer.optimizer
+    if not optimizer.built:
+        optimizer.build(trainer.classifier.trainable_variables)
+    return [*trainer.weights, *optimizer.variables]
 
 
 class DivergenceGuard(keras.callbacks.Callback):

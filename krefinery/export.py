@@ -222,9 +222,8 @@ def export_generation(
     Each generation gets a model name of its own, so the plain name always serves the
     best generation and a server's "latest version" policy never picks a worse one.
     """
-    return export_classifier(
-        classifier, class_names, image_shape, config.export_dir, export_model_name(config, generation), source
-    )
+    name = export_model_name(config, generation)
+    return export_classifier(classifier, class_names, image_shape, config.export_dir, name, source)
 
 
 def export_model_name(config: Config, generation: int | None = None) -> str:

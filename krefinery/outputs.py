@@ -27,12 +27,7 @@ from krefinery.pipeline import eval_dataset
 class RunOutputs:
     """The work directory of one run: its per-generation outputs and its export."""
 
-    def __init__(
-        self,
-        workdir: Path,
-        experiment: Experiment,
-        cache: GenerationCache,
-    ):
+    def __init__(self, workdir: Path, experiment: Experiment, cache: GenerationCache):
         self.workdir = workdir
         self.experiment = experiment
         self.config = experiment.config
@@ -73,13 +68,10 @@ class RunOutputs:
                 self._export(f"gen_{generation}", classifier, record["key"], generation)
         self.generations.append(entry)
         self._write(finished=False)
-        if reporting.best_generation(self.generations) is not None:
-            finished = [g for g in self.generations if not g.get("diverged")]
-            charts.accuracy_chart(
-                finished,
-                reporting.best_generation(self.generations),
-                self.workdir / charts.ACCURACY_CHART,
-            )
+        best = reporting.best_generation(self.generations)
+        if best is not None:
+            trained = [g for g in self.generations if not g.get("diverged")]
+            charts.accuracy_chart(trained, best, self.workdir / charts.ACCURACY_CHART)
 
     def finish(self) -> dict[str, Any]:
         """Exports the best generation (if any did not diverge), then writes the final

@@ -22,7 +22,13 @@ from krefinery.label_refinery import LabelRefinery, generation_seed
 from krefinery.outputs import RunOutputs
 
 # Importable from here as before the split into label_refinery and experiment.
-__all__ = ["Experiment", "LabelRefinery", "generation_seed", "prepare_experiment", "train_and_evaluate"]
+__all__ = [
+    "Experiment",
+    "LabelRefinery",
+    "generation_seed",
+    "prepare_experiment",
+    "train_and_evaluate",
+]
 
 STORE = "generations"
 

@@ -184,7 +184,8 @@ def format_table(record: dict[str, Any]) -> str:
     for g in record["generations"]:
         name = f"{g['generation']}" + ("*" if g["generation"] == record["best_generation"] else "")
         if g.get("diverged"):
-            rows.append((name, f"diverged in epoch {g['epoch']}", "", "", "", f"{g['seconds']:.1f}"))
+            diverged = f"diverged in epoch {g['epoch']}"
+            rows.append((name, diverged, "", "", "", f"{g['seconds']:.1f}"))
             continue
         rows.append(
             (
