@@ -28,6 +28,7 @@ FLIP_SAFE = {"cifar10", "cifar100", "fashion_mnist"}
 READABLE = "png, jpeg, gif, bmp, webp"
 # Decoded folder images reach tf.data in chunks of this many.
 IN_MEMORY_CHUNK = 512
+PARALLEL_PIXELS = 256 * 256  # Images this large are decoded in threads.
 OFFLINE_HINT = "run offline with --dataset=digits"
 
 
@@ -300,8 +301,14 @@ def _decode(
             return str(error)
         return None
 
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        errors = list(pool.map(read, range(len(readable)), chunksize=64))
+    # Threads pay for large images only: for small ones the GIL hand-offs cost more than
+    # the decoding they overlap.
+    largest = max((headers[name].height * headers[name].width for name, _ in readable), default=0)
+    if largest >= PARALLEL_PIXELS and (os.cpu_count() or 1) > 1:
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+            errors = list(pool.map(read, range(len(readable)), chunksize=16))
+    else:
+        errors = [read(index) for index in range(len(readable))]
     for (name, _), error in zip(readable, errors):
         if error is not None:
             bad[name] = error

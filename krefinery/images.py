@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -101,7 +102,8 @@ def read_pixels(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.ndar
                 portrait = _orientation(image) in TRANSPOSED
                 image.draft("RGB" if channels == 3 else "L", (height, width) if portrait else (width, height))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            if _orientation(image) not in (None, 1):
+                ImageOps.exif_transpose(image, in_place=True)
             image = _to_8_bit(image, channels)
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
@@ -113,18 +115,15 @@ def read_pixels(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.ndar
 
 def _open(path: str | os.PathLike) -> Image.Image:
     try:
-        if os.path.islink(path) and not os.path.exists(path):
-            try:
-                os.stat(path)
-            except OSError as error:
-                if error.errno == errno.ELOOP:
-                    raise BadImage("symbolic link loop") from None
-            raise BadImage("broken symbolic link")
-        if os.path.isdir(path):
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            raise BadImage("broken symbolic link" if os.path.islink(path) else "no such file") from None
+        if stat.S_ISDIR(info.st_mode):
             raise BadImage("a folder, not a file")
-        if os.path.exists(path) and not os.path.isfile(path):
+        if not stat.S_ISREG(info.st_mode):
             raise BadImage("not a regular file (a pipe, socket or device)")  # Would block.
-        if os.path.getsize(path) == 0:
+        if info.st_size == 0:
             raise BadImage("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -170,7 +169,8 @@ def _to_8_bit(image: Image.Image, channels: int) -> Image.Image:
         image = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # Pillow converts transparent palettes via RGBA.
-    return image.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    return image if image.mode == mode else image.convert(mode)
 
 
 def _reason(error: BaseException) -> str:
