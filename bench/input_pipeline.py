@@ -1,6 +1,6 @@
 """Benchmark 5: the training input pipeline alone, per CPU core, vs the model's training step.
 
-The pipeline is the one a run builds: `refinery.prepare_experiment` on 10,000 real
+The pipeline is the one a run builds: `experiment.prepare_experiment` on 10,000 real
 CIFAR-10 JPEGs (32x32x3, `--dataset=folder:`, batch 128, augmentation on), so whatever
 `pipeline.training_dataset` does today is what is timed. Steady state: every epoch after
 the first reads the cached split (shuffle -> augment -> batch -> labels by id ->
@@ -49,7 +49,7 @@ def jpeg_first_pass(folder: str) -> float:
 
 
 def main(rounds: int = 3, tar: pathlib.Path = DATA, model_steps: int = 10) -> dict[str, float]:
-    from krefinery.refinery import prepare_experiment
+    from krefinery.experiment import prepare_experiment
 
     cores = len(os.sched_getaffinity(0))
     print(f"# Input pipeline as runs build it: CIFAR-10 JPEGs, 32x32x3, batch {BATCH}; {machine()}")
@@ -60,7 +60,7 @@ def main(rounds: int = 3, tar: pathlib.Path = DATA, model_steps: int = 10) -> di
         experiment = prepare_experiment(
             Config(dataset=f"folder:{folder}", batch_size=BATCH, epochs=1, warmup_epochs=0, verbose=0)
         )
-        train_ds, trainer = experiment.train_ds, experiment.trainer
+        train_ds, trainer = experiment.training_dataset(generation=1), experiment.trainer
         count = experiment.splits.num_train
         drain(train_ds)  # Fill the cache; later epochs read it, as training does.
         trainer.fit(train_ds.take(2), verbose=0)
