@@ -4,6 +4,8 @@
 through `ChainRunner` (which loads what the store holds and resumes what was in
 flight) with `RunOutputs` writing what the run leaves behind. The same command on the
 same `--workdir` therefore continues an interrupted run, and reprints a finished one.
+With `--control`, a second chain at alpha = 1 on the same store trains the control
+(`RunOutputs.on_control`), so it resumes and reuses like any generation.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from krefinery.errors import Diverged
 from krefinery.experiment import Experiment, prepare_experiment
 from krefinery.export import prepare_export_dir
 from krefinery.label_refinery import LabelRefinery, generation_seed
-from krefinery.outputs import RunOutputs
+from krefinery.outputs import CONTROL_OF, RunOutputs
 
 # Importable from here as before the split into label_refinery and experiment.
 __all__ = ["Experiment", "LabelRefinery", "generation_seed", "prepare_experiment", "train_and_evaluate"]
@@ -57,6 +59,18 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
             callbacks=outputs.callbacks,
             on_generation=outputs.on_generation,
         )
+        if config.control and reporting.best_generation(outputs.generations) is not None:
+            if not any(g.get("diverged") for g in outputs.generations):
+                # Generation 2 at alpha = 1 trains on the ground truth with generation 2's
+                # seed and stream; its generation 1 is the run's, from the store. A runner of
+                # its own: its relabel at alpha = 1 is not one of the run's label views.
+                ChainRunner(experiment, cache).run(
+                    CONTROL_OF,
+                    config.temperature,
+                    1.0,
+                    callbacks=outputs.control_callbacks,
+                    on_generation=outputs.on_control,
+                )
         results = outputs.finish()
     finally:
         outputs.close()
