@@ -12,7 +12,7 @@ tests/test_tuning.py): each chain equals the one `run.py --seed=s --split_seed=s
   under the online key once instead of being trained twice.
 - The control is generation 2 of the chain at alpha = 1, where the refined labels are
   the one-hot ground truth: generation 2's seed and batches, ground-truth labels, which
-  is what `--control` trains (tests/test_study.py checks the two are equal weight for weight).
+  is exactly what `--control` trains (the same store key: tests/test_study.py).
 
 One process per (repeat, phase), so an interrupted study keeps every finished chain:
 
@@ -66,7 +66,7 @@ def base_config(args: argparse.Namespace, repeat: int, relabel: str):
 
 
 def run(args: argparse.Namespace) -> None:
-    from krefinery.chain_cache import GenerationCache, chain_keys
+    from krefinery.chain_cache import GenerationCache
     from krefinery.chains import ChainRunner
     from krefinery.pipeline import eval_dataset
     from krefinery.refinery import prepare_experiment
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
         runner = runner_for(relabel)
         config = runner.experiment.config
         if relabel == "online":
-            share_generation_one(runner_for("offline"), runner, chain_keys, GenerationCache)
+            share_generation_one(runner_for("offline"), runner)
         start = time.perf_counter()
         records = runner.run(2, temperature, alpha)
         experiment = runner.experiment
@@ -128,10 +128,10 @@ def run(args: argparse.Namespace) -> None:
         )
 
 
-def share_generation_one(offline, online, chain_keys, GenerationCache) -> None:
+def share_generation_one(offline, online) -> None:
     """Stores the offline chain's generation 1 as the online chain's (see the docstring)."""
-    source = chain_keys(offline.experiment.config, 1, 1.0, 0.0)[0]
-    target = chain_keys(online.experiment.config, 1, 1.0, 0.0)[0]
+    source = offline.keys(1, 1.0, 0.0)[0]
+    target = online.keys(1, 1.0, 0.0)[0]
     if online.cache.lookup(target) is not None:
         return
     record = offline.cache.lookup(source)

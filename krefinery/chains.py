@@ -43,8 +43,8 @@ class ChainRunner:
     `key` and `trained` added): `generation`, `temperature` and `alpha` (None for
     generation 1), `epochs`, `val_accuracy`, `train_accuracy`, `train_label_agreement`,
     `train_label_entropy` (all from the last epoch), `seconds` (training time, summed
-    over resumed attempts), and, if it relabelled for a next generation, the under-fit
-    figures of its refined labels (`krefinery.underfit.label_figures`); or, if it
+    over resumed attempts), and, with `label_figures` and if it relabelled for a next
+    generation, the under-fit figures of its refined labels (`krefinery.underfit.label_figures`); or, if it
     diverged, `generation`, `temperature`, `alpha`, `epochs`, `diverged: true`, `epoch`
     and `seconds`.
     """
@@ -55,8 +55,12 @@ class ChainRunner:
         cache: GenerationCache,
         worker: str = "tuner0",
         on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+        label_figures: bool = False,
     ):
         self.experiment = experiment
+        # Whether each relabel's under-fit figures go into its generation's record (a run's
+        # outputs report them; a search need not pay for reading online labels back).
+        self.label_figures = label_figures
         self.cache = cache
         self.worker = worker
         self.on_relabel = on_relabel
@@ -123,14 +127,12 @@ class ChainRunner:
     def _refinery(self, temperature: float, alpha: float) -> LabelRefinery:
         refinery = self._refineries.get((temperature, alpha))
         if refinery is None:
-            refinery = self.experiment.refinery(
-                1,
-                temperature,
-                alpha,
-                on_relabel=lambda k, previous, refined: self._relabelled(
-                    alpha, k, previous, refined
-                ),
-            )
+            on_relabel = self.on_relabel
+            if self.label_figures:
+                def on_relabel(k: int, previous: np.ndarray, refined: np.ndarray) -> None:
+                    self._relabelled(alpha, k, previous, refined)
+
+            refinery = self.experiment.refinery(1, temperature, alpha, on_relabel=on_relabel)
             self._refineries[(temperature, alpha)] = refinery
         return refinery
 

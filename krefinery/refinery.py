@@ -50,7 +50,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     workdir = reporting.create_workdir(config, experiment.runtime, workdir)
     cache = GenerationCache(workdir / STORE)
     outputs = RunOutputs(workdir, experiment, cache)
-    runner = ChainRunner(experiment, cache, on_relabel=outputs.on_relabel)
+    runner = ChainRunner(experiment, cache, on_relabel=outputs.on_relabel, label_figures=True)
     try:
         runner.run(
             config.generations,

@@ -39,6 +39,7 @@ from typing import Any
 from krefinery import files, refinery, reporting, study_report
 from krefinery.config import Config
 from krefinery.errors import DiskFull, UserError
+from krefinery.pipeline import load_splits
 from krefinery.export import (
     SOURCE_FILE,
     TEMP_PREFIX,
@@ -110,6 +111,7 @@ def run_study(config: Config) -> dict[str, Any]:
     keeps what it finished. Bad input is reported before anything is trained or written.
     """
     prepare_export_dir(config)
+    load_splits(config)  # Bad data or batch size fails here, before the folder is made.
     root = study_workdir(config)
     runs: list[dict[str, Any]] = []
     record: dict[str, Any] = {}

@@ -117,27 +117,6 @@ def stored_arrays(path) -> dict:
     return arrays
 
 
-def test_an_under_fit_generation_is_reported_and_warned_about(tmp_path, capsys):
-    # One epoch at a tiny learning rate: generation 1 fits few of its training images.
-    run_cli(*TINY, "--learning_rate=0.002", f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}")
-    first, second = read_json(tmp_path / "run" / "results.json")["generations"]
-    assert first["refined_label_disagreement"] > 0.3
-    # alpha = 0: the labels' argmax is the model's, so fit and disagreement add to 1.
-    assert first["train_accuracy_unaugmented"] == pytest.approx(1 - first["refined_label_disagreement"])
-    assert second["refined_label_disagreement"] is None  # The last generation hands nothing on.
-    assert 0.0 < second["train_accuracy_unaugmented"] < 0.9
-    err = capsys.readouterr().err
-    assert "warning: generation 1 under-fits" in err and "generation 2 will learn those mistakes" in err
-    from test_tensorboard import read_run
-
-    board = read_run(tmp_path / "run" / "tensorboard" / "generations")
-    fit = board["generation/train_accuracy_unaugmented"]
-    assert float(fit[1]) == pytest.approx(first["train_accuracy_unaugmented"])
-    assert float(fit[2]) == pytest.approx(second["train_accuracy_unaugmented"])
-    wrong = board["generation/refined_label_disagreement"]
-    assert float(wrong[1]) == pytest.approx(first["refined_label_disagreement"]) and 2 not in wrong
-
-
 def test_repeats_share_the_splits_and_differ_in_their_seeds(tmp_path):
     from krefinery.refinery import prepare_experiment
     from krefinery.study import repeat_config
@@ -157,14 +136,15 @@ def test_repeats_share_the_splits_and_differ_in_their_seeds(tmp_path):
 def test_a_study_with_a_control(tmp_path, capsys):
     """One repeat with the control: generation 2 of the chain at alpha = 1 (ground-truth
     labels, generation 2's seed and per-epoch stream), on the run's store, sharing its
-    generation 1; then the same command again resumes the finished study: nothing trains."""
+    generation 1; then the same command again resumes the finished study: nothing trains.
+    One epoch at a tiny learning rate under-fits generation 1: its figures and warning."""
     from krefinery.chain_cache import chain_keys
     from krefinery.label_refinery import generation_seed
     from krefinery.outputs import CONTROL_WEIGHTS
     from test_tensorboard import read_run
 
     root, models = tmp_path / "study", tmp_path / "models"
-    args = (*TINY, "--repeats=1", "--control", "--seed=3", f"--workdir={root}", f"--export_dir={models}")
+    args = (*TINY, "--learning_rate=0.002", "--repeats=1", "--control", "--seed=3", f"--workdir={root}", f"--export_dir={models}")
     run_cli(*args)
     record = read_json(root / "study.json")
     repeat = root / "repeat_0"
@@ -199,8 +179,22 @@ def test_a_study_with_a_control(tmp_path, capsys):
     assert float(board["study/control_test_accuracy_mean"][2]) == pytest.approx(control["test_accuracy"])
     curves = read_run(repeat / "tensorboard" / "control")  # The control's epochs: its own sub-run.
     assert sorted(curves["validation/accuracy"]) == [1]
-    out = capsys.readouterr().out
-    assert "generation 2 vs control (test accuracy): one repeat: no verdict" in out
+    printed = capsys.readouterr()
+    assert "generation 2 vs control (test accuracy): one repeat: no verdict" in printed.out
+    # Under-fit: the figures in results.json and TensorBoard, and the warning on stderr.
+    assert first["refined_label_disagreement"] > 0.3
+    # alpha = 0: the labels' argmax is the model's, so fit and disagreement add to 1.
+    assert first["train_accuracy_unaugmented"] == pytest.approx(1 - first["refined_label_disagreement"])
+    assert second["refined_label_disagreement"] is None  # The last generation hands nothing on.
+    assert 0.0 < second["train_accuracy_unaugmented"] < 0.9
+    assert "warning: generation 1 under-fits" in printed.err
+    assert "generation 2 will learn those mistakes" in printed.err
+    board = read_run(repeat / "tensorboard" / "generations")
+    fit = board["generation/train_accuracy_unaugmented"]
+    assert float(fit[1]) == pytest.approx(first["train_accuracy_unaugmented"])
+    assert float(fit[2]) == pytest.approx(second["train_accuracy_unaugmented"])
+    wrong = board["generation/refined_label_disagreement"]
+    assert float(wrong[1]) == pytest.approx(first["refined_label_disagreement"]) and 2 not in wrong
     # The same command again: the finished study is reprinted, nothing retrains or re-exports.
     run_cli(*args)
     assert read_json(root / "study.json") == record
