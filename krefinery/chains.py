@@ -44,9 +44,9 @@ class ChainRunner:
     generation 1), `epochs`, `val_accuracy`, `train_accuracy`, `train_label_agreement`,
     `train_label_entropy` (all from the last epoch), `seconds` (training time, summed
     over resumed attempts), and, with `label_figures` and if it relabelled for a next
-    generation, the under-fit figures of its refined labels (`krefinery.underfit.label_figures`); or, if it
-    diverged, `generation`, `temperature`, `alpha`, `epochs`, `diverged: true`, `epoch`
-    and `seconds`.
+    generation, the under-fit figures of its refined labels (`underfit.label_figures`);
+    or, if it diverged, `generation`, `temperature`, `alpha`, `epochs`, `diverged:
+    true`, `epoch` and `seconds`.
     """
 
     def __init__(

@@ -131,7 +131,8 @@ class RunOutputs:
             fit = float(
                 self.experiment.trainer.evaluate(train, verbose=0, return_dict=True)["accuracy"]
             )
-        return {underfit.FIT_KEY: fit, underfit.DISAGREEMENT_KEY: record.get(underfit.DISAGREEMENT_KEY)}
+        disagreement = record.get(underfit.DISAGREEMENT_KEY)
+        return {underfit.FIT_KEY: fit, underfit.DISAGREEMENT_KEY: disagreement}
 
     def finish(self) -> dict[str, Any]:
         """Exports the best generation (if any did not diverge), then writes the final
