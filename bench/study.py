@@ -201,7 +201,7 @@ def report(out: Path) -> str:
     fits = [first[r]["train_accuracy_unaugmented"] for r in sorted(first)]
     rows.append("")
     rows.append(
-        f"Generation 1 fits {_ms(fits)} of its own un-augmented training images "
+        f"Generation 1 fits {_ms(fits)}% of its own un-augmented training images "
         f"(repeats {sorted(first)}); 'labels wrong' is the share of generation 2's training "
         "labels whose argmax is not the ground truth (online: of the augmented crops it saw "
         "in its last epoch)."
