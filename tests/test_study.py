@@ -201,6 +201,12 @@ def test_a_study_with_a_control(tmp_path, capsys):
     assert len((repeat / "generations" / "trained.jsonl").read_text().splitlines()) == 3
     assert sorted(p.name for p in (models / "digits").iterdir()) == ["1"]
     assert "generation 2 vs control" in capsys.readouterr().out
+    # Other settings on that folder: refused, naming the flag, before anything trains.
+    with pytest.raises(SystemExit) as refused:
+        run_cli(*args, "--temperature=2")
+    assert refused.value.code == 2
+    assert "--temperature=1.0 there, --temperature=2.0 here" in capsys.readouterr().err
+    assert read_json(root / "study.json") == record
 
 
 def fake_run(seed: int, val: list, test: list, control: tuple) -> dict:
