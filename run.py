@@ -90,6 +90,19 @@ flags.DEFINE_bool(
     "--jit_compile is given (Keras allows one or the other).",
 )
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for splits, shuffling, augmentation, weights.")
+flags.DEFINE_integer("split_seed", _DEFAULTS.split_seed, "Seed for the splits alone (default: --seed).")
+flags.DEFINE_integer(
+    "repeats",
+    _DEFAULTS.repeats,
+    "Chains to train, with seeds --seed, --seed+1, ... on --seed's splits; > 1 prints a "
+    "study: mean, sd and paired 95% intervals per generation (see README).",
+)
+flags.DEFINE_bool(
+    "control",
+    _DEFAULTS.control,
+    "Also train generation 2's twin on the ground truth (its seed and batches, alpha=1), "
+    "to tell the refined labels' effect from a new seed's.",
+)
 flags.DEFINE_string("workdir", _DEFAULTS.workdir, "Output folder (default: runs/<dataset>-<time>).")
 flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras verbosity: 0 silent, 1 bars, 2 lines.")
 flags.DEFINE_string("export_dir", _DEFAULTS.export_dir, "Models go to <export_dir>/<name>/<version>/.")
@@ -180,6 +193,16 @@ def main(argv: list[str]) -> None:
         )
     try:
         config = config_from_flags()
+        if FLAGS.tune and (config.repeats > 1 or config.control):
+            raise UserError(
+                "--repeats and --control do not combine with --tune: run the study on the "
+                "configuration the search found (README, 'Is refinement helping?')."
+            )
+        if config.repeats > 1 or config.control:
+            from krefinery import study, study_report
+
+            print(study_report.format_study(study.run_study(config)))
+            return
         if FLAGS.tune:
             search = tune_config_from_flags()
             from krefinery import tuning

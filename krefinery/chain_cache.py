@@ -50,6 +50,10 @@ _NOT_IN_KEY = frozenset(
         "export_dir",
         "export_name",
         "export_all_generations",
+        # A study's shape: each repeat is a run of its own seed; the control is a chain
+        # at alpha = 1 in the same store.
+        "repeats",
+        "control",
         # Resolved values stand in for these (see `chain_keys`).
         "precision",
         "jit_compile",
@@ -76,6 +80,8 @@ def chain_keys(
     XLA really compiled, op determinism), not the `auto` or unset that was asked for.
     """
     base = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
+    # Unset means "from --seed": the same splits, so the same key.
+    base["split_seed"] = config.resolved_split_seed
     root = {"format": FORMAT, "config": base, "runtime": dict(runtime), "generation": 1}
     keys = [_digest(root)]
     for generation in range(2, generations + 1):

@@ -26,11 +26,12 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
-from krefinery import faults
+from krefinery import faults, underfit
 from krefinery.chain_cache import GenerationCache, chain_keys
 from krefinery.errors import Diverged
 from krefinery.experiment import Experiment
 from krefinery.label_refinery import LabelRefinery
+from krefinery.pipeline import eval_dataset
 
 Record = dict[str, Any]
 
@@ -42,8 +43,10 @@ class ChainRunner:
     `key` and `trained` added): `generation`, `temperature` and `alpha` (None for
     generation 1), `epochs`, `val_accuracy`, `train_accuracy`, `train_label_agreement`,
     `train_label_entropy` (all from the last epoch), `seconds` (training time, summed
-    over resumed attempts); or, if it diverged, `generation`, `temperature`, `alpha`,
-    `epochs`, `diverged: true`, `epoch` and `seconds`.
+    over resumed attempts), and, with `label_figures` and if it relabelled for a next
+    generation, the under-fit figures of its refined labels (`underfit.label_figures`);
+    or, if it diverged, `generation`, `temperature`, `alpha`, `epochs`, `diverged:
+    true`, `epoch` and `seconds`.
     """
 
     def __init__(
@@ -52,8 +55,12 @@ class ChainRunner:
         cache: GenerationCache,
         worker: str = "tuner0",
         on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+        label_figures: bool = False,
     ):
         self.experiment = experiment
+        # Whether each relabel's under-fit figures go into its generation's record (a run's
+        # outputs report them; a search need not pay for reading online labels back).
+        self.label_figures = label_figures
         self.cache = cache
         self.worker = worker
         self.on_relabel = on_relabel
@@ -62,6 +69,9 @@ class ChainRunner:
         # ((T, alpha), key): the stored generation whose refined labels the trainer
         # holds now (the table offline, the teacher online), if any.
         self._labels_from: tuple[tuple[float, float], str] | None = None
+        # The under-fit figures of the last relabel, and the training ids' ground truth.
+        self._label_figures: dict[str, Any] | None = None
+        self._truth: tuple[np.ndarray, np.ndarray] | None = None
 
     def keys(self, generations: int, temperature: float, alpha: float) -> list[str]:
         return chain_keys(
@@ -117,11 +127,29 @@ class ChainRunner:
     def _refinery(self, temperature: float, alpha: float) -> LabelRefinery:
         refinery = self._refineries.get((temperature, alpha))
         if refinery is None:
-            refinery = self.experiment.refinery(
-                1, temperature, alpha, on_relabel=self.on_relabel
-            )
+            on_relabel = self.on_relabel
+            if self.label_figures:
+                def on_relabel(k: int, previous: np.ndarray, refined: np.ndarray) -> None:
+                    self._relabelled(alpha, k, previous, refined)
+
+            refinery = self.experiment.refinery(1, temperature, alpha, on_relabel=on_relabel)
             self._refineries[(temperature, alpha)] = refinery
         return refinery
+
+    def _relabelled(
+        self, alpha: float, generation: int, previous: np.ndarray, refined: np.ndarray
+    ) -> None:
+        """Reads the under-fit figures off the relabel that just ran, then tells `on_relabel`."""
+        if self._truth is None:
+            ids, truth = [], []
+            pairs = self.experiment.splits.train.map(lambda e: (e["id"], e["label"]))
+            for batch_ids, batch_truth in eval_dataset(pairs).as_numpy_iterator():
+                ids.append(batch_ids)
+                truth.append(batch_truth)
+            self._truth = (np.concatenate(ids), np.concatenate(truth))
+        self._label_figures = underfit.label_figures(refined, *self._truth, alpha)
+        if self.on_relabel is not None:
+            self.on_relabel(generation, previous, refined)
 
     def _prepare(self, refinery: LabelRefinery, generation: int, keys: list[str]) -> None:
         """Puts the labels where the chain had them just before `generation` trained."""
@@ -156,6 +184,7 @@ class ChainRunner:
             "epochs": config.epochs,
         }
         self._labels_from = None
+        self._label_figures = None
         if config.verbose:
             resumed = f", resumed after epoch {initial_epoch}" if initial_epoch else ""
             print(f"Generation {generation}/{refinery.generations}{resumed}", flush=True)
@@ -182,6 +211,7 @@ class ChainRunner:
             train_label_agreement=logs["label_agreement"],
             train_label_entropy=logs["label_entropy"],
             seconds=checkpoint.elapsed(),
+            **(self._label_figures or {}),
         )
         self.cache.store(key, experiment.trainer.classifier, record)
         self.cache.log_training(

@@ -69,6 +69,12 @@ class Config:
     deterministic: bool | None = None
     # Bookkeeping.
     seed: int = 0
+    # None: the splits come from `seed` too. A study sets it so that repeats, each with
+    # its own training seed, share one split and can be compared pair by pair.
+    split_seed: int | None = None
+    # Study (krefinery.study): chains with training seeds seed, seed+1, ...; a control.
+    repeats: int = 1
+    control: bool = False
     workdir: str | None = None
     verbose: int = 1
     # Export (TF Serving layout: <export_dir>/<export_name>/<version>/).
@@ -144,6 +150,25 @@ class Config:
             0 <= self.seed < SEED_LIMIT,
             f"--seed={self.seed} must be in [0, 2**32 - 1 = {SEED_LIMIT - 1}].",
         )
+        _require(
+            self.split_seed is None or 0 <= self.split_seed < SEED_LIMIT,
+            f"--split_seed={self.split_seed} must be in [0, 2**32 - 1 = {SEED_LIMIT - 1}].",
+        )
+        _require(
+            self.repeats >= 1,
+            f"--repeats={self.repeats} must be >= 1: it is the number of chains, trained "
+            "with seeds --seed, --seed+1, ...",
+        )
+        _require(
+            self.seed + self.repeats - 1 < SEED_LIMIT,
+            f"--seed={self.seed} with --repeats={self.repeats} would need seeds past "
+            f"2**32 - 1; pass a smaller --seed.",
+        )
+        _require(
+            not self.control or self.generations >= 2,
+            f"--control trains a ground-truth twin of generation 2, so it needs "
+            f"--generations >= 2 (got --generations={self.generations}).",
+        )
         _require(self.weight_decay >= 0, f"--weight_decay={self.weight_decay} must be >= 0.")
         _require(
             self.precision in PRECISIONS,
@@ -178,6 +203,11 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def resolved_split_seed(self) -> int:
+        """The seed that carves validation (and test) from train: `split_seed`, else `seed`."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 def parse_image_size(text: str | None) -> tuple[int, int] | None:

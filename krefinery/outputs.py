@@ -6,6 +6,10 @@ the TensorBoard sub-runs, `results.json` and `accuracy.png` (and the generation'
 export with `--export_all_generations`); `finish` exports the best generation and only
 then marks the run finished. Generations loaded from the store on a resumed run go
 through the same steps, so the finished `results.json` is the same either way.
+
+With `--control`, `on_control` records generation 2 of the chain at alpha = 1 (generation
+2's seed and batches, ground-truth labels) as `"control"` in `results.json`, with its
+weights in `control.weights.h5` and its epoch curves in the `control` TensorBoard sub-run.
 """
 
 from __future__ import annotations
@@ -17,11 +21,17 @@ from typing import Any
 import keras
 import numpy as np
 
-from krefinery import charts, files, reporting, summaries
+from krefinery import charts, files, reporting, summaries, underfit
 from krefinery.chain_cache import GenerationCache
 from krefinery.experiment import Experiment
 from krefinery.export import export_generation, export_model_name, find_export
+from krefinery.label_refinery import generation_seed
 from krefinery.pipeline import eval_dataset
+
+# The control mirrors generation 2: its seed and batches, the ground truth for labels.
+CONTROL_OF = 2
+CONTROL = "control"
+CONTROL_WEIGHTS = "control.weights.h5"
 
 
 class RunOutputs:
@@ -33,6 +43,8 @@ class RunOutputs:
         self.config = experiment.config
         self.cache = cache
         self.generations: list[dict[str, Any]] = []
+        self.control: dict[str, Any] | None = None
+        self.fit_check = underfit.FitCheck(self.config)
         previous = reporting.read_results(workdir) or {}
         # Exports that landed before an interruption are kept, not made again.
         self.exports: dict[str, str] = {
@@ -47,6 +59,9 @@ class RunOutputs:
 
     def callbacks(self, generation: int) -> list[keras.callbacks.Callback]:
         return [reporting.tensorboard_callback(self.workdir, generation)]
+
+    def control_callbacks(self, generation: int) -> list[keras.callbacks.Callback]:
+        return [summaries.EpochSummaries(self.workdir / "tensorboard" / CONTROL)]
 
     def on_relabel(self, generation: int, previous: np.ndarray, refined: np.ndarray) -> None:
         self.relabel_summaries(generation, previous, refined)
@@ -63,6 +78,8 @@ class RunOutputs:
             weights = self.workdir / f"gen_{generation}.weights.h5"
             files.link_or_copy(self.cache.weights_path(record["key"]), weights)
             entry.update(test_accuracy=float(test["accuracy"]), weights=weights.name)
+            entry.update(self._fit_figures(record))
+            self.fit_check.check(generation, entry)
             self.generation_summaries.write(entry)
             if self.config.export_all_generations:
                 self._export(f"gen_{generation}", classifier, record["key"], generation)
@@ -72,6 +89,42 @@ class RunOutputs:
         if best is not None:
             trained = [g for g in self.generations if not g.get("diverged")]
             charts.accuracy_chart(trained, best, self.workdir / charts.ACCURACY_CHART)
+
+    def on_control(self, record: dict[str, Any]) -> None:
+        """Records the control: generation 2 of the chain at alpha = 1 (its generation 1
+        is the run's own, loaded from the store)."""
+        if record["generation"] != CONTROL_OF:
+            return
+        entry = {k: v for k, v in record.items() if k != "trained"}
+        entry.update(generation="control", mirrors_generation=CONTROL_OF)
+        if not record.get("diverged"):
+            self._load(record["key"])
+            test = self.experiment.trainer.evaluate(
+                self.experiment.test_ds, verbose=0, return_dict=True
+            )
+            weights = self.workdir / CONTROL_WEIGHTS
+            files.link_or_copy(self.cache.weights_path(record["key"]), weights)
+            entry.update(
+                weight_seed=generation_seed(self.config.seed, CONTROL_OF),
+                test_accuracy=float(test["accuracy"]),
+                weights=weights.name,
+                **self._fit_figures(record),
+            )
+        self.control = entry
+        self._write(finished=False)
+
+    def _fit_figures(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The under-fit figures: stored with the generation if it relabelled, else (the
+        last generation, or labels at alpha = 1 that hide the model) the loaded weights'
+        accuracy on the un-augmented training images."""
+        fit = record.get(underfit.FIT_KEY)
+        if fit is None:
+            train = eval_dataset(self.experiment.splits.train)
+            fit = float(
+                self.experiment.trainer.evaluate(train, verbose=0, return_dict=True)["accuracy"]
+            )
+        disagreement = record.get(underfit.DISAGREEMENT_KEY)
+        return {underfit.FIT_KEY: fit, underfit.DISAGREEMENT_KEY: disagreement}
 
     def finish(self) -> dict[str, Any]:
         """Exports the best generation (if any did not diverge), then writes the final
@@ -118,5 +171,7 @@ class RunOutputs:
             self.experiment.runtime,
             self.exports,
         )
+        if self.control is not None:
+            record["control"] = self.control
         reporting.write_results(self.workdir, record)
         return record

@@ -61,7 +61,7 @@ def load_splits(config: Config) -> Splits:
     source = load_source(
         config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw
     )
-    splits = make_splits(source, config.val_fraction, config.seed)
+    splits = make_splits(source, config.val_fraction, config.resolved_split_seed)
     config.check_batch_size(splits.num_train)
     return splits
 

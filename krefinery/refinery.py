@@ -4,6 +4,8 @@
 through `ChainRunner` (which loads what the store holds and resumes what was in
 flight) with `RunOutputs` writing what the run leaves behind. The same command on the
 same `--workdir` therefore continues an interrupted run, and reprints a finished one.
+With `--control`, a second chain at alpha = 1 on the same store trains the control
+(`RunOutputs.on_control`), so it resumes and reuses like any generation.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from krefinery.errors import Diverged
 from krefinery.experiment import Experiment, prepare_experiment
 from krefinery.export import prepare_export_dir
 from krefinery.label_refinery import LabelRefinery, generation_seed
-from krefinery.outputs import RunOutputs
+from krefinery.outputs import CONTROL_OF, RunOutputs
 
 # Importable from here as before the split into label_refinery and experiment.
 __all__ = [
@@ -54,7 +56,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     workdir = reporting.create_workdir(config, experiment.runtime, workdir)
     cache = GenerationCache(workdir / STORE)
     outputs = RunOutputs(workdir, experiment, cache)
-    runner = ChainRunner(experiment, cache, on_relabel=outputs.on_relabel)
+    runner = ChainRunner(experiment, cache, on_relabel=outputs.on_relabel, label_figures=True)
     try:
         runner.run(
             config.generations,
@@ -63,6 +65,18 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
             callbacks=outputs.callbacks,
             on_generation=outputs.on_generation,
         )
+        if config.control and reporting.best_generation(outputs.generations) is not None:
+            if not any(g.get("diverged") for g in outputs.generations):
+                # Generation 2 at alpha = 1 trains on the ground truth with generation 2's
+                # seed and stream; its generation 1 is the run's, from the store. A runner of
+                # its own: its relabel at alpha = 1 is not one of the run's label views.
+                ChainRunner(experiment, cache).run(
+                    CONTROL_OF,
+                    config.temperature,
+                    1.0,
+                    callbacks=outputs.control_callbacks,
+                    on_generation=outputs.on_control,
+                )
         results = outputs.finish()
     finally:
         outputs.close()

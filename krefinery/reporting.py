@@ -76,11 +76,11 @@ def check_workdir(config: Config) -> Path | None:
                 "choose another --workdir."
             )
         return workdir
-    differences = _differences(stored.get("config", {}), settings(config))
-    if differences:
+    changed = differences(stored.get("config", {}), settings(config))
+    if changed:
         raise UserError(
             f"--workdir={workdir} already holds a run with other settings ("
-            + "; ".join(differences)
+            + "; ".join(changed)
             + "); rerun with the same flags to resume it, or choose another --workdir."
         )
     return workdir
@@ -91,11 +91,11 @@ def check_runtime(workdir: Path, runtime: Mapping[str, Any]) -> None:
     stored = _read_record(workdir / SETTINGS)
     if stored is None:
         return
-    differences = _differences(stored.get("runtime", {}), dict(runtime))
-    if differences:
+    changed = differences(stored.get("runtime", {}), dict(runtime))
+    if changed:
         raise UserError(
             f"--workdir={workdir} holds a run trained with other numerics than this machine "
-            "resolves to (" + "; ".join(differences) + "); pass --precision and "
+            "resolves to (" + "; ".join(changed) + "); pass --precision and "
             "--[no]jit_compile as the run had them to resume it here, or choose another --workdir."
         )
 
@@ -197,6 +197,18 @@ def format_table(record: dict[str, Any]) -> str:
                 f"{g['seconds']:.1f}",
             )
         )
+    control = record.get("control")
+    if control is not None and not control.get("diverged"):
+        rows.append(
+            (
+                "control",
+                f"{control['val_accuracy']:.4f}",
+                f"{control['test_accuracy']:.4f}",
+                f"{control['train_label_agreement']:.4f}",
+                f"{control['train_label_entropy']:.4f}",
+                f"{control['seconds']:.1f}",
+            )
+        )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -214,7 +226,8 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     return record
 
 
-def _differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`--name=<stored> there, --name=<current> here` for every setting that differs."""
     names = sorted(set(stored) | set(current))
     return [
         f"--{name}={_flag(stored.get(name))} there, --{name}={_flag(current.get(name))} here"

@@ -32,6 +32,8 @@ GENERATION_TAGS = {
     "val_accuracy": "generation/validation_accuracy",
     "test_accuracy": "generation/test_accuracy",
     "train_accuracy": "generation/train_accuracy",
+    "train_accuracy_unaugmented": "generation/train_accuracy_unaugmented",
+    "refined_label_disagreement": "generation/refined_label_disagreement",
 }
 GENERATION_TABLE = "generation/table"
 ACCURACY_IMAGE = "generation/accuracy_chart"
@@ -74,6 +76,12 @@ DESCRIPTIONS = {
     GENERATION_TAGS["train_accuracy"]: "Training accuracy against the ground truth over "
     "each generation's last epoch, on augmented images (results.json `train_accuracy`)."
     + _PER_GENERATION,
+    GENERATION_TAGS["train_accuracy_unaugmented"]: "Accuracy of each generation on its own "
+    "training images, un-augmented, in inference mode (results.json "
+    "`train_accuracy_unaugmented`)." + _PER_GENERATION,
+    GENERATION_TAGS["refined_label_disagreement"]: "Share of training images whose refined "
+    "label (what the next generation trains on) has its argmax off the ground truth; none for "
+    "the last generation (results.json `refined_label_disagreement`)." + _PER_GENERATION,
     GENERATION_TABLE: "results.json's figures, one row per generation so far (the best on "
     "validation accuracy marked). Step = the last generation in the table.",
     ACCURACY_IMAGE: "Validation and test accuracy by generation, each point labelled with "
@@ -272,7 +280,11 @@ class GenerationSummaries:
                 _write_raw(custom_scalar.pb(custom_scalars_layout()))
         self._generations.append(generation)
         step = int(generation["generation"])
-        values = {tag: generation[key] for key, tag in GENERATION_TAGS.items() if key in generation}
+        values = {
+            tag: generation[key]
+            for key, tag in GENERATION_TAGS.items()
+            if generation.get(key) is not None
+        }
         write_scalars(self._writer, values, step)
         best = max(self._generations, key=lambda g: g["val_accuracy"])["generation"]
         png = charts.accuracy_chart_png(self._generations, best)

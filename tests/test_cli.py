@@ -52,8 +52,12 @@ def test_default_digits_chain_reaches_95_percent_every_generation(tmp_path, caps
     assert sorted(runs) == ["gen_1", "gen_2", "gen_3", "generations", "refinery"]
     assert (tmp_path / "accuracy.png").exists()
     assert results["exports"]["best"].endswith("saved_models/digits/1")
-    table = capsys.readouterr().out
-    assert "test acc" in table and "results.json" in table
+    printed = capsys.readouterr()
+    assert "test acc" in printed.out and "results.json" in printed.out
+    # Fitted generations: their labels are right, and no under-fit warning is printed.
+    assert all(g["train_accuracy_unaugmented"] >= 0.95 for g in results["generations"])
+    assert all(g["refined_label_disagreement"] < 0.02 for g in results["generations"][:-1])
+    assert "under-fits" not in printed.err
 
 
 def test_precision_and_xla_flags_reach_the_run(tmp_path):

@@ -1,0 +1,258 @@
+"""What a study found, from its repeats' `results.json` records: study.json, table, chart, TensorBoard.
+
+Every figure is over repeats: per generation, the mean, sample sd and 95% interval of
+the mean; per comparison (generation k - generation 1, generation 2 - control), the
+paired differences repeat by repeat, their mean, 95% Student-t interval and verdict.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import tensorflow as tf
+from matplotlib.figure import Figure
+
+from krefinery import stats
+from krefinery.config import Config
+from krefinery.summaries import write_scalars
+from krefinery.underfit import DISAGREEMENT_KEY, FIT_KEY
+
+STUDY = "study.json"
+CHART = "study.png"
+METRICS = ("val_accuracy", "test_accuracy")
+# Verdicts are printed for the test split: validation is what selection looked at.
+VERDICT_METRIC = "test_accuracy"
+SHORT = {"val_accuracy": "val", "test_accuracy": "test"}
+
+
+def _figures(entries: Sequence[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    values = [e.get(key) for e in entries]
+    if any(v is None for v in values):
+        return None
+    return {"values": values, **stats.summarize(values).to_dict()}
+
+
+def _summary_of(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {key: _figures(entries, key) for key in (*METRICS, FIT_KEY, DISAGREEMENT_KEY)}
+
+
+def study_record(config: Config, runs: Sequence[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+    """The `study.json` record of the repeats finished so far (`runs`: their results)."""
+    generations = []
+    for k in range(1, config.generations + 1):
+        entries = [run["generations"][k - 1] for run in runs]
+        generations.append({"generation": k, **_summary_of(entries)})
+    controls = [run["control"] for run in runs if "control" in run]
+    control = _summary_of(controls) if controls and len(controls) == len(runs) else None
+    comparisons = []
+    for metric in METRICS:
+        first = [run["generations"][0][metric] for run in runs]
+        for k in range(2, config.generations + 1):
+            later = [run["generations"][k - 1][metric] for run in runs]
+            comparisons.append(_comparison(f"generation {k}", "generation 1", metric, later, first))
+        if control is not None:
+            second = [run["generations"][1][metric] for run in runs]
+            twins = [c[metric] for c in controls]
+            comparisons.append(_comparison("generation 2", "control", metric, second, twins))
+    best_run = max(range(len(runs)), key=lambda r: _best(runs[r])["val_accuracy"])
+    best = _best(runs[best_run])
+    return {
+        "dataset": config.dataset,
+        "config": config.to_dict(),
+        "repeats": len(runs),
+        "seeds": [run["config"]["seed"] for run in runs],
+        "split_seed": config.resolved_split_seed,
+        "confidence": stats.CONFIDENCE,
+        "generations": generations,
+        "control": control,
+        "comparisons": comparisons,
+        "best": {
+            "repeat": best_run,
+            "generation": best["generation"],
+            "val_accuracy": best["val_accuracy"],
+            "test_accuracy": best["test_accuracy"],
+            "workdir": runs[best_run]["workdir"],
+        },
+        "runs": [run["workdir"] for run in runs],
+        "finished": len(runs) == config.repeats,
+        "workdir": os.fspath(workdir),
+    }
+
+
+def _best(run: dict[str, Any]) -> dict[str, Any]:
+    return next(g for g in run["generations"] if g["generation"] == run["best_generation"])
+
+
+def _comparison(a: str, b: str, metric: str, xs: list[float], ys: list[float]) -> dict[str, Any]:
+    return {"a": a, "b": b, "metric": metric, **stats.compare(xs, ys).to_dict()}
+
+
+def _mean_sd(figures: dict[str, Any] | None) -> str:
+    if figures is None:
+        return "-"
+    if figures["sd"] is None:
+        return f"{figures['mean']:.4f}"
+    return f"{figures['mean']:.4f} ± {figures['sd']:.4f}"
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def verdict_line(comparison: dict[str, Any]) -> str:
+    """`generation 2 vs generation 1 (test accuracy): better, +1.20 points, 95% CI ...`."""
+    name = f"{comparison['a']} vs {comparison['b']} ({comparison['metric'].replace('_', ' ')})"
+    points = f"{100 * comparison['mean']:+.2f} points"
+    if comparison["low"] is None:
+        return f"{name}: {comparison['verdict']} ({points}, one pair)"
+    return (
+        f"{name}: {comparison['verdict']}, {points}, 95% CI {100 * comparison['low']:+.2f} to "
+        f"{100 * comparison['high']:+.2f} over {comparison['n']} paired repeats"
+    )
+
+
+def format_study(record: dict[str, Any]) -> str:
+    """The printed study: per-generation table, paired comparisons, one verdict per comparison."""
+    seeds = ", ".join(map(str, record["seeds"]))
+    lines = [
+        f"Study: {record['repeats']} repeat(s), training seeds {seeds}, splits from seed "
+        f"{record['split_seed']}; mean ± sd over repeats",
+        "",
+    ]
+    header = ("generation", "val acc", "test acc", "train fit", "labels wrong")
+    keys = (*METRICS, FIT_KEY, DISAGREEMENT_KEY)
+    rows = [
+        (str(g["generation"]), *(_mean_sd(g[key]) for key in keys)) for g in record["generations"]
+    ]
+    if record["control"] is not None:
+        rows.append(("control", *(_mean_sd(record["control"][key]) for key in keys)))
+    lines += _table(header, rows)
+    lines += [
+        "train fit: accuracy on its own un-augmented training images; labels wrong: share of "
+        "the refined labels it hands on whose argmax is not the ground truth.",
+        "",
+    ]
+    header = ("comparison (paired)", "metric", "mean diff", "95% CI", "verdict")
+    rows = [
+        (
+            f"{c['a']} - {c['b']}",
+            SHORT[c["metric"]],
+            _signed(c["mean"]),
+            "-" if c["low"] is None else f"[{c['low']:+.4f}, {c['high']:+.4f}]",
+            c["verdict"],
+        )
+        for c in record["comparisons"]
+    ]
+    lines += _table(header, rows)
+    lines += ["", "Verdicts (test accuracy; better/worse: the 95% interval excludes 0):"]
+    lines += [
+        f"  {verdict_line(c)}" for c in record["comparisons"] if c["metric"] == VERDICT_METRIC
+    ]
+    best = record["best"]
+    lines += [
+        "",
+        f"Best generation by validation accuracy: generation {best['generation']} of repeat "
+        f"{best['repeat']} (val {best['val_accuracy']:.4f}, test {best['test_accuracy']:.4f}).",
+        f"Study in {record['workdir']}/{STUDY}; each repeat's run in its repeat_<r>/ folder.",
+    ]
+    return "\n".join(lines)
+
+
+def study_chart(record: dict[str, Any], runs: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Validation and test accuracy by generation: one thin line per repeat, the mean with
+    its 95% interval as a thick one, the control's repeats and mean as their own markers."""
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
+    steps = [g["generation"] for g in record["generations"]]
+    for index, metric in enumerate(METRICS):
+        axes = figure.add_subplot(1, 2, index + 1)
+        for r, run in enumerate(runs):
+            axes.plot(
+                steps,
+                [g[metric] for g in run["generations"]],
+                color="tab:blue",
+                alpha=0.35,
+                linewidth=0.8,
+                label="each repeat" if r == 0 else None,
+            )
+        means = [g[metric]["mean"] for g in record["generations"]]
+        errors = _errors(g[metric] for g in record["generations"])
+        axes.errorbar(
+            steps, means, yerr=errors, color="tab:blue", linewidth=2.5, capsize=4,
+            marker="o", label="mean, 95% CI" if errors is not None else "mean",
+        )
+        control = record["control"]
+        if control is not None:
+            x = record["generations"][1]["generation"] + 0.12
+            axes.plot(
+                [x] * len(control[metric]["values"]), control[metric]["values"], linestyle="none",
+                marker="x", color="tab:red", alpha=0.6,
+            )
+            axes.errorbar(
+                [x], [control[metric]["mean"]], yerr=_errors([control[metric]]), color="tab:red",
+                marker="D", capsize=4, linestyle="none", label="control (gen 2 seed, ground truth)",
+            )
+        axes.set_xticks(steps)
+        axes.set_xlabel("generation")
+        axes.set_ylabel(metric.replace("_", " "))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle(f"{record['dataset']}: {record['repeats']} repeat(s)")
+    figure.savefig(path, format="png", dpi=100)
+
+
+def _errors(figures) -> list[list[float]] | None:
+    figures = list(figures)
+    if any(f["low"] is None for f in figures):
+        return None
+    return [[f["mean"] - f["low"] for f in figures], [f["high"] - f["mean"] for f in figures]]
+
+
+# Scalars of the `study` sub-run, at step = generation (the control's at step 2).
+MEAN_TAG = "study/{metric}_mean"
+SD_TAG = "study/{metric}_sd"
+LOW_TAG = "study/{metric}_ci_low"
+HIGH_TAG = "study/{metric}_ci_high"
+CONTROL_TAG = "study/control_{metric}_mean"
+GAIN_TAG = "study/{metric}_gain_vs_{b}"
+TABLE_TAG = "study/table"
+
+
+def write_tensorboard(record: dict[str, Any], logdir: str | os.PathLike) -> None:
+    """The study as the TensorBoard sub-run `logdir` (`<workdir>/tensorboard/study`)."""
+    writer = tf.summary.create_file_writer(os.fspath(logdir))
+    for g in record["generations"]:
+        write_scalars(writer, _figure_tags(g, MEAN_TAG), g["generation"])
+    if record["control"] is not None:
+        write_scalars(writer, _figure_tags(record["control"], CONTROL_TAG), 2)
+    for c in record["comparisons"]:
+        b = c["b"].replace(" ", "_")
+        step = int(c["a"].split()[-1])
+        values = {GAIN_TAG.format(metric=c["metric"], b=b): c["mean"]}
+        if c["low"] is not None:
+            values[GAIN_TAG.format(metric=c["metric"], b=b) + "_ci_low"] = c["low"]
+            values[GAIN_TAG.format(metric=c["metric"], b=b) + "_ci_high"] = c["high"]
+        write_scalars(writer, values, step)
+    with writer.as_default(step=0):
+        tf.summary.text(TABLE_TAG, "```\n" + format_study(record) + "\n```")
+    writer.close()
+
+
+def _figure_tags(entry: dict[str, Any], mean_tag: str) -> dict[str, float]:
+    values = {}
+    for metric in METRICS:
+        figures = entry[metric]
+        values[mean_tag.format(metric=metric)] = figures["mean"]
+        if mean_tag == MEAN_TAG and figures["sd"] is not None:
+            values[SD_TAG.format(metric=metric)] = figures["sd"]
+            values[LOW_TAG.format(metric=metric)] = figures["low"]
+            values[HIGH_TAG.format(metric=metric)] = figures["high"]
+    return values
