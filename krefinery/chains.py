@@ -20,6 +20,7 @@ the chain ends there.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable, Sequence
 
@@ -129,9 +130,7 @@ class ChainRunner:
         if refinery is None:
             on_relabel = self.on_relabel
             if self.label_figures:
-                def on_relabel(k: int, previous: np.ndarray, refined: np.ndarray) -> None:
-                    self._relabelled(alpha, k, previous, refined)
-
+                on_relabel = functools.partial(self._relabelled, alpha)
             refinery = self.experiment.refinery(1, temperature, alpha, on_relabel=on_relabel)
             self._refineries[(temperature, alpha)] = refinery
         return refinery

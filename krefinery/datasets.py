@@ -367,7 +367,7 @@ def _note_lines(notes: dict[str, Any], shape: tuple[int, int, int], total: int) 
         lines.append("also: " + ", ".join(f"{key.replace('_', ' ')}: {n}" for key, n in converted.items()))
     if notes["not_read"]:
         lines.append(
-            f"not read (outside PATH/train/<class>/ and PATH/test/<class>/): "
+            "not read (outside PATH/train/<class>/ and PATH/test/<class>/): "
             + ", ".join(notes["not_read"][:5])
             + (f" and {len(notes['not_read']) - 5} more" if len(notes["not_read"]) > 5 else "")
         )

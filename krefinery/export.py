@@ -16,7 +16,7 @@ import secrets
 import shutil
 import socket
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -121,17 +121,34 @@ def export_classifier(
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create export folder {model_dir}: {error.strerror}.") from None
-    remove_stale_exports(model_dir)
     module = ServingModule(classifier, class_names, image_shape)
-    # mkdir (not mkdtemp, whose 0700 would hide the model from a server's user) honours umask.
-    temp = model_dir / f"{TEMP_PREFIX}{socket.gethostname()}.{os.getpid()}-{secrets.token_hex(4)}"
-    temp.mkdir()
-    try:
+
+    def write(temp: Path) -> None:
+        temp.mkdir()
         tf.saved_model.save(module, os.fspath(temp), signatures={SIGNATURE: module.serve})
         if source is not None:
             (temp / "assets.extra").mkdir(exist_ok=True)
             (temp / "assets.extra" / SOURCE_FILE).write_text(json.dumps(dict(source)) + "\n")
         faults.reached("export")
+
+    return land_version(model_dir, write)
+
+
+def land_version(model_dir: Path, write: Callable[[Path], None]) -> Path:
+    """The next integer version of `model_dir`, filled by `write(temp)` in a hidden
+    temporary folder beside the versions and renamed into place, so a server watching
+    the folder never sees half a model; returns the version folder.
+
+    On any failure the temporary folder is removed and no version appears; temporary
+    folders that killed processes left behind are removed first. If another process
+    takes the chosen version first, the next free one is used. `write` makes the folder
+    itself: `mkdir` (not `mkdtemp`, whose 0700 would hide the model from a server's
+    user) honours the umask.
+    """
+    remove_stale_exports(model_dir)
+    temp = model_dir / f"{TEMP_PREFIX}{socket.gethostname()}.{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        write(temp)
         while True:
             target = model_dir / str(max(versions(model_dir), default=0) + 1)
             try:

@@ -28,26 +28,21 @@ validation accuracy (never the control, which exists to measure).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
-import secrets
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
 from krefinery import files, refinery, reporting, study_report
 from krefinery.config import Config
-from krefinery.errors import DiskFull, UserError
+from krefinery.errors import UserError
 from krefinery.pipeline import load_splits
 from krefinery.export import (
     SOURCE_FILE,
-    TEMP_PREFIX,
     default_export_name,
     find_export,
+    land_version,
     prepare_export_dir,
-    remove_stale_exports,
-    versions,
 )
 
 REPEAT_DIR = "repeat_{}"
@@ -146,21 +141,4 @@ def copy_export(version_dir: Path, config: Config) -> Path:
     if landed is not None:
         return landed
     model_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_exports(model_dir)
-    temp = model_dir / f"{TEMP_PREFIX}{socket.gethostname()}.{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        shutil.copytree(version_dir, temp)
-        while True:
-            target = model_dir / str(max(versions(model_dir), default=0) + 1)
-            try:
-                os.rename(temp, target)
-                return target
-            except OSError as error:
-                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(temp) from None
-        raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    return land_version(model_dir, lambda temp: shutil.copytree(version_dir, temp))

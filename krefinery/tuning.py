@@ -17,7 +17,6 @@ from typing import Any
 
 import keras
 import keras_tuner as kt
-import tensorflow as tf
 
 from krefinery import files, reporting, summaries
 from krefinery.chain_cache import GenerationCache
