@@ -288,8 +288,8 @@ def training_state(trainer: keras.Model) -> list[keras.Variable]:
     return [*trainer.weights, *optimizer.variables]
 
 
-class DivergenceGuard(keras.callbacks.Callback):
-    """Raises `Diverged` as soon as a batch's loss, or an epoch's weights, are not finite."""
+class _InGeneration(keras.callbacks.Callback):
+    """Knows the generation and the 1-based epoch it is in, for the lines it reports."""
 
     def __init__(self, generation: int):
         super().__init__()
@@ -298,6 +298,10 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
+
+
+class DivergenceGuard(_InGeneration):
+    """Raises `Diverged` as soon as a batch's loss, or an epoch's weights, are not finite."""
 
     def on_train_batch_end(self, batch, logs=None):
         if not np.isfinite(float((logs or {}).get("loss", 0.0))):
@@ -309,16 +313,8 @@ class DivergenceGuard(keras.callbacks.Callback):
             raise Diverged(self.generation, epoch + 1)
 
 
-class FaultPoints(keras.callbacks.Callback):
+class FaultPoints(_InGeneration):
     """`faults.reached` after every training batch, for the kill -9 tests."""
-
-    def __init__(self, generation: int):
-        super().__init__()
-        self.generation = generation
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch + 1
 
     def on_train_batch_end(self, batch, logs=None):
         faults.reached(f"gen{self.generation}.epoch{self.epoch}.batch{batch + 1}")

@@ -1,6 +1,7 @@
 """run.py end to end: real digits, mocked TFDS datasets, and every kind of bad input."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,12 @@ def read_results(workdir: Path) -> dict:
 
 def check_results(results: dict, generations: int) -> None:
     assert [g["generation"] for g in results["generations"]] == list(range(1, generations + 1))
+    data = results["data"]
     for g in results["generations"]:
-        for key in ("val_accuracy", "test_accuracy", "train_label_agreement"):
-            assert 0.0 <= g[key] <= 1.0
+        # Accuracies are counts over the recorded split sizes, not figures from elsewhere.
+        for key, size in (("val_accuracy", data["num_val"]), ("test_accuracy", data["num_test"])):
+            assert g[key] * size == pytest.approx(round(g[key] * size), abs=1e-3), (key, g[key], size)
+        assert math.isfinite(g["train_label_agreement"])
         assert g["seconds"] > 0
     assert results["generations"][0]["train_label_agreement"] == 1.0  # Ground truth.
     assert results["generations"][0]["train_label_entropy"] == 0.0
