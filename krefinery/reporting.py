@@ -101,17 +101,26 @@ def check_runtime(workdir: Path, runtime: Mapping[str, Any]) -> None:
 
 
 def create_workdir(config: Config, runtime: Mapping[str, Any], workdir: Path | None) -> Path:
-    """Makes the work directory (a new default one if `workdir` is None) and records the
-    settings and runtime that a rerun must match to resume it."""
+    """Makes a run's work directory and records the settings and runtime that a rerun
+    must match to resume it."""
+    record = {"config": settings(config), "runtime": dict(runtime)}
+    return claim_workdir(config, workdir, SETTINGS, record)
+
+
+def claim_workdir(
+    config: Config, workdir: Path | None, record_name: str, record: Mapping[str, Any], prefix: str = ""
+) -> Path:
+    """Makes `workdir` (a new default `runs/<prefix><dataset>-<time>` if None) and writes
+    `record_name` there once: what a rerun must match to resume (a run's or a search's)."""
     if workdir is None:
-        workdir = create_default_workdir(config)
+        workdir = create_default_workdir(config, prefix=prefix)
     else:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot create --workdir={workdir}: {error.strerror}.") from None
-    if not (workdir / SETTINGS).exists():
-        files.write_json(workdir / SETTINGS, {"config": settings(config), "runtime": dict(runtime)})
+    if not (workdir / record_name).exists():
+        files.write_json(workdir / record_name, dict(record))
     return workdir
 
 

@@ -164,7 +164,9 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
     # The chief only runs the oracle; everyone else trains, so loads the data first.
     prepare_export_dir(config)
     experiment = None if chief else prepare_experiment(config)
-    workdir = create_tuning_workdir(config, search, workdir)
+    workdir = reporting.claim_workdir(
+        config, workdir, SEARCH, search_settings(config, search), prefix="tune-"
+    )
     summaries.write_hparams_config(
         workdir / "tensorboard", search.generations, search.temperatures(), search.alphas(config.alpha)
     )
@@ -216,17 +218,6 @@ def check_tuning_workdir(config: Config, search: TuneConfig) -> Path | None:
     return workdir
 
 
-def create_tuning_workdir(config: Config, search: TuneConfig, workdir: Path | None) -> Path:
-    if workdir is None:
-        workdir = reporting.create_default_workdir(config, prefix="tune-")
-    else:
-        try:
-            workdir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"cannot create --workdir={workdir}: {error.strerror}.") from None
-    if not (workdir / SEARCH).exists():
-        files.write_json(workdir / SEARCH, search_settings(config, search))
-    return workdir
 
 
 def _as_read(record: dict[str, Any]) -> dict[str, Any]:
