@@ -25,7 +25,6 @@ from krefinery.config import Config  # noqa: E402
 from krefinery.datasets import Source  # noqa: E402
 from krefinery.device import Runtime, apply_determinism, machine_kind, resolve_runtime  # noqa: E402
 from krefinery.pipeline import (  # noqa: E402
-    eval_dataset,
     make_augment,
     make_splits,
     onehot_table,
@@ -204,7 +203,7 @@ class Refinery:
             self.splits.train, self.labels, batch, 0, augment_fn, self.splits.num_train
         )
         self.refinery = LabelRefinery(
-            self.labels, eval_dataset(self.splits.train), build, generations=generations,
+            self.labels, build, generations=generations,
             jit_compile=self.runtime.jit_compile,
         )
         self.refinery.set_model(self.trainer)

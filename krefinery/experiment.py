@@ -14,11 +14,11 @@ from krefinery.device import apply_determinism, resolve_runtime
 from krefinery.label_refinery import LabelRefinery
 from krefinery.pipeline import (
     Splits,
+    TFLabelTable,
     eval_dataset,
     make_augment,
     load_splits,
     onehot_table,
-    onehot_values,
     steps_per_epoch,
     training_dataset,
 )
@@ -38,7 +38,7 @@ class Experiment:
 
     config: Config
     splits: Splits
-    labels: tf.Variable
+    labels: TFLabelTable
     augment: Callable | None
     val_ds: tf.data.Dataset
     test_ds: tf.data.Dataset
@@ -64,8 +64,7 @@ class Experiment:
 
     def reset_labels(self) -> None:
         """Ground truth back into the label table, for a chain's generation 1."""
-        splits = self.splits
-        self.labels.assign(onehot_values(splits.train, splits.num_ids, splits.num_classes))
+        self.labels.reset()
 
     def refinery(
         self,
@@ -76,7 +75,6 @@ class Experiment:
     ) -> LabelRefinery:
         refinery = LabelRefinery(
             self.labels,
-            eval_dataset(self.splits.train),
             self.build_classifier,
             generations,
             temperature=temperature,

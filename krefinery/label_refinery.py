@@ -1,19 +1,38 @@
 """The refinery step as a Keras callback: each `fit` of a `Trainer` becomes one generation.
 
-A library piece with no I/O: it talks to the `Trainer` only through `use_teacher`,
-`set_refinement`, `teaching` and `reset_optimizer`, and to the data through the label
-table that the training pipeline reads by example id.
+A library piece with no I/O and no TensorFlow: it talks to the `Trainer` only through
+`use_teacher`, `set_refinement`, `teaching` and `reset_optimizer`, and to the data
+through a `LabelTable`, the table of targets that training reads by example id.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from krefinery.relabel import RefinedLabels, refine_table
+from krefinery.relabel import RefinedLabels
+
+
+class LabelTable(Protocol):
+    """The `[num_ids, classes]` targets that training reads by example id.
+
+    Implemented by `pipeline.TFLabelTable` (a `tf.Variable` read by the tf.data pipeline)
+    and `arrays.DeviceLabelTable` (a Keras variable beside in-memory images).
+    """
+
+    def refine(self, labeller: RefinedLabels) -> None:
+        """Writes `labeller`'s refined labels of every training example, by id."""
+
+    def values(self) -> np.ndarray:
+        """The table as it is now."""
+
+    def labelled(self, labeller: RefinedLabels) -> np.ndarray:
+        """`values()` with the training rows replaced by `labeller`'s labels."""
+
+    def reset(self) -> None:
+        """Ground truth (one-hot training labels) back in."""
 
 
 def generation_seed(seed: int, generation: int) -> int:
@@ -29,15 +48,15 @@ class LabelRefinery(keras.callbacks.Callback):
       state (momenta, iteration count, hence the learning-rate schedule) by a fresh one's.
     - `on_train_end`, if generations remain: the trained classifier, in inference mode,
       refines the labels. Offline (the trainer has no teacher): `softmax(logits / T)`
-      of every example in `examples` is written into the `labels` table by example id,
-      which the training pipeline reads. Online: the trained weights are copied into
+      of every training example is written into the `labels` table by example id,
+      which training reads. Online: the trained weights are copied into
       the trainer's frozen teacher, which labels each augmented batch from then on.
       Then `on_relabel(k, previous, refined)`, if given, sees the `[num_ids, classes]`
-      targets of `examples` before and after (online: the teacher's, un-augmented).
+      targets of the training examples before and after (online: the teacher's, un-augmented).
 
     Example:
 
-        refinery = LabelRefinery(labels, eval_dataset(splits.train), build, generations=3)
+        refinery = LabelRefinery(onehot_table(splits.train, ...), build, generations=3)
         for generation in range(1, 4):
             trainer.fit(training_dataset(..., generation=generation, epochs=30), epochs=30,
                         steps_per_epoch=steps, callbacks=[refinery])
@@ -45,8 +64,7 @@ class LabelRefinery(keras.callbacks.Callback):
 
     def __init__(
         self,
-        labels: tf.Variable,
-        examples: tf.data.Dataset,
+        labels: LabelTable,
         build_classifier: Callable[[int], keras.Model],
         generations: int,
         temperature: float = 1.0,
@@ -57,7 +75,6 @@ class LabelRefinery(keras.callbacks.Callback):
     ):
         super().__init__()
         self.labels = labels
-        self.examples = examples
         self.build_classifier = build_classifier
         self.generations = generations
         self.temperature = temperature
@@ -120,23 +137,22 @@ class LabelRefinery(keras.callbacks.Callback):
         if trainer.teacher is not None:
             trainer.use_teacher(trainer.classifier)
         else:
-            refine_table(self._labeller(trainer.classifier), self.examples, self.labels)
+            self.labels.refine(self._labeller(trainer.classifier))
         if observe:
             refined = self.labels_in_use()
             self._last_refined = (self.generation, refined)
             self.on_relabel(self.generation, previous, refined)
 
     def labels_in_use(self) -> np.ndarray:
-        """The targets of `examples` that training reads now, as a `[num_ids, classes]` array.
+        """The targets that training reads now, as a `[num_ids, classes]` array.
 
         Online, these are the teacher's labels of the un-augmented images (training
         itself labels augmented ones); before the teacher is ready, the table's.
         """
-        table = self.labels.numpy()
         trainer = self.model
         if trainer.teaching:
-            self._labeller(trainer.teacher).table(self.examples, into=table)
-        return table
+            return self.labels.labelled(self._labeller(trainer.teacher))
+        return self.labels.values()
 
     def _labeller(self, model: keras.Model) -> RefinedLabels:
         """XLA if asked for and Keras compiles the training step with it (it does not with

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -18,6 +18,9 @@ import tensorflow as tf
 from krefinery.config import Config
 from krefinery.datasets import Source, load_source
 from krefinery.errors import UserError
+
+if TYPE_CHECKING:
+    from krefinery.relabel import RefinedLabels
 
 TRAIN, VAL, TEST = 0, 1, 2
 MAX_SHUFFLE_BUFFER = 50_000
@@ -161,17 +164,59 @@ def with_ids(dataset: tf.data.Dataset) -> tf.data.Dataset:
     )
 
 
-def onehot_table(train: tf.data.Dataset, num_ids: int, num_classes: int) -> tf.Variable:
-    """The ground-truth label table that generation 1 trains on (rows of non-train ids stay 0).
+class TFLabelTable:
+    """The `[num_ids, classes]` label table as a `tf.Variable`, read by `training_dataset`.
 
-    Iterating `train` once here also fills its cache before the first epoch.
+    The TensorFlow implementation of the table `LabelRefinery` refines (the in-memory one
+    is `arrays.DeviceLabelTable`): `training_dataset` gathers each batch's targets from it
+    by id, so a relabel is a write here, not a new pipeline. Rows of ids outside `train`
+    (validation and test images) stay 0.
     """
-    values = onehot_values(train, num_ids, num_classes)
-    return tf.Variable(values, trainable=False, name="training_labels")
+
+    def __init__(
+        self,
+        train: tf.data.Dataset,
+        num_ids: int,
+        num_classes: int,
+        batch_size: int = INFERENCE_BATCH_SIZE,
+    ):
+        self.examples = eval_dataset(train, batch_size)
+        self._truth = onehot_values(train, num_ids, num_classes)
+        self.variable = tf.Variable(self._truth, trainable=False, name="training_labels")
+
+    def gather(self, ids: tf.Tensor) -> tf.Tensor:
+        return tf.gather(self.variable, ids)
+
+    def refine(self, labeller: RefinedLabels) -> None:
+        """Writes `labeller`'s refined labels of every training example, by id."""
+        for ids, targets in labeller.batches(self.examples):
+            self.variable.scatter_nd_update(ids[:, None], targets)
+
+    def values(self) -> np.ndarray:
+        return self.variable.numpy()
+
+    def labelled(self, labeller: RefinedLabels) -> np.ndarray:
+        """`values()` with the training rows replaced by `labeller`'s labels."""
+        return labeller.table(self.examples, into=self.values())
+
+    def reset(self) -> None:
+        """Ground truth back in, for a chain's generation 1."""
+        self.variable.assign(self._truth)
+
+
+def onehot_table(
+    train: tf.data.Dataset, num_ids: int, num_classes: int, batch_size: int = INFERENCE_BATCH_SIZE
+) -> TFLabelTable:
+    """The ground-truth label table that generation 1 trains on; it relabels `train` in
+    batches of `batch_size`.
+
+    Reading `train` once here also fills its cache before the first epoch.
+    """
+    return TFLabelTable(train, num_ids, num_classes, batch_size)
 
 
 def onehot_values(train: tf.data.Dataset, num_ids: int, num_classes: int) -> np.ndarray:
-    """The values of `onehot_table`, to put ground truth back into a table."""
+    """Ground truth as a `[num_ids, num_classes]` array (rows of non-train ids stay 0)."""
     table = np.zeros((num_ids, num_classes), np.float32)
     for batch in train.batch(INFERENCE_BATCH_SIZE).as_numpy_iterator():
         table[batch["id"], batch["label"]] = 1.0
@@ -215,7 +260,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 def training_dataset(
     train: tf.data.Dataset,
-    labels: tf.Variable,
+    labels: TFLabelTable,
     batch_size: int,
     seed: int,
     augment: Callable | None = None,
@@ -260,7 +305,7 @@ def training_dataset(
         return batches
 
     dataset = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch_batches)
-    dataset = dataset.map(lambda batch: {**batch, "target": tf.gather(labels, batch["id"])})
+    dataset = dataset.map(lambda batch: {**batch, "target": labels.gather(batch["id"])})
     dataset = dataset.apply(
         tf.data.experimental.assert_cardinality(max(0, epochs - initial_epoch) * steps)
     )

@@ -2,19 +2,24 @@
 
 Works on every Keras backend: the model runs through Keras's own `predict_on_batch`
 (a `tf.function`, a `jax.jit`-ed function or eager PyTorch), and the results come back
-as NumPy arrays. The label table stays a `tf.Variable`, because the tf.data pipeline
-reads it.
+as NumPy arrays. The tables they are written into live with the data: a `tf.Variable`
+read by the tf.data pipeline (`pipeline.TFLabelTable`), or a Keras variable on the device
+beside in-memory images (`arrays.DeviceLabelTable`).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from krefinery.losses import refined_labels
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+INFERENCE_BATCH_SIZE = 1024
 
 
 class RefinedLabels(keras.Model):
@@ -57,13 +62,20 @@ class RefinedLabels(keras.Model):
             into[ids] = targets
         return into
 
+    def of_arrays(
+        self, images: Any, labels: Any, batch_size: int = INFERENCE_BATCH_SIZE
+    ) -> np.ndarray:
+        """Refined labels of `images` (backend tensors, on the device), row by row.
 
-def refine_table(
-    labeller: RefinedLabels, examples: tf.data.Dataset, labels: tf.Variable
-) -> None:
-    """Writes the refined labels of every example in `examples` into `labels`, by id.
-
-    Rows of ids not in `examples` (validation and test images) are left as they are.
-    """
-    for ids, targets in labeller.batches(examples):
-        labels.scatter_nd_update(ids[:, None], targets)
+        Chunks are sliced where the images are, so they never pass through the host; only
+        the `[n, classes]` labels come back.
+        """
+        count = int(images.shape[0])
+        chunks = [
+            self.predict_on_batch(
+                {"image": images[start : start + batch_size],
+                 "label": labels[start : start + batch_size]}
+            )
+            for start in range(0, count, batch_size)
+        ]
+        return np.concatenate([np.asarray(c, np.float32) for c in chunks])

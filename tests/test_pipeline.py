@@ -10,7 +10,6 @@ from krefinery.pipeline import (
     TRAIN,
     VAL,
     assign_roles,
-    eval_dataset,
     make_augment,
     make_splits,
     onehot_table,
@@ -45,7 +44,7 @@ def test_splits_partition_the_examples_by_id():
 
 def test_onehot_table_holds_ground_truth_by_id():
     splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
-    table = onehot_table(splits.train, splits.num_ids, splits.num_classes).numpy()
+    table = onehot_table(splits.train, splits.num_ids, splits.num_classes).values()
     train_ids = [int(e["id"]) for e in splits.train]
     np.testing.assert_array_equal(table[train_ids].argmax(-1), np.array(train_ids) % 4)
     assert table.sum() == len(train_ids)
@@ -53,9 +52,9 @@ def test_onehot_table_holds_ground_truth_by_id():
 
 def test_refined_labels_stay_aligned_under_shuffling_and_augmentation():
     splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
-    labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
+    labels = onehot_table(splits.train, splits.num_ids, splits.num_classes, batch_size=7)
     known = KnownFunction()
-    refinery = LabelRefinery(labels, eval_dataset(splits.train, 7), None, 2, temperature=2.0)
+    refinery = LabelRefinery(labels, None, 2, temperature=2.0)
     refinery.set_model(Trainer(known))
     refinery.refine()
 

@@ -295,21 +295,21 @@ def test_online_relabel_reports_the_teachers_labels_of_unaugmented_images():
     trainer.compile(make_optimizer(Config(epochs=1, warmup_epochs=0), math.ceil(splits.num_train / 16)))
     seen = []
     refinery = LabelRefinery(
-        labels, eval_dataset(splits.train), build, 3, temperature=3.0,
+        labels, build, 3, temperature=3.0,
         on_relabel=lambda k, previous, refined: seen.append((k, previous, refined)),
     )
     for _ in range(2):
         trainer.fit(train_ds, epochs=1, callbacks=[refinery], verbose=0)
 
     def teacher_labels():
-        table = labels.numpy()
+        table = labels.values()
         for batch in eval_dataset(splits.train):
             logits = trainer.teacher(batch["image"], training=False)
             table[batch["id"].numpy()] = refined_labels(logits, batch["label"], 3.0, 0.0).numpy()
         return table
 
     assert [k for k, _, _ in seen] == [1, 2]
-    np.testing.assert_array_equal(seen[0][1], labels.numpy())  # Generation 1 trained on ground truth.
+    np.testing.assert_array_equal(seen[0][1], labels.values())  # Generation 1 trained on ground truth.
     np.testing.assert_array_equal(seen[1][1], seen[0][2])  # Each relabel starts from the last one's labels.
     np.testing.assert_allclose(seen[1][2], teacher_labels(), atol=1e-6)
     assert not np.allclose(seen[1][2], seen[1][1], atol=1e-3)
