@@ -203,20 +203,16 @@ class EvaluationBatches(keras.utils.PyDataset):
         return {"image": self.images[rows], "label": self.labels[rows]}
 
 
-def train_chain(
+def build_chain(
     data: InMemoryData,
     config: Config,
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
     on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-) -> tuple[Trainer, list[dict[str, list[float]]]]:
-    """`config.generations` generations of `config.epochs` each on `data`, offline or
-    online (`config.relabel`): the project's ResNet, `Trainer` and `LabelRefinery`, fed
-    by `InMemoryData.batches`. Returns the trainer (its classifier is the last
-    generation) and each generation's `fit` history.
+) -> tuple[Trainer, LabelRefinery]:
+    """The compiled `Trainer` (with a teacher slot if `config.relabel` is online) and the
+    `LabelRefinery` of a chain on `data`, its table back at ground truth; nothing trained.
 
     Reads the model, optimisation and refinery fields of `config`; `precision="auto"`
-    means float32 here (the device-specific choice of `run.py` needs TensorFlow).
+    means float32 here (`run.py`'s choice per device needs TensorFlow).
     """
     precision = "float32" if config.precision == "auto" else config.precision
     config.check_batch_size(data.num_examples)
@@ -254,13 +250,29 @@ def train_chain(
         jit_compile=bool(trainer.jit_compile),
         on_relabel=on_relabel,
     )
+    return trainer, refinery
+
+
+def train_chain(
+    data: InMemoryData,
+    config: Config,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+) -> tuple[Trainer, list[dict[str, list[float]]]]:
+    """`config.generations` generations of `config.epochs` each on `data`, offline or
+    online: `build_chain`'s trainer and refinery, fed by `InMemoryData.batches`, and
+    validated on `validation` (images, labels) after each epoch if given. Returns the
+    trainer (its classifier is the last generation) and each generation's `fit` history.
+    """
+    trainer, refinery = build_chain(data, config, on_relabel)
     val = None if validation is None else EvaluationBatches(*validation)
     histories = []
     for generation in range(1, config.generations + 1):
         history = trainer.fit(
             data.batches(config.batch_size, config.seed, generation, config.augment),
             epochs=config.epochs,
-            steps_per_epoch=steps,
+            steps_per_epoch=data.steps_per_epoch(config.batch_size),
             validation_data=val,
             callbacks=[refinery, *callbacks],
             shuffle=False,
