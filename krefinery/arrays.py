@@ -7,8 +7,8 @@ permutation sliced at the step, the images, labels and targets gathered by examp
 and the random translation (and flip) of `pipeline.make_augment`, drawn from a hash of
 (seed, generation, epoch, step). Batches reach Keras's `fit` through a
 `keras.utils.PyDataset` whose items are those device tensors, which Keras's JAX data
-adapter passes through untouched: the only traffic from the host per step is two
-scalars. So the step runs `Trainer.compute_loss` as every other path does, with no
+adapter passes through untouched: this path's only traffic from the host per step is
+two scalars. So the step runs `Trainer.compute_loss` as every other path does, with no
 CPU input pipeline to wait for.
 
     data = InMemoryData(images, labels)            # uint8 [n, H, W, C], int [n]
@@ -82,27 +82,14 @@ class InMemoryData:
         num_classes: int | None = None,
         flip: bool = False,
     ):
-        images, labels = np.asarray(images), np.asarray(labels)
-        if images.ndim != 4 or images.dtype != np.uint8:
-            raise UserError(
-                f"images must be uint8 [count, height, width, channels]; got {images.dtype} "
-                f"{list(images.shape)}. Add a channel axis (images[..., None]) or convert to uint8."
-            )
-        if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-            raise UserError(
-                f"labels must be integers, one per image ({len(images)}); got {labels.dtype} "
-                f"{list(labels.shape)}."
-            )
-        classes = int(labels.max()) + 1 if num_classes is None else num_classes
-        if labels.min() < 0 or labels.max() >= classes:
-            raise UserError(f"labels must lie in [0, {classes}); got {labels.min()}..{labels.max()}.")
+        images, labels, classes = _checked(images, labels, num_classes)
         self.num_examples = len(images)
         self.num_classes = classes
         self.image_shape: tuple[int, int, int] = tuple(int(d) for d in images.shape[1:])
         self.flip = flip
         self.images = ops.convert_to_tensor(images)
-        self.labels_by_id = ops.convert_to_tensor(labels.astype(np.int32))
-        self.labels = DeviceLabelTable(self.images, self.labels_by_id, classes)
+        self.ground_truth = ops.convert_to_tensor(labels)
+        self.labels = DeviceLabelTable(self.images, self.ground_truth, classes)
         self._order = _compiled(_permutation, static=("count",))
         self._batch = _compiled(
             functools.partial(_make_batch, pad=_pad(self.image_shape), flip=flip),
@@ -136,7 +123,7 @@ class InMemoryData:
         """`{"id", "image", "label", "target"}` of `order[start:start + size]`."""
         return self._batch(
             self.images,
-            self.labels_by_id,
+            self.ground_truth,
             self.labels.variable.value,
             order,
             ops.convert_to_tensor(np.int32(start)),
@@ -190,8 +177,8 @@ class EvaluationBatches(keras.utils.PyDataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int = INFERENCE_BATCH_SIZE):
         super().__init__()
-        self.images = ops.convert_to_tensor(np.asarray(images, np.uint8))
-        self.labels = ops.convert_to_tensor(np.asarray(labels, np.int32))
+        images, labels, _ = _checked(images, labels, None)
+        self.images, self.labels = ops.convert_to_tensor(images), ops.convert_to_tensor(labels)
         self.batch_size = batch_size
 
     @property
@@ -280,6 +267,28 @@ def train_chain(
         )
         histories.append(history.history)
     return trainer, histories
+
+
+def _checked(
+    images: np.ndarray, labels: np.ndarray, num_classes: int | None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The arrays as the device takes them (labels as int32) and the class count; what
+    cannot be taken as it is raises `UserError`, rather than being converted."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 4 or images.dtype != np.uint8 or not len(images):
+        raise UserError(
+            f"images must be uint8 [count > 0, height, width, channels]; got {images.dtype} "
+            f"{list(images.shape)}. Add a channel axis (images[..., None]) or convert to uint8."
+        )
+    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(
+            f"labels must be integers, one per image ({len(images)}); got {labels.dtype} "
+            f"{list(labels.shape)}."
+        )
+    classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if labels.min() < 0 or labels.max() >= classes:
+        raise UserError(f"labels must lie in [0, {classes}); got {labels.min()}..{labels.max()}.")
+    return images, labels.astype(np.int32), classes
 
 
 # --- The compiled pieces: keras.ops only, so every backend runs the same batches. ---

@@ -165,3 +165,18 @@ def test_an_epoch_is_fixed_by_the_seed_and_the_same_on_every_backend(jax_chains)
         np.testing.assert_array_equal(targets, np.eye(4, dtype=np.float32)[ids % 4])
         moved += int(np.sum(images.min(axis=(1, 2, 3)) == 0))
     assert 0 < moved < 100  # Translated (zero-filled) images, and some left in place.
+
+
+def test_arrays_that_would_need_converting_are_refused():
+    from krefinery.arrays import InMemoryData
+    from krefinery.errors import UserError
+
+    images, labels = np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 1, 2, 1])
+    with pytest.raises(UserError, match="uint8"):
+        InMemoryData(images.astype(np.float32), labels)
+    with pytest.raises(UserError, match="channel axis"):
+        InMemoryData(images[..., 0], labels)
+    with pytest.raises(UserError, match="one per image"):
+        InMemoryData(images, labels[:3])
+    with pytest.raises(UserError, match=r"\[0, 2\)"):
+        InMemoryData(images, labels, num_classes=2)
