@@ -114,7 +114,7 @@ class InMemoryData:
 
     def order(self, seed: int, generation: int, epoch: int) -> Tensor:
         """The ids of an epoch, in the order it visits them."""
-        key = _key(seed, generation, epoch, 0)
+        key = ops.convert_to_tensor(np.int32(_key(seed, generation, epoch, 0)))
         return self._order(key, count=self.num_examples)
 
     def batch(

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
-# Imports of tensorflow (and TFDS) fail, as on a machine without them; a module merely put
-# in sys.modules as None would not do, since Keras takes "tensorflow" in sys.modules as
-# TensorFlow being loaded.
+# Imports of tensorflow (and TFDS) fail, as on a machine without them. (A module put in
+# sys.modules as None would not do: Keras reads "tensorflow" in sys.modules as TensorFlow
+# loaded. Raising here is stricter than absence for code that probes with find_spec.)
 BLOCK_TENSORFLOW = """
 import sys
 class _NoTensorFlow:
@@ -28,8 +27,7 @@ class _NoTensorFlow:
 sys.meta_path.insert(0, _NoTensorFlow())
 """
 
-# Generation 2's first two epochs, read twice from fresh data objects, once more from
-# epoch 1 on, and once with another seed: as arrays, to compare across backends.
+
 def data_of_known_images():
     from krefinery.arrays import InMemoryData
 
@@ -39,6 +37,8 @@ def data_of_known_images():
 
 
 def epochs_of_known_images() -> dict[str, np.ndarray]:
+    """Generation 2's first two epochs, read twice from fresh data objects, once more from
+    epoch 1 on, and once with another seed, as arrays (to compare across backends)."""
     import keras
 
     def stream(seed, initial_epoch=0, steps=14):
