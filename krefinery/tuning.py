@@ -260,12 +260,14 @@ def summarise(tuner: ChainTuner, workdir: Path) -> dict[str, Any]:
     best_trial = tuner.oracle.get_best_trials(1)[0]
     best = next(t for t in completed if t["trial_id"] == best_trial.trial_id)
     keys = runner.keys(best["chosen_generation"], best["temperature"], best["alpha"])
-    classifier = runner.load(keys[-1])
-    test = runner.experiment.trainer.evaluate(
-        runner.experiment.test_ds, verbose=0, return_dict=True
-    )
+    trainer = runner.load(keys[-1], best["chosen_generation"])
+    test = trainer.evaluate(runner.experiment.test_ds, verbose=0, return_dict=True)
     weights, export = save_best_model(
-        classifier, runner.cache.weights_path(keys[-1]), workdir, config, runner.experiment.splits
+        trainer.classifier,
+        runner.cache.weights_path(keys[-1]),
+        workdir,
+        config,
+        runner.experiment.splits,
     )
     trained = runner.cache.trained()
     return {
