@@ -183,3 +183,20 @@ def test_store_keys_change_only_with_the_refinery_architecture():
         assert other[0] != keys[0] and other[1] != keys[1]
     # Unset, the fields are in no record, setting or key: stores from before still serve.
     assert not {"refinery_depth", "refinery_width", "refinery_version"} & set(plain.to_dict())
+
+
+@pytest.mark.parametrize(
+    "flags, relabel, count",
+    [({}, "offline", 1), ({}, "online", 1), ({"refinery_depth": 8}, "online", 1),
+     ({"refinery_depth": 14}, "offline", 2), ({"refinery_width": 2}, "online", 3)],
+)
+def test_one_trainer_unless_the_refinery_has_its_own_shape(flags, relabel, count):
+    """Each trainer traces its own steps: a chain with no refinery of its own keeps one."""
+    from krefinery.experiment import trainer_shape
+
+    config = Config(depth=8, relabel=relabel, **flags)
+    shapes = [trainer_shape(config, generation) for generation in range(1, 6)]
+    assert len(set(shapes)) == count
+    if relabel == "online":
+        # Generation k's teacher slot has generation k-1's architecture.
+        assert [teacher for _, teacher in shapes[1:]] == [config.architecture(k) for k in range(1, 5)]
