@@ -38,7 +38,7 @@ class Experiment:
     One trainer fits every generation, unless the refinery (generation 1) has an
     architecture of its own: then generation 1 has a trainer of its shape, and the
     students another; online, generation 2's teacher slot has the refinery's shape and
-    generation 3's on the students' (see `trainer_shape`).
+    generation 3's the students' (see `trainer_shape`).
 
     `runtime` is what the run resolved to here, as `results.json` records it:
     `precision` (the Keras dtype policy), `jit_compile` (whether Keras really compiled
@@ -130,7 +130,7 @@ def trainer_shape(config: Config, generation: int) -> TrainerShape:
 
 
 def prepare_experiment(config: Config) -> Experiment:
-    """Loads and splits the data and builds the pipelines and the trainer; trains nothing.
+    """Loads and splits the data and builds the pipelines and the trainers; trains nothing.
 
     Bad input (dataset, folder) raises `UserError` here, before anything is written.
     """
@@ -179,7 +179,7 @@ def prepare_experiment(config: Config) -> Experiment:
     # whatever the chain's length, as a search runs chains of many lengths.
     shapes = dict.fromkeys(trainer_shape(config, generation) for generation in (1, 2, 3))
     trainers = {shape: make_trainer(shape) for shape in shapes}
-    trainer = trainers[trainer_shape(config, 1)]
+    first = trainers[trainer_shape(config, 1)]
     return Experiment(
         config=config,
         splits=splits,
@@ -192,7 +192,7 @@ def prepare_experiment(config: Config) -> Experiment:
         runtime={
             "precision": precision,
             # Keras's own reading: XLA is off under op determinism, whatever was asked.
-            "jit_compile": bool(trainer.jit_compile),
+            "jit_compile": bool(first.jit_compile),
             "deterministic": runtime.deterministic,
         },
         steps_per_epoch=steps,

@@ -27,6 +27,7 @@ from krefinery.experiment import Experiment
 from krefinery.export import export_generation, export_model_name, find_export
 from krefinery.label_refinery import generation_seed
 from krefinery.pipeline import eval_dataset
+from krefinery.train import Trainer
 
 # The control mirrors generation 2: its seed and batches, the ground truth for labels.
 CONTROL_OF = 2
@@ -114,7 +115,7 @@ class RunOutputs:
         self.control = entry
         self._write(finished=False)
 
-    def _fit_figures(self, record: dict[str, Any], trainer: keras.Model) -> dict[str, Any]:
+    def _fit_figures(self, record: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
         """The under-fit figures: stored with the generation if it relabelled, else (the
         last generation, or labels at alpha = 1 that hide the model) the accuracy on the
         un-augmented training images of the weights `trainer` holds (the record's)."""
@@ -137,7 +138,7 @@ class RunOutputs:
         )
         return self._write(finished=complete and best is not None)
 
-    def _load(self, key: str, generation: int) -> keras.Model:
+    def _load(self, key: str, generation: int) -> Trainer:
         """The trainer of `generation`, holding the stored generation `key`."""
         return self.experiment.load(self.cache.weights_path(key), generation)
 
