@@ -59,6 +59,15 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("depth", _DEFAULTS.depth, "ResNet depth, 6n+2 (20, 32, 56, 110, ...).")
 flags.DEFINE_integer("width", _DEFAULTS.width, "ResNet filter multiplier.")
 flags.DEFINE_integer("resnet_version", _DEFAULTS.resnet_version, "1: post-, 2: pre-activation.")
+flags.DEFINE_integer(
+    "refinery_depth",
+    _DEFAULTS.refinery_depth,
+    "Depth of generation 1, the refinery that labels the data for the rest (default: --depth).",
+)
+flags.DEFINE_integer("refinery_width", _DEFAULTS.refinery_width, "Width of generation 1 (default: --width).")
+flags.DEFINE_integer(
+    "refinery_version", _DEFAULTS.refinery_version, "ResNet version of generation 1 (default: --resnet_version)."
+)
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs per generation.")
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training batch size.")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Peak SGD learning rate.")

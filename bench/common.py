@@ -191,7 +191,7 @@ class Refinery:
         steps = math.ceil(self.splits.num_train / batch)
         self.trainer, self.runtime = run_trainer(config, steps, shape, classes, teacher=online)
 
-        def build(seed: int) -> keras.Model:
+        def build(generation: int, seed: int) -> keras.Model:
             keras.utils.set_random_seed(seed)
             return build_resnet(
                 shape, classes, depth=depth, weight_decay=1e-4, precision=self.runtime.precision

@@ -83,9 +83,8 @@ def run(args: argparse.Namespace) -> None:
             )
         return runners[relabel]
 
-    def evaluate(runner: ChainRunner, key: str, dataset) -> float:
-        runner.load(key)
-        trainer = runner.experiment.trainer
+    def evaluate(runner: ChainRunner, record: dict, dataset) -> float:
+        trainer = runner.load(record["key"], record["generation"])
         return float(trainer.evaluate(dataset, verbose=0, return_dict=True)["accuracy"])
 
     for mode, temperature, alpha in PHASES[args.phase]:
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
                 "alpha": alpha,
                 "generation": record["generation"],
                 "val_accuracy": record["val_accuracy"],
-                "test_accuracy": evaluate(runner, record["key"], experiment.test_ds),
+                "test_accuracy": evaluate(runner, record, experiment.test_ds),
                 "train_label_agreement": record["train_label_agreement"],
                 "trained": record["trained"],
                 "epochs": config.epochs,
@@ -116,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
             }
             if record["generation"] == 1:
                 entry["train_accuracy_unaugmented"] = evaluate(
-                    runner, record["key"], eval_dataset(experiment.splits.train)
+                    runner, record, eval_dataset(experiment.splits.train)
                 )
             with open(out / "chains.jsonl", "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
@@ -138,8 +137,7 @@ def share_generation_one(offline, online) -> None:
     if record is None:
         offline.run(1, 1.0, 0.0)
         record = offline.cache.lookup(source)
-    classifier = online.experiment.trainer.classifier
-    classifier.load_weights(offline.cache.weights_path(source))
+    classifier = online.experiment.load(offline.cache.weights_path(source), 1).classifier
     online.cache.store(target, classifier, {**record, "shared_from": source})
 
 

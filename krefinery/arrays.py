@@ -203,8 +203,13 @@ def build_chain(
     """
     precision = "float32" if config.precision == "auto" else config.precision
     config.check_batch_size(data.num_examples)
+    if config.architecture(1) != config.architecture(2):
+        raise UserError(
+            "the in-memory chain trains one architecture (one trainer); leave the "
+            "--refinery_* settings unset, or use run.py for a refinery of its own shape."
+        )
 
-    def build(seed: int) -> keras.Model:
+    def build(generation: int, seed: int) -> keras.Model:
         keras.utils.set_random_seed(seed)
         return build_resnet(
             data.image_shape,
@@ -218,8 +223,8 @@ def build_chain(
 
     online = config.relabel == "online"
     trainer = Trainer(
-        build(config.seed),
-        teacher=build(config.seed) if online else None,
+        build(1, config.seed),
+        teacher=build(1, config.seed) if online else None,
         temperature=config.temperature,
         alpha=config.alpha,
     )

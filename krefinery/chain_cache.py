@@ -37,7 +37,7 @@ import keras
 import numpy as np
 
 from krefinery import files
-from krefinery.config import Config
+from krefinery.config import REFINERY_FIELDS, Config
 
 # Config fields that do not change what a generation learns.
 _NOT_IN_KEY = frozenset(
@@ -75,13 +75,21 @@ def chain_keys(
 
     Generation 1's key leaves temperature and alpha out (it trains on ground truth);
     generation k's key hashes its parent's key with k, temperature and alpha. Every
-    other Config field (data, model, schedule, seed, relabel mode, ...) is in every key,
-    and so is `runtime`, what the run resolved to on this machine (precision, whether
-    XLA really compiled, op determinism), not the `auto` or unset that was asked for.
+    other Config field (data, model, schedule, seed, relabel mode, ...) is in every key
+    (the refinery's architecture only where it is not the students', so that keys from
+    before it existed stay valid), and so is `runtime`, what the run resolved to on this
+    machine (precision, whether XLA really compiled, op determinism), not the `auto` or
+    unset that was asked for.
     """
     base = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
     # Unset means "from --seed": the same splits, so the same key.
     base["split_seed"] = config.resolved_split_seed
+    # Generation 1's architecture, only where it is not the students': a refinery given
+    # as the students' shape, flag by flag or not at all, is the same generation 1.
+    for name in REFINERY_FIELDS:
+        base.pop(name, None)
+    if config.architecture(1) != config.architecture(2):
+        base["refinery"] = config.architecture(1).to_dict()
     root = {"format": FORMAT, "config": base, "runtime": dict(runtime), "generation": 1}
     keys = [_digest(root)]
     for generation in range(2, generations + 1):

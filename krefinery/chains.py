@@ -33,6 +33,7 @@ from krefinery.errors import Diverged
 from krefinery.experiment import Experiment
 from krefinery.label_refinery import LabelRefinery
 from krefinery.pipeline import eval_dataset
+from krefinery.train import Trainer
 
 Record = dict[str, Any]
 
@@ -119,11 +120,10 @@ class ChainRunner:
             faults.reached(f"gen{generation}.relabelled")
         return records
 
-    def load(self, key: str) -> keras.Model:
-        """The trainer's classifier, holding the stored generation `key`."""
-        classifier = self.experiment.trainer.classifier
-        classifier.load_weights(self.cache.weights_path(key))
-        return classifier
+    def load(self, key: str, generation: int) -> Trainer:
+        """The trainer of `generation`, its classifier holding the stored generation `key`
+        (whose weights file has that generation's architecture)."""
+        return self.experiment.load(self.cache.weights_path(key), generation)
 
     def _refinery(self, temperature: float, alpha: float) -> LabelRefinery:
         refinery = self._refineries.get((temperature, alpha))
@@ -158,7 +158,7 @@ class ChainRunner:
         else:
             parent = keys[generation - 2]
             if self._labels_from != ((refinery.temperature, refinery.alpha), parent):
-                self.load(parent)
+                self.load(parent, generation - 1)
                 refinery.continue_after(generation - 1)
         refinery.generation = generation - 1
 
@@ -171,6 +171,7 @@ class ChainRunner:
     ) -> Record:
         """Trains `generation` (from its checkpoint, if any), stores it, returns its record."""
         experiment, config = self.experiment, self.experiment.config
+        trainer = experiment.trainer_for(generation)
         state = self.cache.checkpoint(key)
         initial_epoch = state["epoch"] if state else 0
         checkpoint = EpochCheckpoint(self.cache, key, state)
@@ -188,7 +189,7 @@ class ChainRunner:
             resumed = f", resumed after epoch {initial_epoch}" if initial_epoch else ""
             print(f"Generation {generation}/{refinery.generations}{resumed}", flush=True)
         try:
-            experiment.trainer.fit(
+            trainer.fit(
                 experiment.training_dataset(generation, initial_epoch),
                 epochs=config.epochs,
                 initial_epoch=initial_epoch,
@@ -212,7 +213,7 @@ class ChainRunner:
             seconds=checkpoint.elapsed(),
             **(self._label_figures or {}),
         )
-        self.cache.store(key, experiment.trainer.classifier, record)
+        self.cache.store(key, trainer.classifier, record)
         self.cache.log_training(
             {
                 "key": key,

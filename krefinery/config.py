@@ -20,14 +20,35 @@ MAX_IMAGE_SIDE = 4096
 SEED_LIMIT = 2**32  # NumPy and Keras seeds are unsigned 32-bit.
 
 
-def check_depth(depth: int) -> int:
+# Generation 1's own architecture; unset (None), each is the student's.
+REFINERY_FIELDS = ("refinery_depth", "refinery_width", "refinery_version")
+
+
+def check_depth(depth: int, flag: str = "depth") -> int:
     """Returns n, the residual blocks per stage, of a CIFAR-style ResNet of this depth."""
     if depth < 8 or (depth - 2) % 6:
         raise UserError(
-            f"--depth={depth} is not a CIFAR-style ResNet depth: it must be 6n+2 with "
+            f"--{flag}={depth} is not a CIFAR-style ResNet depth: it must be 6n+2 with "
             "n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)."
         )
     return (depth - 2) // 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """The shape of one generation's ResNet: what `build_resnet` needs besides the data."""
+
+    depth: int
+    width: int
+    version: int
+
+    def describe(self) -> str:
+        """`ResNet-20 v1`, with `x2` for a wider one: for tables and logs."""
+        wide = f" x{self.width}" if self.width != 1 else ""
+        return f"ResNet-{self.depth}{wide} v{self.version}"
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +76,11 @@ class Config:
     depth: int = 20
     width: int = 1
     resnet_version: int = 1
+    # The refinery (generation 1), which labels the data for the rest; None: the student's
+    # (--depth, --width, --resnet_version). The paper refines AlexNet with ResNet-50 labels.
+    refinery_depth: int | None = None
+    refinery_width: int | None = None
+    refinery_version: int | None = None
     # Optimisation (per generation: every generation runs the whole schedule).
     epochs: int = 15
     batch_size: int = 64
@@ -109,6 +135,17 @@ class Config:
             self.resnet_version in RESNET_VERSIONS,
             f"--resnet_version={self.resnet_version} must be 1 (post-activation) or 2 "
             "(pre-activation).",
+        )
+        if self.refinery_depth is not None:
+            check_depth(self.refinery_depth, "refinery_depth")
+        _require(
+            self.refinery_width is None or self.refinery_width >= 1,
+            f"--refinery_width={self.refinery_width} must be >= 1 (unset: --width).",
+        )
+        _require(
+            self.refinery_version is None or self.refinery_version in RESNET_VERSIONS,
+            f"--refinery_version={self.refinery_version} must be 1 (post-activation) or 2 "
+            "(pre-activation) (unset: --resnet_version).",
         )
         folder = self.dataset.startswith("folder:")
         _require(
@@ -202,7 +239,26 @@ class Config:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, except the refinery's architecture while unset: so the records,
+        settings and store keys of runs that do not use it are what they were before
+        it existed, and runs and searches from then still resume."""
+        values = dataclasses.asdict(self)
+        for name in REFINERY_FIELDS:
+            if values[name] is None:
+                del values[name]
+        return values
+
+    def architecture(self, generation: int) -> Architecture:
+        """Generation `generation`'s architecture: the refinery's for generation 1 (each
+        unset flag falling back to the student's), the student's for the rest."""
+        student = Architecture(self.depth, self.width, self.resnet_version)
+        if generation > 1:
+            return student
+        return Architecture(
+            student.depth if self.refinery_depth is None else self.refinery_depth,
+            student.width if self.refinery_width is None else self.refinery_width,
+            student.version if self.refinery_version is None else self.refinery_version,
+        )
 
     @property
     def resolved_split_seed(self) -> int:

@@ -44,15 +44,21 @@ class LabelRefinery(keras.callbacks.Callback):
     """Makes each `fit` of a `Trainer` one Label Refinery generation.
 
     - `on_train_begin`: generation k starts from scratch: the classifier's weights are
-      replaced by those of `build_classifier(generation_seed(seed, k))` and the optimizer's
+      replaced by those of `build_classifier(k, generation_seed(seed, k))` and the optimizer's
       state (momenta, iteration count, hence the learning-rate schedule) by a fresh one's.
     - `on_train_end`, if generations remain: the trained classifier, in inference mode,
       refines the labels. Offline (the trainer has no teacher): `softmax(logits / T)`
       of every training example is written into the `labels` table by example id,
-      which training reads. Online: the trained weights are copied into
-      the trainer's frozen teacher, which labels each augmented batch from then on.
+      which training reads. Online: the trained weights are copied into the frozen
+      teacher of the next generation's trainer, which labels each augmented batch from
+      then on.
       Then `on_relabel(k, previous, refined)`, if given, sees the `[num_ids, classes]`
       targets of the training examples before and after (online: the teacher's, un-augmented).
+
+    `trainer_of(k)`, if given, is the trainer that fits generation k (each fit's own
+    model), so that generations may differ in architecture: a refinery of its own shape
+    labels for the students, online through a teacher slot of its shape. Without it, one
+    trainer fits every generation.
 
     Example:
 
@@ -65,13 +71,14 @@ class LabelRefinery(keras.callbacks.Callback):
     def __init__(
         self,
         labels: LabelTable,
-        build_classifier: Callable[[int], keras.Model],
+        build_classifier: Callable[[int, int], keras.Model],
         generations: int,
         temperature: float = 1.0,
         alpha: float = 0.0,
         seed: int = 0,
         jit_compile: bool = False,
         on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+        trainer_of: Callable[[int], keras.Model] | None = None,
     ):
         super().__init__()
         self.labels = labels
@@ -81,6 +88,7 @@ class LabelRefinery(keras.callbacks.Callback):
         self.alpha = alpha
         self.seed = seed
         self.on_relabel = on_relabel
+        self.trainer_of = trainer_of
         self.generation = 0
         # The targets the last relabel produced, as (generation, table): the next relabel's
         # "previous" labels, so online mode need not run the old teacher over the data again.
@@ -102,7 +110,7 @@ class LabelRefinery(keras.callbacks.Callback):
     def start_fresh(self) -> None:
         """New weights and a new optimizer state, in place, so compiled steps stay valid."""
         trainer = self.model
-        fresh = self.build_classifier(generation_seed(self.seed, self.generation))
+        fresh = self.build_classifier(self.generation, generation_seed(self.seed, self.generation))
         trainer.classifier.set_weights(fresh.get_weights())
         trainer.reset_optimizer()
         trainer.set_refinement(self.temperature, self.alpha)
@@ -111,17 +119,18 @@ class LabelRefinery(keras.callbacks.Callback):
         """Back to where the chain began: ground truth comes next, for generation 1."""
         self.generation = 0
         self._last_refined = None
-        self.model.use_teacher(None)
+        self._trainer(1).use_teacher(None)
 
     def continue_after(self, generation: int) -> None:
-        """Puts the chain where it stood after `generation`, whose weights the trainer's
-        classifier holds (loaded from a store, say): its refined labels come next.
+        """Puts the chain where it stood after `generation`, whose weights the classifier
+        of its trainer holds (loaded from a store, say): its refined labels come next.
 
         No `on_relabel`: the labels before these are not at hand, and the relabel was
         observed when `generation` was first trained.
         """
         self.generation = generation
         self._last_refined = None
+        self.set_model(self._trainer(generation))
         self.refine(observe=False)
 
     def refine(self, observe: bool = True) -> None:
@@ -132,27 +141,32 @@ class LabelRefinery(keras.callbacks.Callback):
         if observe:
             last = self._last_refined
             fresh = last is not None and last[0] == self.generation - 1
-            previous = last[1] if fresh else self.labels_in_use()
-        trainer.set_refinement(self.temperature, self.alpha)
-        if trainer.teacher is not None:
-            trainer.use_teacher(trainer.classifier)
+            previous = last[1] if fresh else self.labels_in_use(self.generation)
+        student = self._trainer(self.generation + 1)
+        student.set_refinement(self.temperature, self.alpha)
+        if student.teacher is not None:
+            student.use_teacher(trainer.classifier)
         else:
             self.labels.refine(self._labeller(trainer.classifier))
         if observe:
-            refined = self.labels_in_use()
+            refined = self.labels_in_use(self.generation + 1)
             self._last_refined = (self.generation, refined)
             self.on_relabel(self.generation, previous, refined)
 
-    def labels_in_use(self) -> np.ndarray:
-        """The targets that training reads now, as a `[num_ids, classes]` array.
+    def labels_in_use(self, generation: int) -> np.ndarray:
+        """The targets that `generation` trains on as things stand, as a
+        `[num_ids, classes]` array.
 
         Online, these are the teacher's labels of the un-augmented images (training
         itself labels augmented ones); before the teacher is ready, the table's.
         """
-        trainer = self.model
+        trainer = self._trainer(generation)
         if trainer.teaching:
             return self.labels.labelled(self._labeller(trainer.teacher))
         return self.labels.values()
+
+    def _trainer(self, generation: int) -> keras.Model:
+        return self.model if self.trainer_of is None else self.trainer_of(generation)
 
     def _labeller(self, model: keras.Model) -> RefinedLabels:
         """XLA if asked for and Keras compiles the training step with it (it does not with

@@ -27,6 +27,7 @@ from krefinery.experiment import Experiment
 from krefinery.export import export_generation, export_model_name, find_export
 from krefinery.label_refinery import generation_seed
 from krefinery.pipeline import eval_dataset
+from krefinery.train import Trainer
 
 # The control mirrors generation 2: its seed and batches, the ground truth for labels.
 CONTROL_OF = 2
@@ -70,19 +71,18 @@ class RunOutputs:
         """Adds a stored generation to the run's outputs; rewrites `results.json`."""
         entry = {k: v for k, v in record.items() if k != "trained"}
         generation = record["generation"]
+        entry["architecture"] = self.config.architecture(generation).to_dict()
         if not record.get("diverged"):
-            classifier = self._load(record["key"])
-            test = self.experiment.trainer.evaluate(
-                self.experiment.test_ds, verbose=0, return_dict=True
-            )
+            trainer = self._load(record["key"], generation)
+            test = trainer.evaluate(self.experiment.test_ds, verbose=0, return_dict=True)
             weights = self.workdir / f"gen_{generation}.weights.h5"
             files.link_or_copy(self.cache.weights_path(record["key"]), weights)
             entry.update(test_accuracy=float(test["accuracy"]), weights=weights.name)
-            entry.update(self._fit_figures(record))
+            entry.update(self._fit_figures(record, trainer))
             self.fit_check.check(generation, entry)
             self.generation_summaries.write(entry)
             if self.config.export_all_generations:
-                self._export(f"gen_{generation}", classifier, record["key"], generation)
+                self._export(f"gen_{generation}", trainer.classifier, record["key"], generation)
         self.generations.append(entry)
         self._write(finished=False)
         best = reporting.best_generation(self.generations)
@@ -96,33 +96,33 @@ class RunOutputs:
         if record["generation"] != CONTROL_OF:
             return
         entry = {k: v for k, v in record.items() if k != "trained"}
-        entry.update(generation="control", mirrors_generation=CONTROL_OF)
+        entry.update(
+            generation="control",
+            mirrors_generation=CONTROL_OF,
+            architecture=self.config.architecture(CONTROL_OF).to_dict(),
+        )
         if not record.get("diverged"):
-            self._load(record["key"])
-            test = self.experiment.trainer.evaluate(
-                self.experiment.test_ds, verbose=0, return_dict=True
-            )
+            trainer = self._load(record["key"], CONTROL_OF)
+            test = trainer.evaluate(self.experiment.test_ds, verbose=0, return_dict=True)
             weights = self.workdir / CONTROL_WEIGHTS
             files.link_or_copy(self.cache.weights_path(record["key"]), weights)
             entry.update(
                 weight_seed=generation_seed(self.config.seed, CONTROL_OF),
                 test_accuracy=float(test["accuracy"]),
                 weights=weights.name,
-                **self._fit_figures(record),
+                **self._fit_figures(record, trainer),
             )
         self.control = entry
         self._write(finished=False)
 
-    def _fit_figures(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _fit_figures(self, record: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
         """The under-fit figures: stored with the generation if it relabelled, else (the
-        last generation, or labels at alpha = 1 that hide the model) the loaded weights'
-        accuracy on the un-augmented training images."""
+        last generation, or labels at alpha = 1 that hide the model) the accuracy on the
+        un-augmented training images of the weights `trainer` holds (the record's)."""
         fit = record.get(underfit.FIT_KEY)
         if fit is None:
             train = eval_dataset(self.experiment.splits.train)
-            fit = float(
-                self.experiment.trainer.evaluate(train, verbose=0, return_dict=True)["accuracy"]
-            )
+            fit = float(trainer.evaluate(train, verbose=0, return_dict=True)["accuracy"])
         disagreement = record.get(underfit.DISAGREEMENT_KEY)
         return {underfit.FIT_KEY: fit, underfit.DISAGREEMENT_KEY: disagreement}
 
@@ -132,16 +132,15 @@ class RunOutputs:
         best = reporting.best_generation(self.generations)
         if best is not None:
             key = self.generations[best - 1]["key"]
-            self._export("best", self._load(key), key, None)
+            self._export("best", self._load(key, best).classifier, key, None)
         complete = len(self.generations) == self.config.generations and not any(
             g.get("diverged") for g in self.generations
         )
         return self._write(finished=complete and best is not None)
 
-    def _load(self, key: str) -> keras.Model:
-        classifier = self.experiment.trainer.classifier
-        classifier.load_weights(self.cache.weights_path(key))
-        return classifier
+    def _load(self, key: str, generation: int) -> Trainer:
+        """The trainer of `generation`, holding the stored generation `key`."""
+        return self.experiment.load(self.cache.weights_path(key), generation)
 
     def close(self) -> None:
         self.relabel_summaries.close()

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import keras
 
 from krefinery import files, summaries
-from krefinery.config import Config
+from krefinery.config import Architecture, Config
 from krefinery.errors import UserError
 from krefinery.pipeline import Splits
 
@@ -218,6 +218,12 @@ def format_table(record: dict[str, Any]) -> str:
                 f"{control['seconds']:.1f}",
             )
         )
+    shown = [*record["generations"], control][: len(rows)]
+    architectures = [g.get("architecture") for g in shown]
+    if None not in architectures and any(a != architectures[0] for a in architectures):
+        # A refinery of its own shape: say which model each row is.
+        header = (*header, "model")
+        rows = [(*row, Architecture(**a).describe()) for row, a in zip(rows, architectures)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))

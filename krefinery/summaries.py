@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from krefinery import charts
+from krefinery.config import Architecture
 from krefinery.diagnostics import EPSILON, LabelStats, label_stats, moved_furthest, top_classes
 
 GENERATION_TAGS = {
@@ -310,13 +311,14 @@ class GenerationSummaries:
             ("train_label_entropy", "label entropy (nats)"),
         )
         lines = [
-            "| generation | " + " | ".join(title for _, title in columns) + " |",
-            "|---" * (len(columns) + 1) + "|",
+            "| generation | " + " | ".join(title for _, title in columns) + " | architecture |",
+            "|---" * (len(columns) + 2) + "|",
         ]
         for g in self._generations:
             mark = " (best)" if g["generation"] == best else ""
             cells = [f"{g[key]:.4f}" if key in g else "" for key, _ in columns]
-            lines.append(f"| {g['generation']}{mark} | " + " | ".join(cells) + " |")
+            model = Architecture(**g["architecture"]).describe() if "architecture" in g else ""
+            lines.append(f"| {g['generation']}{mark} | " + " | ".join([*cells, model]) + " |")
         return "\n".join(lines)
 
 
@@ -489,14 +491,24 @@ def _trial_metric_description(name: str) -> str:
     return what + " One value per keras-tuner trial; Step = 0."
 
 
+_FIXED_HPARAMS = {
+    "refinery_depth": "Depth of generation 1, the refinery (the students': --depth).",
+    "refinery_width": "Width of generation 1, the refinery (the students': --width).",
+    "refinery_version": "ResNet version of generation 1, the refinery (the students': "
+    "--resnet_version).",
+}
+
+
 def write_hparams_config(
     logdir: str | os.PathLike,
     generations: tuple[int, int],
     temperatures: Sequence[float],
     alphas: Sequence[float],
+    fixed: Mapping[str, int] | None = None,
 ) -> None:
     """The search's HParams domains (integer generations, discrete T and alpha) and
-    metrics, so the dashboard shows and filters them as what they are."""
+    metrics, so the dashboard shows and filters them as what they are. `fixed`: settings
+    every trial shares (the refinery's architecture), each a domain of one value."""
     from tensorboard.plugins.hparams import api as hp
 
     low, high = generations
@@ -507,6 +519,8 @@ def write_hparams_config(
                   description="Softmax temperature of the refined labels."),
         hp.HParam("alpha", hp.Discrete(sorted(float(a) for a in alphas)),
                   description="Share of ground truth mixed into the refined labels."),
+        *(hp.HParam(name, hp.Discrete([int(value)]), description=_FIXED_HPARAMS[name])
+          for name, value in (fixed or {}).items()),
     ]
     names = ["val_accuracy", *(f"val_accuracy_gen_{k}" for k in range(1, int(high) + 1)),
              "chosen_generation", "epochs_trained"]

@@ -95,7 +95,12 @@ class ChainTuner(kt.Tuner):
         hp = trial.hyperparameters
         generations = self.space.generations(hp)
         temperature, alpha = float(hp.get("temperature")), float(hp.get("alpha"))
-        hparams = {"generations": generations, "temperature": temperature, "alpha": alpha}
+        hparams = {
+            "generations": generations,
+            "temperature": temperature,
+            "alpha": alpha,
+            **fixed_hparams(self.config),
+        }
         try:
             records = self.runner.run(generations, temperature, alpha)
         except (DiskFull, UserError) as error:
@@ -168,7 +173,11 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
         config, workdir, SEARCH, search_settings(config, search), prefix="tune-"
     )
     summaries.write_hparams_config(
-        workdir / "tensorboard", search.generations, search.temperatures(), search.alphas(config.alpha)
+        workdir / "tensorboard",
+        search.generations,
+        search.temperatures(),
+        search.alphas(config.alpha),
+        fixed_hparams(config),
     )
     cache = GenerationCache(workdir / "generations")
     space = SearchSpace(search, config.alpha)
@@ -189,6 +198,15 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
     record = summarise(tuner, workdir)
     files.write_json(workdir / TUNING, record)
     return record
+
+
+def fixed_hparams(config: Config) -> dict[str, int]:
+    """The refinery's architecture where it is its own (`refinery_depth`, ...): the same
+    in every trial, and what tells this search's trials from those of another refinery."""
+    refinery = config.architecture(1)
+    if refinery == config.architecture(2):
+        return {}
+    return {f"refinery_{name}": value for name, value in refinery.to_dict().items()}
 
 
 def search_settings(config: Config, search: TuneConfig) -> dict[str, Any]:
@@ -260,12 +278,14 @@ def summarise(tuner: ChainTuner, workdir: Path) -> dict[str, Any]:
     best_trial = tuner.oracle.get_best_trials(1)[0]
     best = next(t for t in completed if t["trial_id"] == best_trial.trial_id)
     keys = runner.keys(best["chosen_generation"], best["temperature"], best["alpha"])
-    classifier = runner.load(keys[-1])
-    test = runner.experiment.trainer.evaluate(
-        runner.experiment.test_ds, verbose=0, return_dict=True
-    )
+    trainer = runner.load(keys[-1], best["chosen_generation"])
+    test = trainer.evaluate(runner.experiment.test_ds, verbose=0, return_dict=True)
     weights, export = save_best_model(
-        classifier, runner.cache.weights_path(keys[-1]), workdir, config, runner.experiment.splits
+        trainer.classifier,
+        runner.cache.weights_path(keys[-1]),
+        workdir,
+        config,
+        runner.experiment.splits,
     )
     trained = runner.cache.trained()
     return {

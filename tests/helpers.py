@@ -56,6 +56,12 @@ def classifier_builder(shape, classes, precision="float32", depth=8):
     return build
 
 
+def every_generation(build):
+    """`LabelRefinery`'s `build_classifier(generation, seed)` from a `build(seed)`: one
+    architecture for every generation."""
+    return lambda generation, seed: build(seed)
+
+
 @contextlib.contextmanager
 def tensorboard_server(logdir):
     """TensorBoard's own server on a free port of 127.0.0.1, its data loaded once before it

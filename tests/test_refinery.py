@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import classifier_builder, random_images
+from helpers import classifier_builder, every_generation, random_images
 from krefinery.config import Config
 from krefinery.losses import entropy, refined_labels
 from krefinery.pipeline import eval_dataset, make_splits, onehot_table, training_dataset
@@ -51,7 +51,7 @@ def make_run(online=False, temperature=1.0, augment=None, precision="float32", j
     config = Config(epochs=EPOCHS, batch_size=BATCH, warmup_epochs=1, learning_rate=0.05)
     trainer.compile(make_optimizer(config, steps, precision), jit_compile=jit_compile)
     refinery = LabelRefinery(
-        labels, build, 2, temperature=temperature, seed=0,
+        labels, every_generation(build), 2, temperature=temperature, seed=0,
         jit_compile=jit_compile,
     )
     return splits, build, labels, train_ds, trainer, refinery, steps

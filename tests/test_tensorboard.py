@@ -280,7 +280,7 @@ def test_label_stats_on_hand_computed_labels():
 
 
 def test_online_relabel_reports_the_teachers_labels_of_unaugmented_images():
-    from helpers import classifier_builder, random_images
+    from helpers import classifier_builder, every_generation, random_images
     from krefinery.config import Config
     from krefinery.losses import refined_labels
     from krefinery.pipeline import onehot_table, training_dataset
@@ -295,7 +295,7 @@ def test_online_relabel_reports_the_teachers_labels_of_unaugmented_images():
     trainer.compile(make_optimizer(Config(epochs=1, warmup_epochs=0), math.ceil(splits.num_train / 16)))
     seen = []
     refinery = LabelRefinery(
-        labels, build, 3, temperature=3.0,
+        labels, every_generation(build), 3, temperature=3.0,
         on_relabel=lambda k, previous, refined: seen.append((k, previous, refined)),
     )
     for _ in range(2):
