@@ -57,6 +57,7 @@ _NOT_IN_KEY = frozenset(
         # Resolved values stand in for these (see `chain_keys`).
         "precision",
         "jit_compile",
+        "distribute",
     }
 )
 TRAINED_LOG = "trained.jsonl"

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from krefinery import distribute
 from krefinery.config import Config
 from krefinery.device import apply_determinism, resolve_runtime
 from krefinery.label_refinery import LabelRefinery
@@ -33,7 +34,8 @@ class Experiment:
 
     `runtime` is what the run resolved to here, as `results.json` records it:
     `precision` (the Keras dtype policy), `jit_compile` (whether Keras really compiled
-    with XLA: it turns XLA off under op determinism) and `deterministic`.
+    with XLA: it turns XLA off under op determinism), `deterministic`, `distribute`
+    (the strategy: none, mirrored, multi_worker or data_parallel) and `replicas`.
     """
 
     config: Config
@@ -92,8 +94,14 @@ class Experiment:
 def prepare_experiment(config: Config) -> Experiment:
     """Loads and splits the data and builds the pipelines and the trainer; trains nothing.
 
-    Bad input (dataset, folder) raises `UserError` here, before anything is written.
+    The trainer, its optimizer and its classifier are built under the `--distribute`
+    strategy's scope (`distribute.resolve`). The label table is not: it is a host
+    variable that the tf.data pipeline reads and relabelling writes, outside any replica.
+    Bad input (dataset, folder, devices) raises `UserError` here, before anything is written.
     """
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
+    replication = distribute.resolve(config.distribute)
+    replication.check_batch_size(config.batch_size)
     runtime = resolve_runtime(config.precision, config.jit_compile, config.deterministic)
     apply_determinism(runtime.deterministic)
     keras.utils.set_random_seed(config.seed)
@@ -110,24 +118,26 @@ def prepare_experiment(config: Config) -> Experiment:
             version=config.resnet_version,
             weight_decay=config.weight_decay,
             precision=precision,
+            synchronized_batch_norm=replication.synchronized_batch_norm,
         )
 
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
     augment = make_augment(splits.image_shape, splits.flip_safe) if config.augment else None
     online = config.relabel == "online"
-    trainer = Trainer(
-        build_classifier(config.seed),
-        teacher=build_classifier(config.seed) if online else None,
-        temperature=config.temperature,
-        alpha=config.alpha,
-    )
     steps = steps_per_epoch(splits.num_train, config.batch_size)
-    trainer.compile(
-        make_optimizer(config, steps, precision),
-        jit_compile=runtime.jit_compile,
-    )
-    # Built now, so that checkpoints can be loaded into it before the first step.
-    trainer(tf.zeros((1, *splits.image_shape), tf.uint8))
+    with replication.scope():
+        trainer = Trainer(
+            build_classifier(config.seed),
+            teacher=build_classifier(config.seed) if online else None,
+            temperature=config.temperature,
+            alpha=config.alpha,
+        )
+        trainer.compile(
+            make_optimizer(config, steps, precision),
+            jit_compile=runtime.jit_compile,
+        )
+        # Built now, so that checkpoints can be loaded into it before the first step.
+        trainer(tf.zeros((1, *splits.image_shape), tf.uint8))
     return Experiment(
         config=config,
         splits=splits,
@@ -142,6 +152,7 @@ def prepare_experiment(config: Config) -> Experiment:
             # Keras's own reading: XLA is off under op determinism, whatever was asked.
             "jit_compile": bool(trainer.jit_compile),
             "deterministic": runtime.deterministic,
+            **replication.runtime(),
         },
         steps_per_epoch=steps,
     )
