@@ -207,6 +207,11 @@ def main(argv: list[str]) -> None:
                 "--repeats and --control do not combine with --tune: run the study on the "
                 "configuration the search found (README, 'Is refinement helping?')."
             )
+        if config.distribute == "multi_worker" and (FLAGS.tune or config.repeats > 1 or config.control):
+            raise UserError(
+                "--distribute=multi_worker trains one chain (a plain run): drop --tune, "
+                "--repeats and --control, or use --distribute=mirrored on one machine."
+            )
         if config.repeats > 1 or config.control:
             from krefinery import study, study_report
 

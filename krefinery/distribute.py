@@ -38,6 +38,7 @@ import keras
 
 from krefinery.config import DISTRIBUTES, Config
 from krefinery.errors import UserError
+from krefinery.pipeline import INFERENCE_BATCH_SIZE
 
 TF_CONFIG = "TF_CONFIG"
 
@@ -50,6 +51,14 @@ class Replication:
     name: str
     replicas: int
     handle: Any = None  # A tf.distribute.Strategy or a keras.distribution.Distribution.
+
+    @property
+    def batch_multiple(self) -> int:
+        """What every training batch must be a multiple of (`pipeline.training_dataset`
+        cuts each epoch's last batch to one): JAX cannot split a batch over its devices
+        unevenly, and tf.distribute would hand a replica an empty share of a last
+        batch smaller than the replica count."""
+        return self.replicas
 
     @property
     def synchronized_batch_norm(self) -> bool:
@@ -66,6 +75,12 @@ class Replication:
         return contextlib.nullcontext()
 
     def check_batch_size(self, batch_size: int) -> None:
+        if self.name == "data_parallel" and batch_size == INFERENCE_BATCH_SIZE:
+            raise UserError(
+                f"--batch_size={batch_size} under --distribute=data_parallel is also the "
+                "evaluation batch, whose last part the devices may not share evenly: pass "
+                f"--batch_size={batch_size - self.replicas} or {batch_size + self.replicas}."
+            )
         if batch_size % self.replicas:
             lower = max(self.replicas, batch_size - batch_size % self.replicas)
             raise UserError(
@@ -74,12 +89,33 @@ class Replication:
                 f"{self.replicas}, e.g. --batch_size={lower}."
             )
 
+    def evaluation_batch(self, count: int) -> int:
+        """The batch size in which to `evaluate` a set of `count` examples.
+
+        Under tf.distribute, Keras reads an `evaluate`'s first batch to build the model
+        and averages it over the replicas, which fails unless they share it evenly; and
+        a last batch smaller than the replica count leaves a replica an empty share,
+        which fails too. Later batches may be uneven otherwise. So the batch is a
+        multiple of the replica count that leaves no such remainder, where the set is
+        large enough (2 replica counts) to allow one. Elsewhere: INFERENCE_BATCH_SIZE.
+        """
+        if self.name not in ("mirrored", "multi_worker") or self.replicas == 1:
+            return INFERENCE_BATCH_SIZE
+        size = min(INFERENCE_BATCH_SIZE, count)
+        size -= size % self.replicas
+        while size > self.replicas and 0 < count % size < self.replicas:
+            size -= self.replicas
+        return max(size, 1)
+
     def runtime(self) -> dict[str, Any]:
         """Its part of `results.json`'s "runtime" (and so of every chain key)."""
         return {"distribute": self.name, "replicas": self.replicas}
 
 
-def resolve(requested: str) -> Replication:
+ONE_DEVICE = Replication("none", 1)
+
+
+def resolve(requested: str, batch_size: int) -> Replication:
     """`--distribute` -> the strategy or distribution this run trains under.
 
     Call it once, before TensorFlow runs anything (MultiWorkerMirroredStrategy must be
@@ -94,7 +130,7 @@ def resolve(requested: str) -> Replication:
     if backend == "jax":
         keras.distribution.set_distribution(None)  # Until data_parallel sets one, below.
     if requested == "none":
-        return Replication("none", 1)
+        return ONE_DEVICE
     if requested in ("mirrored", "multi_worker") and backend != "tensorflow":
         other = " (--distribute=data_parallel)" if backend == "jax" else ""
         raise UserError(
@@ -120,20 +156,31 @@ def resolve(requested: str) -> Replication:
     import jax
 
     devices = jax.devices()
-    distribution = EvenDataParallel(devices=devices)
+    distribution = TrainingDataParallel(batch_size, devices=devices)
     keras.distribution.set_distribution(distribution)
     return Replication("data_parallel", len(devices), distribution)
 
 
-class EvenDataParallel(keras.distribution.DataParallel):
-    """`DataParallel` that replicates a batch its devices cannot share evenly (an
-    epoch's last one, the remainder of an evaluation set) instead of failing on it:
-    each device then runs that batch whole, which gives the same numbers."""
+class TrainingDataParallel(keras.distribution.DataParallel):
+    """`DataParallel` that splits training batches over the devices and hands every
+    device evaluation batches whole.
+
+    Keras fixes the layout of a `fit`, `evaluate` or `predict` from its first batch,
+    and JAX cannot split a batch unevenly. Training batches are made to fit (every
+    one a multiple of the device count, `Replication.batch_multiple`); evaluation
+    sets end in a remainder of any size, so their batches (of
+    `pipeline.INFERENCE_BATCH_SIZE`, never the training batch) are replicated: each
+    device evaluates them whole, which gives the same numbers as one device.
+    """
+
+    def __init__(self, batch_size: int, devices):
+        super().__init__(devices=devices)
+        self.batch_size = batch_size
 
     def get_data_layout(self, data_shape):
-        if data_shape and data_shape[0] is not None and data_shape[0] % self.num_model_replicas:
-            return keras.distribution.TensorLayout([None] * len(data_shape), self.device_mesh)
-        return super().get_data_layout(data_shape)
+        if data_shape and data_shape[0] == self.batch_size:
+            return super().get_data_layout(data_shape)
+        return keras.distribution.TensorLayout([None] * len(data_shape), self.device_mesh)
 
 
 def _auto(backend: str, tf_config: str | None) -> str:

@@ -48,6 +48,7 @@ class Experiment:
     build_classifier: Callable[[int], keras.Model]
     runtime: dict[str, Any]
     steps_per_epoch: int
+    replication: distribute.Replication = distribute.ONE_DEVICE
 
     def training_dataset(self, generation: int, initial_epoch: int = 0) -> tf.data.Dataset:
         """Generation `generation`'s batches from epoch `initial_epoch` on (0-based)."""
@@ -62,7 +63,14 @@ class Experiment:
             generation=generation,
             epochs=config.epochs,
             initial_epoch=initial_epoch,
+            multiple_of=self.replication.batch_multiple,
         )
+
+    def eval_dataset(self, examples: tf.data.Dataset) -> tf.data.Dataset:
+        """`examples` (of known size) in un-augmented batches for `trainer.evaluate`, of a
+        size the devices can evaluate (see `distribute.Replication.evaluation_batch`)."""
+        size = self.replication.evaluation_batch(int(examples.cardinality()))
+        return eval_dataset(examples, size)
 
     def reset_labels(self) -> None:
         """Ground truth back into the label table, for a chain's generation 1."""
@@ -100,7 +108,7 @@ def prepare_experiment(config: Config) -> Experiment:
     Bad input (dataset, folder, devices) raises `UserError` here, before anything is written.
     """
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
-    replication = distribute.resolve(config.distribute)
+    replication = distribute.resolve(config.distribute, config.batch_size)
     replication.check_batch_size(config.batch_size)
     runtime = resolve_runtime(config.precision, config.jit_compile, config.deterministic)
     apply_determinism(runtime.deterministic)
@@ -124,7 +132,7 @@ def prepare_experiment(config: Config) -> Experiment:
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
     augment = make_augment(splits.image_shape, splits.flip_safe) if config.augment else None
     online = config.relabel == "online"
-    steps = steps_per_epoch(splits.num_train, config.batch_size)
+    steps = steps_per_epoch(splits.num_train, config.batch_size, replication.batch_multiple)
     with replication.scope():
         trainer = Trainer(
             build_classifier(config.seed),
@@ -143,8 +151,8 @@ def prepare_experiment(config: Config) -> Experiment:
         splits=splits,
         labels=labels,
         augment=augment,
-        val_ds=eval_dataset(splits.val),
-        test_ds=eval_dataset(splits.test),
+        val_ds=eval_dataset(splits.val, replication.evaluation_batch(splits.num_val)),
+        test_ds=eval_dataset(splits.test, replication.evaluation_batch(splits.num_test)),
         trainer=trainer,
         build_classifier=build_classifier,
         runtime={
@@ -155,4 +163,5 @@ def prepare_experiment(config: Config) -> Experiment:
             **replication.runtime(),
         },
         steps_per_epoch=steps,
+        replication=replication,
     )

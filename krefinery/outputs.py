@@ -119,7 +119,7 @@ class RunOutputs:
         accuracy on the un-augmented training images."""
         fit = record.get(underfit.FIT_KEY)
         if fit is None:
-            train = eval_dataset(self.experiment.splits.train)
+            train = self.experiment.eval_dataset(self.experiment.splits.train)
             fit = float(
                 self.experiment.trainer.evaluate(train, verbose=0, return_dict=True)["accuracy"]
             )

@@ -14,7 +14,7 @@ import keras
 from keras import ops
 
 from krefinery.config import Config
-from krefinery.losses import entropy, refined_labels, soft_target_crossentropies
+from krefinery.losses import entropy, refined_labels, soft_target_crossentropy
 
 TRAIN_METRICS = ("loss", "accuracy", "label_agreement", "label_entropy")
 EVAL_METRICS = ("loss", "accuracy")
@@ -119,20 +119,27 @@ class Trainer(keras.Model):
         if y_pred is None:
             y_pred = self(x, training=training)
         labels = x["label"]
-        replicas = _ReplicaShare()
+        # tf.distribute sums the replicas' gradients: each returns its share of the loss,
+        # as Keras's own losses do (`keras.losses.Loss` divides by the replica count, and
+        # Keras's train step multiplies the `loss` it reports back by it). Every replica
+        # gets as many examples (`distribute.Replication.batch_multiple`), so the shares
+        # add up to the global batch's loss and its gradient to one device's.
+        replicas = replicas_in_sync()
         if not training:
             classes = ops.shape(y_pred)[-1]
-            return replicas.mean(soft_target_crossentropies(ops.one_hot(labels, classes), y_pred))
+            return soft_target_crossentropy(ops.one_hot(labels, classes), y_pred) / replicas
         if self._teaching:
             teacher_logits = self.teacher(x["image"], training=False)
             targets = refined_labels(teacher_logits, labels, self._temperature, self._alpha)
             targets = ops.stop_gradient(targets)
         else:
             targets = ops.cast(x["target"], "float32")
-        loss = replicas.mean(soft_target_crossentropies(targets, y_pred))
+        loss = soft_target_crossentropy(targets, y_pred)
         # Weight decay (the classifier's kernel regularisers) and any other added losses.
         for penalty in self.losses:
-            loss = loss + replicas.share(ops.cast(penalty, "float32"))
+            loss = loss + ops.cast(penalty, "float32")
+        if replicas > 1:
+            loss = loss / replicas
         agree = ops.argmax(targets, axis=-1) == ops.cast(labels, "int32")
         self.label_agreement.update_state(ops.cast(agree, "float32"))
         self.label_entropy.update_state(entropy(targets))
@@ -144,40 +151,15 @@ class Trainer(keras.Model):
         return {m.name: m.result() for m in self.metrics if m.name in names}
 
 
-class _ReplicaShare:
-    """What one replica's loss must be for the sum of the replicas' gradients, which
-    tf.distribute takes, to be the gradient of the global batch's loss.
+def replicas_in_sync() -> int:
+    """How many replicas run this step under tf.distribute, each on its share of the
+    global batch; 1 elsewhere (one device, or JAX's SPMD step over the global batch)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf  # Only here: this module stays importable without it.
 
-    Under tf.distribute each replica sees its slice of the global batch: its share of a
-    batch mean is `sum(its values) / global count`, exact even where an epoch's last
-    batch is split unevenly, and its share of a term every replica computes alike (the
-    weight-decay penalty) is `1 / replicas` of it. That is also the convention of
-    Keras's own losses (`keras.losses.Loss` divides by the replica count), which its
-    train step relies on when it multiplies the `loss` it reports back by that count.
-    Elsewhere (one device, or JAX's SPMD step over the global batch) the shares are the
-    plain mean and the term itself.
-    """
-
-    def __init__(self):
-        self._context = None
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf  # Only here: this module stays importable without it.
-
-            context = tf.distribute.get_replica_context()
-            if context is not None and context.num_replicas_in_sync > 1:
-                self._context = context
-
-    def mean(self, values):
-        if self._context is None:
-            return ops.mean(values)
-        count = ops.cast(ops.shape(values)[0], "float32")
-        total = self._context.all_reduce("sum", count)
-        return ops.sum(values) / ops.maximum(total, 1.0)
-
-    def share(self, value):
-        if self._context is None:
-            return value
-        return value / self._context.num_replicas_in_sync
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
 
 
 def make_optimizer(
