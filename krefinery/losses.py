@@ -35,13 +35,8 @@ def soft_target_crossentropy(targets: Tensor, logits: Tensor) -> Tensor:
     With one-hot targets this is the usual sparse cross-entropy; with soft targets it is
     the KL divergence to them up to a constant, which is what each generation minimises.
     """
-    return ops.mean(soft_target_crossentropies(targets, logits))
-
-
-def soft_target_crossentropies(targets: Tensor, logits: Tensor) -> Tensor:
-    """`soft_target_crossentropy` of each row, unreduced."""
     log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
-    return -ops.sum(ops.cast(targets, "float32") * log_probs, axis=-1)
+    return -ops.mean(ops.sum(ops.cast(targets, "float32") * log_probs, axis=-1))
 
 
 def entropy(probabilities: Tensor) -> Tensor:

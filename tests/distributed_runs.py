@@ -77,11 +77,10 @@ def main() -> None:
             "--warmup_epochs=0", "--verbose=0", "--precision=float32")
     if BACKEND == "tensorflow":
         report["none"] = chain("none", out, *tiny, "--distribute=none")
-        report[TWO] = chain(TWO, out, *tiny, f"--distribute={TWO}")
         # Interrupted in generation 2's second epoch, then resumed by the same command.
         faults.reached = interrupt_at
-        report["interrupted"] = chain("resumed", out, *tiny, f"--distribute={TWO}", env={faults.KILL_AT: "gen2.epoch2.batch1"})
-        report["resumed"] = chain("resumed", out, *tiny, f"--distribute={TWO}")
+        report["interrupted"] = chain(TWO, out, *tiny, f"--distribute={TWO}", env={faults.KILL_AT: "gen2.epoch2.batch1"})
+        report[TWO] = chain(TWO, out, *tiny, f"--distribute={TWO}")
         report["odd_batch"] = chain("odd_batch", out, *tiny, f"--distribute={TWO}", "--batch_size=15")
     else:
         online = (*tiny, "--relabel=online", "--epochs=1")
