@@ -10,13 +10,13 @@
 - `auto`: `multi_worker` if `TF_CONFIG` is set, else several accelerators (GPUs, TPUs)
   give `mirrored` on TensorFlow and `data_parallel` on JAX; anything else is `none`.
 
-`--batch_size` is the global batch: each replica gets `batch_size / replicas` examples.
-Under `mirrored` and `multi_worker` batch normalization is synchronized across replicas
-(Keras's `synchronized=True`), and `Trainer.compute_loss` returns each replica's share
-of the global batch mean, so a step computes what the same step on one device computes,
-up to the order of float sums; under `data_parallel` that holds by construction.
-An epoch's last, smaller batch is shared unevenly under `mirrored` (still exact), and
-under `data_parallel`, if the devices cannot share it evenly, every device runs it whole.
+`--batch_size` is the global batch: each replica gets `batch_size / replicas` examples,
+and each epoch's last, smaller batch is cut to a multiple of the replica count
+(`Replication.batch_multiple`). Under `mirrored` and `multi_worker` batch normalization
+is synchronized across replicas (Keras's `synchronized=True`) and `Trainer.compute_loss`
+returns each replica's share of the loss, so a step computes what one device computes
+on the same batch, up to the order of float sums; under `data_parallel` that holds by
+construction (measured in tests/test_distribute.py).
 
 Multi-worker runs: the chief (`TF_CONFIG` task `chief`, or `worker` 0 where there is no
 chief) writes the work directory and the export; every other worker writes the same
@@ -132,10 +132,10 @@ def resolve(requested: str, batch_size: int) -> Replication:
     if requested == "none":
         return ONE_DEVICE
     if requested in ("mirrored", "multi_worker") and backend != "tensorflow":
-        other = " (--distribute=data_parallel)" if backend == "jax" else ""
+        alternative = "JAX's --distribute=data_parallel" if backend == "jax" else "--distribute=none"
         raise UserError(
             f"--distribute={requested} is TensorFlow's tf.distribute, but KERAS_BACKEND={backend}: "
-            f"use KERAS_BACKEND=tensorflow, or this backend's own{other or ' single device (--distribute=none)'}."
+            f"use KERAS_BACKEND=tensorflow, or {alternative}."
         )
     if requested == "data_parallel" and backend != "jax":
         alternative = "--distribute=mirrored" if backend == "tensorflow" else "--distribute=none"

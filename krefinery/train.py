@@ -127,7 +127,8 @@ class Trainer(keras.Model):
         replicas = replicas_in_sync()
         if not training:
             classes = ops.shape(y_pred)[-1]
-            return soft_target_crossentropy(ops.one_hot(labels, classes), y_pred) / replicas
+            loss = soft_target_crossentropy(ops.one_hot(labels, classes), y_pred)
+            return loss / replicas if replicas > 1 else loss
         if self._teaching:
             teacher_logits = self.teacher(x["image"], training=False)
             targets = refined_labels(teacher_logits, labels, self._temperature, self._alpha)
