@@ -95,7 +95,8 @@ flags.DEFINE_enum(
     DISTRIBUTES,
     "Devices to train on: none (one), mirrored (TensorFlow, this machine's GPUs), "
     "multi_worker (TensorFlow, the machines TF_CONFIG names), data_parallel (JAX's "
-    "devices); auto: multi_worker if TF_CONFIG is set, else all accelerators if several. "
+    "devices); auto: multi_worker if TF_CONFIG is set (refused for now: Keras 3 fails "
+    "under it), else all accelerators if several. "
     "--batch_size is the global batch.",
 )
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for splits, shuffling, augmentation, weights.")

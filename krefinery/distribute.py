@@ -22,7 +22,9 @@ Multi-worker runs: the chief (`TF_CONFIG` task `chief`, or `worker` 0 where ther
 chief) writes the work directory and the export; every other worker writes the same
 files to a scratch folder of its own (`worker_config`), which is its to discard. Every
 worker must start from the same state, so a multi-worker run is not resumed from the
-chief's checkpoints: rerun it with a fresh `--workdir`.
+chief's checkpoints: rerun it with a fresh `--workdir`. For now `multi_worker` is
+refused after `TF_CONFIG` is checked: Keras 3's `fit` fails under the strategy (see
+`_multi_worker`).
 """
 
 from __future__ import annotations
@@ -245,15 +247,25 @@ def worker_config(config: Config) -> Config:
     if config.distribute == "auto" and keras.backend.backend() != "tensorflow":
         return config
     task = cluster()["task"]
-    scratch = tempfile.mkdtemp(prefix=f"krefinery-{task['type']}{task['index']}-")
+    # Named, not made: nothing is written before the run's own checks pass.
+    scratch = os.path.join(
+        tempfile.gettempdir(), f"krefinery-{task['type']}{task['index']}-{os.getpid()}"
+    )
     return dataclasses.replace(
         config, workdir=os.path.join(scratch, "run"), export_dir=os.path.join(scratch, "models")
     )
 
 
 def _multi_worker(tf_config: str | None) -> Replication:
+    """Refused for now, after `TF_CONFIG` is checked: Keras 3's `fit` fails under
+    MultiWorkerMirroredStrategy before the first step (keras-team/keras#20585), for
+    dict batches like ours too (#20329): it averages the first batch across workers
+    to build the model, and the strategy's reduce takes no nested values. Seen here
+    with Keras 3.15 and two workers on localhost. The rest is in place: the strategy
+    is made first, the chief writes, the others' folders are scratch."""
     cluster(tf_config)
-    import tensorflow as tf
-
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    return Replication("multi_worker", strategy.num_replicas_in_sync, strategy)
+    raise UserError(
+        "--distribute=multi_worker does not train with Keras 3 yet: its fit fails under "
+        "MultiWorkerMirroredStrategy (keras-team/keras#20585, #20329). Train on one "
+        "machine's devices with --distribute=mirrored."
+    )

@@ -157,6 +157,7 @@ CLUSTER = {"worker": ["localhost:12345", "localhost:23456"]}
 
 
 def test_a_device_choice_this_backend_or_cluster_cannot_honour_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # Where a worker's scratch would go.
     workdir = tmp_path / "run"
     line = exit_line(capsys, "--distribute=data_parallel", f"--workdir={workdir}")
     assert line.startswith("error: --distribute=data_parallel is keras.distribution.DataParallel")
@@ -171,7 +172,15 @@ def test_a_device_choice_this_backend_or_cluster_cannot_honour_is_one_line(tmp_p
     assert exit_line(capsys, "--distribute=multi_worker", "--repeats=2", f"--workdir={workdir}").startswith(
         "error: --distribute=multi_worker trains one chain"
     )
+    # A valid cluster, on every worker (and by `auto`, which TF_CONFIG makes multi_worker):
+    # refused until Keras's fit runs under MultiWorkerMirroredStrategy.
+    for index in (0, 1):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": index}}))
+        assert exit_line(capsys, f"--workdir={workdir}").startswith(
+            "error: --distribute=multi_worker does not train with Keras 3 yet"
+        )
     assert not workdir.exists()
+    assert not list(tmp_path.glob("krefinery-worker*"))
 
 
 def test_only_the_chief_writes_the_run_and_its_export(tmp_path, monkeypatch):
