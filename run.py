@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
-from krefinery.config import LR_SCHEDULES, PRECISIONS, RELABEL_MODES, Config  # noqa: E402
+from krefinery.config import DISTRIBUTES, LR_SCHEDULES, PRECISIONS, RELABEL_MODES, Config  # noqa: E402
 from krefinery.errors import Diverged, DiskFull, UserError  # noqa: E402
 from krefinery.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
 
@@ -97,6 +97,16 @@ flags.DEFINE_bool(
     _DEFAULTS.deterministic,
     "TensorFlow op determinism: the same run gives the same weights. Unset: on, unless "
     "--jit_compile is given (Keras allows one or the other).",
+)
+flags.DEFINE_enum(
+    "distribute",
+    _DEFAULTS.distribute,
+    DISTRIBUTES,
+    "Devices to train on: none (one), mirrored (TensorFlow, this machine's GPUs), "
+    "multi_worker (TensorFlow, the machines TF_CONFIG names), data_parallel (JAX's "
+    "devices); auto: multi_worker if TF_CONFIG is set (refused for now: Keras 3 fails "
+    "under it), else all accelerators if several. "
+    "--batch_size is the global batch.",
 )
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for splits, shuffling, augmentation, weights.")
 flags.DEFINE_integer("split_seed", _DEFAULTS.split_seed, "Seed for the splits alone (default: --seed).")
@@ -206,6 +216,11 @@ def main(argv: list[str]) -> None:
             raise UserError(
                 "--repeats and --control do not combine with --tune: run the study on the "
                 "configuration the search found (README, 'Is refinement helping?')."
+            )
+        if config.distribute == "multi_worker" and (FLAGS.tune or config.repeats > 1 or config.control):
+            raise UserError(
+                "--distribute=multi_worker trains one chain (a plain run): drop --tune, "
+                "--repeats and --control, or use --distribute=mirrored on one machine."
             )
         if config.repeats > 1 or config.control:
             from krefinery import study, study_report

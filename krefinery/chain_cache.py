@@ -57,8 +57,11 @@ _NOT_IN_KEY = frozenset(
         # Resolved values stand in for these (see `chain_keys`).
         "precision",
         "jit_compile",
+        "distribute",
     }
 )
+# The runtime entries of one device, left out of keys (see `chain_keys`).
+ONE_DEVICE_RUNTIME = (("distribute", "none"), ("replicas", 1))
 TRAINED_LOG = "trained.jsonl"
 # 2: per-epoch stateless data streams; resolved precision, XLA and determinism in the key.
 FORMAT = 2
@@ -90,7 +93,9 @@ def chain_keys(
         base.pop(name, None)
     if config.architecture(1) != config.architecture(2):
         base["refinery"] = config.architecture(1).to_dict()
-    root = {"format": FORMAT, "config": base, "runtime": dict(runtime), "generation": 1}
+    # One device is what every run before --distribute trained on: its keys stay valid.
+    runtime = {k: v for k, v in runtime.items() if (k, v) not in ONE_DEVICE_RUNTIME}
+    root = {"format": FORMAT, "config": base, "runtime": runtime, "generation": 1}
     keys = [_digest(root)]
     for generation in range(2, generations + 1):
         keys.append(

@@ -13,6 +13,7 @@ RELABEL_MODES = ("offline", "online")
 LR_SCHEDULES = ("cosine", "step")
 RESNET_VERSIONS = (1, 2)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+DISTRIBUTES = ("auto", "none", "mirrored", "multi_worker", "data_parallel")
 # An export name is one folder beside others that a server watches: no path, not hidden.
 EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 IMAGE_SIZE = re.compile(r"([0-9]+)x([0-9]+)")
@@ -93,6 +94,8 @@ class Config:
     precision: str = "auto"
     jit_compile: bool | None = None
     deterministic: bool | None = None
+    # Devices: `auto` is several accelerators' strategy, or one device (see krefinery.distribute).
+    distribute: str = "auto"
     # Bookkeeping.
     seed: int = 0
     # None: the splits come from `seed` too. A study sets it so that repeats, each with
@@ -216,6 +219,10 @@ class Config:
             "--jit_compile and --deterministic cannot both be on: Keras turns XLA off under "
             "TensorFlow's op determinism. Pass --nodeterministic to train with XLA, or "
             "--nojit_compile to keep runs reproducible.",
+        )
+        _require(
+            self.distribute in DISTRIBUTES,
+            f"--distribute={self.distribute} must be one of {', '.join(DISTRIBUTES)}.",
         )
         _require(bool(self.export_dir.strip()), "--export_dir is empty; the default is saved_models.")
         _require(

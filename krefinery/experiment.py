@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from krefinery import distribute
 from krefinery.config import Architecture, Config
 from krefinery.device import apply_determinism, resolve_runtime
 from krefinery.label_refinery import LabelRefinery
@@ -42,7 +43,8 @@ class Experiment:
 
     `runtime` is what the run resolved to here, as `results.json` records it:
     `precision` (the Keras dtype policy), `jit_compile` (whether Keras really compiled
-    with XLA: it turns XLA off under op determinism) and `deterministic`.
+    with XLA: it turns XLA off under op determinism), `deterministic`, `distribute`
+    (the strategy: none, mirrored, multi_worker or data_parallel) and `replicas`.
     """
 
     config: Config
@@ -55,6 +57,7 @@ class Experiment:
     build_classifier: Callable[[int, int], keras.Model]
     runtime: dict[str, Any]
     steps_per_epoch: int
+    replication: distribute.Replication = distribute.ONE_DEVICE
 
     def trainer_for(self, generation: int) -> Trainer:
         """The trainer that fits generation `generation`."""
@@ -86,7 +89,14 @@ class Experiment:
             generation=generation,
             epochs=config.epochs,
             initial_epoch=initial_epoch,
+            multiple_of=self.replication.batch_multiple,
         )
+
+    def eval_dataset(self, examples: tf.data.Dataset) -> tf.data.Dataset:
+        """`examples` (of known size) in un-augmented batches for `trainer.evaluate`, of a
+        size the devices can evaluate (see `distribute.Replication.evaluation_batch`)."""
+        size = self.replication.evaluation_batch(int(examples.cardinality()))
+        return eval_dataset(examples, size)
 
     def reset_labels(self) -> None:
         """Ground truth back into the label table, for a chain's generation 1."""
@@ -130,8 +140,14 @@ def trainer_shape(config: Config, generation: int) -> TrainerShape:
 def prepare_experiment(config: Config) -> Experiment:
     """Loads and splits the data and builds the pipelines and the trainers; trains nothing.
 
-    Bad input (dataset, folder) raises `UserError` here, before anything is written.
+    The trainer, its optimizer and its classifier are built under the `--distribute`
+    strategy's scope (`distribute.resolve`). The label table is not: it is a host
+    variable that the tf.data pipeline reads and relabelling writes, outside any replica.
+    Bad input (dataset, folder, devices) raises `UserError` here, before anything is written.
     """
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
+    replication = distribute.resolve(config.distribute, config.batch_size)
+    replication.check_batch_size(config.batch_size)
     runtime = resolve_runtime(config.precision, config.jit_compile, config.deterministic)
     apply_determinism(runtime.deterministic)
     keras.utils.set_random_seed(config.seed)
@@ -148,6 +164,7 @@ def prepare_experiment(config: Config) -> Experiment:
             version=architecture.version,
             weight_decay=config.weight_decay,
             precision=precision,
+            synchronized_batch_norm=replication.synchronized_batch_norm,
         )
 
     def build_classifier(generation: int, seed: int) -> keras.Model:
@@ -172,19 +189,20 @@ def prepare_experiment(config: Config) -> Experiment:
 
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
     augment = make_augment(splits.image_shape, splits.flip_safe) if config.augment else None
-    steps = steps_per_epoch(splits.num_train, config.batch_size)
+    steps = steps_per_epoch(splits.num_train, config.batch_size, replication.batch_multiple)
     # Generations 1, 2 and 3 have every shape there is (3 and on are alike): built
     # whatever the chain's length, as a search runs chains of many lengths.
     shapes = dict.fromkeys(trainer_shape(config, generation) for generation in (1, 2, 3))
-    trainers = {shape: make_trainer(shape) for shape in shapes}
+    with replication.scope():
+        trainers = {shape: make_trainer(shape) for shape in shapes}
     first = trainers[trainer_shape(config, 1)]
     return Experiment(
         config=config,
         splits=splits,
         labels=labels,
         augment=augment,
-        val_ds=eval_dataset(splits.val),
-        test_ds=eval_dataset(splits.test),
+        val_ds=eval_dataset(splits.val, replication.evaluation_batch(splits.num_val)),
+        test_ds=eval_dataset(splits.test, replication.evaluation_batch(splits.num_test)),
         trainers=trainers,
         build_classifier=build_classifier,
         runtime={
@@ -192,6 +210,8 @@ def prepare_experiment(config: Config) -> Experiment:
             # Keras's own reading: XLA is off under op determinism, whatever was asked.
             "jit_compile": bool(first.jit_compile),
             "deterministic": runtime.deterministic,
+            **replication.runtime(),
         },
         steps_per_epoch=steps,
+        replication=replication,
     )

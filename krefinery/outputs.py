@@ -121,7 +121,7 @@ class RunOutputs:
         un-augmented training images of the weights `trainer` holds (the record's)."""
         fit = record.get(underfit.FIT_KEY)
         if fit is None:
-            train = eval_dataset(self.experiment.splits.train)
+            train = self.experiment.eval_dataset(self.experiment.splits.train)
             fit = float(trainer.evaluate(train, verbose=0, return_dict=True)["accuracy"])
         disagreement = record.get(underfit.DISAGREEMENT_KEY)
         return {underfit.FIT_KEY: fit, underfit.DISAGREEMENT_KEY: disagreement}

@@ -9,7 +9,6 @@ image and its label, and relabelling is a write to the table, not a new pipeline
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -254,8 +253,11 @@ def make_augment(image_shape: tuple[int, int, int], flip: bool) -> Callable:
     return augment
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    return math.ceil(num_examples / batch_size)
+def steps_per_epoch(num_examples: int, batch_size: int, multiple_of: int = 1) -> int:
+    """Batches per epoch; with `multiple_of` (see `training_dataset`), a last batch of
+    fewer examples than that is left out."""
+    full, rest = divmod(num_examples, batch_size)
+    return full + (1 if rest >= multiple_of else 0)
 
 
 def training_dataset(
@@ -268,6 +270,7 @@ def training_dataset(
     generation: int = 1,
     epochs: int = 1,
     initial_epoch: int = 0,
+    multiple_of: int = 1,
 ) -> tf.data.Dataset:
     """Epochs `initial_epoch..epochs-1` of a generation, as one stream of shuffled,
     augmented batches `{"id", "image", "label", "target"}`; pass `steps_per_epoch` to `fit`.
@@ -279,13 +282,16 @@ def training_dataset(
     `labels` by id as each batch is made, so writing new labels into the table
     relabels every later batch. Up to `shuffle_buffer` (50k) examples are shuffled
     fully; larger sets are cut into blocks of that size, shuffled within each block,
-    and the blocks come in a random order.
+    and the blocks come in a random order. With `multiple_of` (the replica count, when
+    several devices share each batch evenly), each epoch's last batch is cut to a
+    multiple of it: up to `multiple_of - 1` images, a different few each epoch,
+    sit that epoch out.
     """
     num_examples = int(train.cardinality())
     if num_examples < 0:
         raise ValueError("training_dataset needs a dataset of known size (see `cached`).")
     block = max(1, min(shuffle_buffer, MAX_SHUFFLE_BUFFER, num_examples))
-    steps = steps_per_epoch(num_examples, batch_size)
+    steps = steps_per_epoch(num_examples, batch_size, multiple_of)
     base = tf.constant([seed, generation], tf.int64)
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
@@ -302,6 +308,9 @@ def training_dataset(
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
+        if multiple_of > 1:
+            batches = batches.map(lambda batch: _cut(batch, multiple_of))
+            batches = batches.filter(lambda batch: tf.shape(batch["id"])[0] > 0)
         return batches
 
     dataset = tf.data.Dataset.range(initial_epoch, epochs).flat_map(epoch_batches)
@@ -310,6 +319,13 @@ def training_dataset(
         tf.data.experimental.assert_cardinality(max(0, epochs - initial_epoch) * steps)
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _cut(batch: Example, multiple_of: int) -> Example:
+    """The batch's first examples, as many as the largest multiple of `multiple_of`."""
+    count = tf.shape(batch["id"])[0]
+    keep = count - count % multiple_of
+    return {name: value[:keep] for name, value in batch.items()}
 
 
 def _shuffled(

@@ -87,16 +87,18 @@ def check_workdir(config: Config) -> Path | None:
 
 
 def check_runtime(workdir: Path, runtime: Mapping[str, Any]) -> None:
-    """A run resumes only with the precision, XLA and determinism it was trained with."""
+    """A run resumes only with the precision, XLA, determinism and replicas it was trained with."""
     stored = _read_record(workdir / SETTINGS)
     if stored is None:
         return
-    changed = differences(stored.get("runtime", {}), dict(runtime))
+    # A run from before --distribute existed trained on one device.
+    trained = {"distribute": "none", "replicas": 1, **stored.get("runtime", {})}
+    changed = differences(trained, dict(runtime))
     if changed:
         raise UserError(
             f"--workdir={workdir} holds a run trained with other numerics than this machine "
-            "resolves to (" + "; ".join(changed) + "); pass --precision and "
-            "--[no]jit_compile as the run had them to resume it here, or choose another --workdir."
+            "resolves to (" + "; ".join(changed) + "); pass --precision, --[no]jit_compile "
+            "and --distribute as the run had them to resume it here, or choose another --workdir."
         )
 
 

@@ -28,6 +28,7 @@ def build_resnet(
     weight_decay: float = 1e-4,
     name: str | None = None,
     precision: str = "float32",
+    synchronized_batch_norm: bool = False,
 ) -> keras.Model:
     """Builds a logits-producing ResNet-`depth` for `input_shape` images.
 
@@ -36,7 +37,9 @@ def build_resnet(
     `grad + weight_decay * w`. `precision` is a Keras dtype policy name
     (`mixed_bfloat16`: bfloat16 compute, float32 weights); it is set per layer rather
     than globally, so models of different precisions can live in one process. The
-    logits are always float32.
+    logits are always float32. `synchronized_batch_norm` (TensorFlow, under a
+    tf.distribute strategy) gathers batch statistics across replicas, as one device
+    computes them over the whole batch.
     """
     blocks = check_depth(depth)
     height, width_px, channels = input_shape
@@ -65,7 +68,9 @@ def build_resnet(
         )
 
     def bn() -> layers.BatchNormalization:
-        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
+        return layers.BatchNormalization(
+            momentum=0.9, epsilon=1e-5, dtype=policy, synchronized=synchronized_batch_norm
+        )
 
     def block_v1(x, filters: int, stride: int):
         shortcut = x

@@ -119,9 +119,16 @@ class Trainer(keras.Model):
         if y_pred is None:
             y_pred = self(x, training=training)
         labels = x["label"]
+        # tf.distribute sums the replicas' gradients: each returns its share of the loss,
+        # as Keras's own losses do (`keras.losses.Loss` divides by the replica count, and
+        # Keras's train step multiplies the `loss` it reports back by it). Every replica
+        # gets as many examples (`distribute.Replication.batch_multiple`), so the shares
+        # add up to the global batch's loss and its gradient to one device's.
+        replicas = replicas_in_sync()
         if not training:
             classes = ops.shape(y_pred)[-1]
-            return soft_target_crossentropy(ops.one_hot(labels, classes), y_pred)
+            loss = soft_target_crossentropy(ops.one_hot(labels, classes), y_pred)
+            return loss / replicas if replicas > 1 else loss
         if self._teaching:
             teacher_logits = self.teacher(x["image"], training=False)
             targets = refined_labels(teacher_logits, labels, self._temperature, self._alpha)
@@ -132,6 +139,8 @@ class Trainer(keras.Model):
         # Weight decay (the classifier's kernel regularisers) and any other added losses.
         for penalty in self.losses:
             loss = loss + ops.cast(penalty, "float32")
+        if replicas > 1:
+            loss = loss / replicas
         agree = ops.argmax(targets, axis=-1) == ops.cast(labels, "int32")
         self.label_agreement.update_state(ops.cast(agree, "float32"))
         self.label_entropy.update_state(entropy(targets))
@@ -141,6 +150,17 @@ class Trainer(keras.Model):
         self.accuracy.update_state(x["label"], y_pred)
         names = TRAIN_METRICS if self._step_trains else EVAL_METRICS
         return {m.name: m.result() for m in self.metrics if m.name in names}
+
+
+def replicas_in_sync() -> int:
+    """How many replicas run this step under tf.distribute, each on its share of the
+    global batch; 1 elsewhere (one device, or JAX's SPMD step over the global batch)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf  # Only here: this module stays importable without it.
+
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
 
 
 def make_optimizer(

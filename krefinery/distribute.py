@@ -1,0 +1,271 @@
+"""Training on several devices: `--distribute` resolved once per run, and what it implies.
+
+- `none`: one device, as Keras picks it.
+- `mirrored` (TensorFlow): `tf.distribute.MirroredStrategy` over this machine's GPUs
+  (or, with none, its logical CPUs): one replica per device, gradients summed across them.
+- `multi_worker` (TensorFlow): `tf.distribute.MultiWorkerMirroredStrategy` over the
+  machines that `TF_CONFIG` names; every worker runs the same command.
+- `data_parallel` (JAX): `keras.distribution.DataParallel` over JAX's devices; the step
+  is one SPMD program over the global batch.
+- `auto`: `multi_worker` if `TF_CONFIG` is set, else several accelerators (GPUs, TPUs)
+  give `mirrored` on TensorFlow and `data_parallel` on JAX; anything else is `none`.
+
+`--batch_size` is the global batch: each replica gets `batch_size / replicas` examples,
+and each epoch's last, smaller batch is cut to a multiple of the replica count
+(`Replication.batch_multiple`). Under `mirrored` and `multi_worker` batch normalization
+is synchronized across replicas (Keras's `synchronized=True`) and `Trainer.compute_loss`
+returns each replica's share of the loss, so a step computes what one device computes
+on the same batch, up to the order of float sums; under `data_parallel` that holds by
+construction (measured in tests/test_distribute.py).
+
+Multi-worker runs: the chief (`TF_CONFIG` task `chief`, or `worker` 0 where there is no
+chief) writes the work directory and the export; every other worker writes the same
+files to a scratch folder of its own (`worker_config`), which is its to discard. Every
+worker must start from the same state, so a multi-worker run is not resumed from the
+chief's checkpoints: rerun it with a fresh `--workdir`. For now `multi_worker` is
+refused after `TF_CONFIG` is checked: Keras 3's `fit` fails under the strategy (see
+`_multi_worker`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any, ContextManager
+
+import keras
+
+from krefinery.config import DISTRIBUTES, Config
+from krefinery.errors import UserError
+from krefinery.pipeline import INFERENCE_BATCH_SIZE
+
+TF_CONFIG = "TF_CONFIG"
+
+
+@dataclasses.dataclass(frozen=True)
+class Replication:
+    """What `--distribute` resolved to here: `name` (never `auto`), the number of
+    `replicas` that share each global batch, and the strategy or distribution itself."""
+
+    name: str
+    replicas: int
+    handle: Any = None  # A tf.distribute.Strategy or a keras.distribution.Distribution.
+
+    @property
+    def batch_multiple(self) -> int:
+        """What every training batch must be a multiple of (`pipeline.training_dataset`
+        cuts each epoch's last batch to one): JAX cannot split a batch over its devices
+        unevenly, and tf.distribute would hand a replica an empty share of a last
+        batch smaller than the replica count."""
+        return self.replicas
+
+    @property
+    def synchronized_batch_norm(self) -> bool:
+        """Whether batch normalization must gather its statistics across replicas (it
+        does by construction under JAX's SPMD step)."""
+        return self.name in ("mirrored", "multi_worker") and self.replicas > 1
+
+    def scope(self) -> ContextManager:
+        """Where the trainer, its optimizer and anything they train must be built. (On
+        JAX, `resolve` made the distribution Keras's global one: it must also be in
+        force where they run, in `fit`, `evaluate` and `predict_on_batch`.)"""
+        if self.name in ("mirrored", "multi_worker"):
+            return self.handle.scope()
+        return contextlib.nullcontext()
+
+    def check_batch_size(self, batch_size: int) -> None:
+        if self.name == "data_parallel" and batch_size == INFERENCE_BATCH_SIZE:
+            raise UserError(
+                f"--batch_size={batch_size} under --distribute=data_parallel is also the "
+                "evaluation batch, whose last part the devices may not share evenly: pass "
+                f"--batch_size={batch_size - self.replicas} or {batch_size + self.replicas}."
+            )
+        if batch_size % self.replicas:
+            lower = max(self.replicas, batch_size - batch_size % self.replicas)
+            raise UserError(
+                f"--batch_size={batch_size} is the global batch, which the {self.replicas} "
+                f"replicas of --distribute={self.name} must share evenly: pass a multiple of "
+                f"{self.replicas}, e.g. --batch_size={lower}."
+            )
+
+    def evaluation_batch(self, count: int) -> int:
+        """The batch size in which to `evaluate` a set of `count` examples.
+
+        Under tf.distribute, Keras reads an `evaluate`'s first batch to build the model
+        and averages it over the replicas, which fails unless they share it evenly; and
+        a last batch smaller than the replica count leaves a replica an empty share,
+        which fails too. Later batches may be uneven otherwise. So the batch is a
+        multiple of the replica count that leaves no such remainder, where the set is
+        large enough (2 replica counts) to allow one. Elsewhere: INFERENCE_BATCH_SIZE.
+        """
+        if self.name not in ("mirrored", "multi_worker") or self.replicas == 1:
+            return INFERENCE_BATCH_SIZE
+        size = min(INFERENCE_BATCH_SIZE, count)
+        size -= size % self.replicas
+        while size > self.replicas and 0 < count % size < self.replicas:
+            size -= self.replicas
+        return max(size, 1)
+
+    def runtime(self) -> dict[str, Any]:
+        """Its part of `results.json`'s "runtime" (and so of every chain key)."""
+        return {"distribute": self.name, "replicas": self.replicas}
+
+
+ONE_DEVICE = Replication("none", 1)
+
+
+def resolve(requested: str, batch_size: int) -> Replication:
+    """`--distribute` -> the strategy or distribution this run trains under.
+
+    Call it once, before TensorFlow runs anything (MultiWorkerMirroredStrategy must be
+    made first). A choice this backend or machine cannot honour is a `UserError`.
+    """
+    if requested not in DISTRIBUTES:
+        raise UserError(f"--distribute={requested} must be one of {', '.join(DISTRIBUTES)}.")
+    backend = keras.backend.backend()
+    tf_config = os.environ.get(TF_CONFIG)
+    if requested == "auto":
+        requested = _auto(backend, tf_config)
+    if backend == "jax":
+        keras.distribution.set_distribution(None)  # Until data_parallel sets one, below.
+    if requested == "none":
+        return ONE_DEVICE
+    if requested in ("mirrored", "multi_worker") and backend != "tensorflow":
+        alternative = "JAX's --distribute=data_parallel" if backend == "jax" else "--distribute=none"
+        raise UserError(
+            f"--distribute={requested} is TensorFlow's tf.distribute, but KERAS_BACKEND={backend}: "
+            f"use KERAS_BACKEND=tensorflow, or {alternative}."
+        )
+    if requested == "data_parallel" and backend != "jax":
+        alternative = "--distribute=mirrored" if backend == "tensorflow" else "--distribute=none"
+        raise UserError(
+            f"--distribute=data_parallel is keras.distribution.DataParallel, which runs on "
+            f"KERAS_BACKEND=jax only (here: {backend}); use {alternative}."
+        )
+    if requested == "multi_worker":
+        return _multi_worker(tf_config)
+    if requested == "mirrored":
+        import tensorflow as tf
+
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+        if not devices:
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(devices)
+        return Replication("mirrored", strategy.num_replicas_in_sync, strategy)
+    import jax
+
+    devices = jax.devices()
+    distribution = TrainingDataParallel(batch_size, devices=devices)
+    keras.distribution.set_distribution(distribution)
+    return Replication("data_parallel", len(devices), distribution)
+
+
+class TrainingDataParallel(keras.distribution.DataParallel):
+    """`DataParallel` that splits training batches over the devices and hands every
+    device evaluation batches whole.
+
+    Keras fixes the layout of a `fit`, `evaluate` or `predict` from its first batch,
+    and JAX cannot split a batch unevenly. Training batches are made to fit (every
+    one a multiple of the device count, `Replication.batch_multiple`); evaluation
+    sets end in a remainder of any size, so their batches (of
+    `pipeline.INFERENCE_BATCH_SIZE`, never the training batch) are replicated: each
+    device evaluates them whole, which gives the same numbers as one device.
+    """
+
+    def __init__(self, batch_size: int, devices):
+        super().__init__(devices=devices)
+        self.batch_size = batch_size
+
+    def get_data_layout(self, data_shape):
+        if data_shape and data_shape[0] == self.batch_size:
+            return super().get_data_layout(data_shape)
+        return keras.distribution.TensorLayout([None] * len(data_shape), self.device_mesh)
+
+
+def _auto(backend: str, tf_config: str | None) -> str:
+    if tf_config and backend == "tensorflow":
+        return "multi_worker"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "none"
+    if backend == "jax":
+        import jax
+
+        accelerators = [d for d in jax.devices() if d.platform != "cpu"]
+        return "data_parallel" if len(accelerators) > 1 else "none"
+    return "none"
+
+
+def cluster(tf_config: str | None = None) -> dict[str, Any]:
+    """`TF_CONFIG` read and checked: `{"cluster": {...}, "task": {"type", "index"}}`."""
+    text = os.environ.get(TF_CONFIG) if tf_config is None else tf_config
+    if not text:
+        raise UserError(
+            "--distribute=multi_worker needs TF_CONFIG, the JSON that names every worker and "
+            'this one\'s task, e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", '
+            '"host2:12345"]}, "task": {"type": "worker", "index": 0}}\'.'
+        )
+    try:
+        parsed = json.loads(text)
+        workers = parsed["cluster"]
+        task = parsed["task"]
+        task_type, index = task["type"], int(task["index"])
+        hosts = workers[task_type]
+        valid = isinstance(hosts, list) and 0 <= index < len(hosts)
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise UserError(
+            "TF_CONFIG is not valid: it must be JSON with a \"cluster\" of task types to "
+            "host:port lists and a \"task\" {\"type\", \"index\"} naming one of them."
+        )
+    return parsed
+
+
+def is_chief(tf_config: str | None = None) -> bool:
+    """Whether this process writes the run's outputs: always, unless `TF_CONFIG` names
+    it a worker other than the chief (the `chief` task, else `worker` 0)."""
+    text = os.environ.get(TF_CONFIG) if tf_config is None else tf_config
+    if not text:
+        return True
+    parsed = cluster(text)
+    task_type, index = parsed["task"]["type"], int(parsed["task"]["index"])
+    if "chief" in parsed["cluster"]:
+        return task_type == "chief"
+    return task_type == "worker" and index == 0
+
+
+def worker_config(config: Config) -> Config:
+    """`config` for this worker of a multi-worker run: a non-chief worker's work
+    directory and export go to a scratch folder of its own, so only the chief's land."""
+    if config.distribute not in ("auto", "multi_worker") or is_chief():
+        return config
+    if config.distribute == "auto" and keras.backend.backend() != "tensorflow":
+        return config
+    task = cluster()["task"]
+    # Named, not made: nothing is written before the run's own checks pass.
+    scratch = os.path.join(
+        tempfile.gettempdir(), f"krefinery-{task['type']}{task['index']}-{os.getpid()}"
+    )
+    return dataclasses.replace(
+        config, workdir=os.path.join(scratch, "run"), export_dir=os.path.join(scratch, "models")
+    )
+
+
+def _multi_worker(tf_config: str | None) -> Replication:
+    """Refused for now, after `TF_CONFIG` is checked: Keras 3's `fit` fails under
+    MultiWorkerMirroredStrategy before the first step (keras-team/keras#20585), for
+    dict batches like ours too (#20329): it averages the first batch across workers
+    to build the model, and the strategy's reduce takes no nested values. Seen here
+    with Keras 3.15 and two workers on localhost. The rest is in place: the strategy
+    is made first, the chief writes, the others' folders are scratch."""
+    cluster(tf_config)
+    raise UserError(
+        "--distribute=multi_worker does not train with Keras 3 yet: its fit fails under "
+        "MultiWorkerMirroredStrategy (keras-team/keras#20585, #20329). Train on one "
+        "machine's devices with --distribute=mirrored."
+    )

@@ -1,0 +1,208 @@
+"""Several devices: a chain on two replicas is the chain on one, and bad choices are one line.
+
+The two-device chains run in fresh processes (tests/distributed_runs.py): TensorFlow's
+logical CPUs and JAX's host devices must be set up before either starts. Both chains of
+a pair train on the same global batches (16 of 124 images: the last batch of each epoch,
+4, splits evenly), so they compute the same sums in another order: tf.distribute adds
+two half-batch gradients, synchronized batch norm takes E[x^2] - E[x]^2 over both where
+one device takes two passes, and JAX's SPMD step reduces in another order. Measured on
+a 2-core Xeon (cpu-bf16), every weight of both generations, batch-norm statistics
+included, agreed within 2e-6 of its tensor's largest value (TensorFlow) and 1e-6 (JAX).
+The bar is 1e-4: float32 rounding over these 7-14 steps a generation stays far below it, while
+the faults it guards against do not (measured over 2 epochs, TensorFlow: a loss not
+divided by the replica count, i.e. doubled gradients, moved some weight by 1.9x its
+tensor's largest value; per-replica batch statistics by 1.1x).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT, run_cli, write_images
+from krefinery import distribute
+from krefinery.config import Config
+from krefinery.resnet import build_resnet
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """124 images of 3 classes: 100 train, 12 validation, 12 test."""
+    root = tmp_path_factory.mktemp("images")
+    write_images(root / "train", {"a": 42, "b": 41, "c": 41})
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_devices(images, tmp_path_factory):
+    """`two_devices(backend)`: the report and output folder of tests/distributed_runs.py
+    under that backend. Both backends' runs start at once and run side by side (much
+    of their time is compilation, on one core each)."""
+    started = {}
+    for backend in ("tensorflow", "jax"):
+        out = tmp_path_factory.mktemp(backend)
+        process = subprocess.Popen(
+            [sys.executable, "tests/distributed_runs.py", str(images), str(out)],
+            cwd=ROOT,
+            env={**os.environ, "KERAS_BACKEND": backend},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started[backend] = (process, out)
+
+    def finished(backend: str) -> tuple[dict, Path]:
+        process, out = started[backend]
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+        return json.loads((out / "report.json").read_text()), out
+
+    yield finished
+    for process, _ in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def read_weights(path) -> dict[str, np.ndarray]:
+    arrays = {}
+    with h5py.File(path, "r") as weights:
+        weights.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
+    return arrays
+
+
+def assert_same_chain(one, two) -> None:
+    """Every generation's weights within TOLERANCE of their tensor's largest value; the
+    same records; different chain keys (one device's store never serves two's)."""
+    results = [json.loads((run / "results.json").read_text()) for run in (one, two)]
+    for generation in (1, 2):
+        a, b = (read_weights(run / f"gen_{generation}.weights.h5") for run in (one, two))
+        assert a.keys() == b.keys()
+        for name in a:
+            scale = max(float(np.max(np.abs(a[name]))), 1e-6)
+            assert np.max(np.abs(a[name] - b[name])) <= TOLERANCE * scale, (generation, name)
+    for mine, theirs in zip(*(r["generations"] for r in results), strict=True):
+        for figure in ("val_accuracy", "test_accuracy", "train_accuracy", "train_label_agreement"):
+            assert mine[figure] == pytest.approx(theirs[figure], abs=0.011), figure  # < 1 of 100.
+        assert mine["train_label_entropy"] == pytest.approx(theirs["train_label_entropy"], rel=1e-3)
+    keys = [{p.name for p in (run / "generations").glob("*.json")} for run in (one, two)]
+    assert keys[0] and keys[1] and not keys[0] & keys[1]
+
+
+def test_two_mirrored_replicas_resume_and_export_the_one_device_chain(two_devices):
+    report, out = two_devices("tensorflow")
+    # Stopped in generation 2's second epoch, the same command resumed it from its
+    # checkpoint (weights, optimizer state) under the strategy.
+    assert report["interrupted"]["code"] == "interrupted"
+    for name in ("none", "mirrored"):
+        assert report[name]["code"] == 0, report[name]["stderr"]
+    none, mirrored = out / "none", out / "mirrored"
+    results = json.loads((mirrored / "results.json").read_text())
+    assert results["runtime"]["distribute"] == "mirrored" and results["runtime"]["replicas"] == 2
+    assert json.loads((none / "results.json").read_text())["runtime"]["replicas"] == 1
+    assert_same_chain(none, mirrored)  # Offline: generation 2 trains on the relabelled table.
+
+    # The SavedModel written under the strategy serves what its weights compute.
+    data = results["data"]
+    classifier = build_resnet(tuple(data["image_shape"]), data["num_classes"], depth=8)
+    classifier.load_weights(mirrored / f"gen_{results['best_generation']}.weights.h5")
+    pixels = np.random.default_rng(0).integers(0, 256, (8, *data["image_shape"])).astype(np.uint8)
+    served = tf.saved_model.load(results["exports"]["best"]).signatures["serving_default"](images=tf.constant(pixels))
+    np.testing.assert_allclose(served["probabilities"], tf.nn.softmax(classifier(pixels)), atol=1e-5)
+
+    odd = report["odd_batch"]
+    assert odd["code"] == 2 and odd["stderr"].count("\n") == 1
+    assert odd["stderr"].startswith("error: --batch_size=15 is the global batch")
+    assert not (out / "odd_batch").exists()
+
+
+def test_jax_data_parallel_trains_the_one_device_online_chain(two_devices):
+    report, out = two_devices("jax")
+    for name in ("none", "data_parallel"):
+        assert report[name]["code"] == 0, report[name]["stderr"]
+    results = json.loads((out / "data_parallel" / "results.json").read_text())
+    assert results["runtime"]["distribute"] == "data_parallel" and results["runtime"]["replicas"] == 2
+    # Online: the frozen teacher labels every batch inside the SPMD step.
+    assert_same_chain(out / "none", out / "data_parallel")
+    assert os.path.isdir(results["exports"]["best"])
+    wrong = report["mirrored_on_jax"]
+    assert wrong["code"] == 2 and wrong["stderr"].count("\n") == 1
+    assert wrong["stderr"].startswith("error: --distribute=mirrored is TensorFlow's tf.distribute")
+
+
+def exit_line(capsys, *flags: str) -> str:
+    """run.py's exit code 2 and its one line on stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("--depth=8", "--epochs=1", "--generations=1", "--verbose=0", *flags)
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+CLUSTER = {"worker": ["localhost:12345", "localhost:23456"]}
+
+
+def test_a_device_choice_this_backend_or_cluster_cannot_honour_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # Where a worker's scratch would go.
+    workdir = tmp_path / "run"
+    line = exit_line(capsys, "--distribute=data_parallel", f"--workdir={workdir}")
+    assert line.startswith("error: --distribute=data_parallel is keras.distribution.DataParallel")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    line = exit_line(capsys, "--distribute=multi_worker", f"--workdir={workdir}")
+    assert line.startswith("error: --distribute=multi_worker needs TF_CONFIG")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": 2}}))
+    assert exit_line(capsys, "--distribute=multi_worker", f"--workdir={workdir}").startswith(
+        "error: TF_CONFIG is not valid"
+    )
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": 0}}))
+    assert exit_line(capsys, "--distribute=multi_worker", "--repeats=2", f"--workdir={workdir}").startswith(
+        "error: --distribute=multi_worker trains one chain"
+    )
+    # A valid cluster, on every worker (and by `auto`, which TF_CONFIG makes multi_worker):
+    # refused until Keras's fit runs under MultiWorkerMirroredStrategy.
+    for index in (0, 1):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": index}}))
+        assert exit_line(capsys, f"--workdir={workdir}").startswith(
+            "error: --distribute=multi_worker does not train with Keras 3 yet"
+        )
+    assert not workdir.exists()
+    assert not list(tmp_path.glob("krefinery-worker*"))
+
+
+def test_only_the_chief_writes_the_run_and_its_export(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # Where the scratch folders go.
+
+    def task(kind: str, index: int, cluster=CLUSTER) -> None:
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}}))
+
+    config = Config(distribute="multi_worker", workdir="/shared/run", export_dir="/shared/models")
+    task("worker", 0)
+    assert distribute.is_chief() and distribute.worker_config(config) == config
+    task("worker", 1)
+    assert not distribute.is_chief()
+    scratch = distribute.worker_config(config)
+    assert not scratch.workdir.startswith("/shared") and not scratch.export_dir.startswith("/shared")
+    assert os.path.dirname(scratch.workdir) == os.path.dirname(scratch.export_dir)
+    with_chief = {"chief": ["localhost:3456"], **CLUSTER}
+    task("worker", 0, with_chief)
+    assert not distribute.is_chief()
+    task("chief", 0, with_chief)
+    assert distribute.is_chief()
+    # Without TF_CONFIG every process is its own chief; on one machine no TF_CONFIG is read.
+    monkeypatch.delenv("TF_CONFIG")
+    assert distribute.is_chief()
+    assert distribute.worker_config(Config(distribute="mirrored")) == Config(distribute="mirrored")
