@@ -258,14 +258,14 @@ def worker_config(config: Config) -> Config:
 
 def _multi_worker(tf_config: str | None) -> Replication:
     """Refused for now, after `TF_CONFIG` is checked: Keras 3's `fit` fails under
-    MultiWorkerMirroredStrategy before the first step (keras-team/keras#20585), for
-    dict batches like ours too (#20329): it averages the first batch across workers
+    MultiWorkerMirroredStrategy before the first step, for dict batches like ours
+    (keras-team/keras#20329, open): it averages the first batch across workers
     to build the model, and the strategy's reduce takes no nested values. Seen here
     with Keras 3.15 and two workers on localhost. The rest is in place: the strategy
     is made first, the chief writes, the others' folders are scratch."""
     cluster(tf_config)
     raise UserError(
         "--distribute=multi_worker does not train with Keras 3 yet: its fit fails under "
-        "MultiWorkerMirroredStrategy (keras-team/keras#20585, #20329). Train on one "
+        "MultiWorkerMirroredStrategy (keras-team/keras#20329). Train on one "
         "machine's devices with --distribute=mirrored."
     )
