@@ -31,7 +31,7 @@ from krefinery.config import Config
 from krefinery.errors import UserError
 from krefinery.label_refinery import LabelRefinery
 from krefinery.relabel import INFERENCE_BATCH_SIZE, RefinedLabels
-from krefinery.resnet import build_resnet
+from krefinery.resnet import seeded_resnet
 from krefinery.train import Trainer, make_optimizer
 
 Tensor = Any  # A backend tensor.
@@ -210,13 +210,11 @@ def build_chain(
         )
 
     def build(generation: int, seed: int) -> keras.Model:
-        keras.utils.set_random_seed(seed)
-        return build_resnet(
+        return seeded_resnet(
+            config.architecture(generation),
+            seed,
             data.image_shape,
             data.num_classes,
-            depth=config.depth,
-            width=config.width,
-            version=config.resnet_version,
             weight_decay=config.weight_decay,
             precision=precision,
         )

@@ -24,7 +24,7 @@ from krefinery.pipeline import (
     steps_per_epoch,
     training_dataset,
 )
-from krefinery.resnet import build_resnet
+from krefinery.resnet import seeded_resnet
 from krefinery.train import Trainer, make_optimizer
 
 # A trainer's shape: its classifier's architecture and its teacher slot's (None: no teacher).
@@ -155,13 +155,11 @@ def prepare_experiment(config: Config) -> Experiment:
     precision = runtime.precision
 
     def build(architecture: Architecture, seed: int) -> keras.Model:
-        keras.utils.set_random_seed(seed)
-        return build_resnet(
+        return seeded_resnet(
+            architecture,
+            seed,
             splits.image_shape,
             splits.num_classes,
-            depth=architecture.depth,
-            width=architecture.width,
-            version=architecture.version,
             weight_decay=config.weight_decay,
             precision=precision,
             synchronized_batch_norm=replication.synchronized_batch_norm,

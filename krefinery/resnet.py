@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from krefinery.config import check_depth
+from krefinery.config import Architecture, check_depth
 from krefinery.errors import UserError
 
 STAGE_FILTERS = (16, 32, 64)
@@ -110,3 +110,24 @@ def build_resnet(
         name="logits",
     )(x)
     return keras.Model(inputs, logits, name=name or f"resnet{depth}_v{version}")
+
+
+def seeded_resnet(
+    architecture: Architecture,
+    seed: int,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    **options,
+) -> keras.Model:
+    """`build_resnet` of `architecture` whose initial weights are drawn from `seed` alone
+    (it resets Keras's global seed), so a generation's fresh start is the same model
+    wherever it is built. `options`: `build_resnet`'s keyword arguments."""
+    keras.utils.set_random_seed(seed)
+    return build_resnet(
+        input_shape,
+        num_classes,
+        depth=architecture.depth,
+        width=architecture.width,
+        version=architecture.version,
+        **options,
+    )
