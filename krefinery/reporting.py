@@ -209,7 +209,9 @@ def format_table(record: dict[str, Any]) -> str:
             )
         )
     control = record.get("control")
-    if control is not None and not control.get("diverged"):
+    if control is not None and control.get("diverged"):
+        rows.append(("control", f"diverged in epoch {control['epoch']}", "", "", "", f"{control['seconds']:.1f}"))
+    elif control is not None:
         rows.append(
             (
                 "control",
