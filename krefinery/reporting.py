@@ -210,7 +210,8 @@ def format_table(record: dict[str, Any]) -> str:
         )
     control = record.get("control")
     if control is not None and control.get("diverged"):
-        rows.append(("control", f"diverged in epoch {control['epoch']}", "", "", "", f"{control['seconds']:.1f}"))
+        diverged = f"diverged in epoch {control['epoch']}"
+        rows.append(("control", diverged, "", "", "", f"{control['seconds']:.1f}"))
     elif control is not None:
         rows.append(
             (
