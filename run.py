@@ -20,7 +20,7 @@ from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 from krefinery.config import DISTRIBUTES, LR_SCHEDULES, PRECISIONS, RELABEL_MODES, Config  # noqa: E402
-from krefinery.errors import Diverged, DiskFull, UserError  # noqa: E402
+from krefinery.errors import Diverged, DiskFull, SearchDiverged, UserError  # noqa: E402
 from krefinery.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
 
 _DEFAULTS = Config()
@@ -194,7 +194,8 @@ def fail(message: str) -> NoReturn:
 
 
 def main(argv: list[str]) -> None:
-    """Exit codes: 0 done, 2 bad input (nothing written), 3 a generation diverged,
+    """Exit codes: 0 done, 2 bad input (nothing written), 3 a generation diverged (with
+    --tune: generation 1, so no trial produced a model),
     4 out of disk space (rerun the same command to resume once space is freed)."""
     if not FLAGS["verbosity"].present:
         # absl's INFO default would print TensorFlow's SavedModel-writing chatter.
@@ -243,7 +244,7 @@ def main(argv: list[str]) -> None:
             print(reporting.format_table(error.results))
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except (UserError, DiskFull) as error:
+    except (UserError, DiskFull, SearchDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     print(reporting.format_table(results))

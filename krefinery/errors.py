@@ -39,3 +39,20 @@ class Diverged(RuntimeError):
         )
         self.generation = generation
         self.epoch = epoch
+
+
+class SearchDiverged(RuntimeError):
+    """No trial of a search produced a model: generation 1, which every trial shares,
+    diverged. Exits as a diverged run does; the search's records stay for a rerun."""
+
+    exit_code = Diverged.exit_code
+
+    def __init__(self, workdir: object, trials: int):
+        super().__init__(
+            f"no trial of the search in {workdir} produced a model: each of its {trials} "
+            "trial(s) failed because generation 1, which every trial shares, diverged (the "
+            "loss or the weights became NaN or infinite); nothing was exported. Try a lower "
+            "--learning_rate (or --precision=float32), with another --workdir."
+        )
+        self.workdir = workdir
+        self.trials = trials

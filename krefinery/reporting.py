@@ -209,7 +209,10 @@ def format_table(record: dict[str, Any]) -> str:
             )
         )
     control = record.get("control")
-    if control is not None and not control.get("diverged"):
+    if control is not None and control.get("diverged"):
+        diverged = f"diverged in epoch {control['epoch']}"
+        rows.append(("control", diverged, "", "", "", f"{control['seconds']:.1f}"))
+    elif control is not None:
         rows.append(
             (
                 "control",

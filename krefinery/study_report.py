@@ -3,6 +3,8 @@
 Every figure is over repeats: per generation, the mean, sample sd and 95% interval of
 the mean; per comparison (generation k - generation 1, generation 2 - control), the
 paired differences repeat by repeat, their mean, 95% Student-t interval and verdict.
+A repeat whose control diverged has no control result: it is left out of the control's
+figures and of generation 2 - control (`control_diverged` lists such repeats).
 """
 
 from __future__ import annotations
@@ -44,18 +46,26 @@ def study_record(config: Config, runs: Sequence[dict[str, Any]], workdir: Path) 
     for k in range(1, config.generations + 1):
         entries = [run["generations"][k - 1] for run in runs]
         generations.append({"generation": k, **_summary_of(entries)})
-    controls = [run["control"] for run in runs if "control" in run]
-    control = _summary_of(controls) if controls and len(controls) == len(runs) else None
+    controls = [run.get("control") for run in runs]
+    with_control = bool(runs) and None not in controls
+    # A diverged control is no result: it leaves its repeat out of the control's figures
+    # and of the generation 2 - control pairs; the other comparisons keep every repeat.
+    diverged = [r for r, c in enumerate(controls) if with_control and c.get("diverged")]
+    paired = [r for r in range(len(runs)) if with_control and r not in diverged]
+    control = None
+    if paired:
+        control = {**_summary_of([controls[r] for r in paired]), "repeats": paired}
+    every = list(range(len(runs)))
     comparisons = []
     for metric in METRICS:
         first = [run["generations"][0][metric] for run in runs]
         for k in range(2, config.generations + 1):
             later = [run["generations"][k - 1][metric] for run in runs]
-            comparisons.append(_comparison(f"generation {k}", "generation 1", metric, later, first))
+            comparisons.append(_comparison(f"generation {k}", "generation 1", metric, later, first, every))
         if control is not None:
-            second = [run["generations"][1][metric] for run in runs]
-            twins = [c[metric] for c in controls]
-            comparisons.append(_comparison("generation 2", "control", metric, second, twins))
+            second = [runs[r]["generations"][1][metric] for r in paired]
+            twins = [controls[r][metric] for r in paired]
+            comparisons.append(_comparison("generation 2", "control", metric, second, twins, paired))
     best_run = max(range(len(runs)), key=lambda r: _best(runs[r])["val_accuracy"])
     best = _best(runs[best_run])
     return {
@@ -67,6 +77,7 @@ def study_record(config: Config, runs: Sequence[dict[str, Any]], workdir: Path) 
         "confidence": stats.CONFIDENCE,
         "generations": generations,
         "control": control,
+        "control_diverged": diverged if with_control else None,
         "comparisons": comparisons,
         "best": {
             "repeat": best_run,
@@ -85,8 +96,30 @@ def _best(run: dict[str, Any]) -> dict[str, Any]:
     return next(g for g in run["generations"] if g["generation"] == run["best_generation"])
 
 
-def _comparison(a: str, b: str, metric: str, xs: list[float], ys: list[float]) -> dict[str, Any]:
-    return {"a": a, "b": b, "metric": metric, **stats.compare(xs, ys).to_dict()}
+def _comparison(
+    a: str, b: str, metric: str, xs: list[float], ys: list[float], repeats: list[int]
+) -> dict[str, Any]:
+    return {"a": a, "b": b, "metric": metric, "repeats": repeats, **stats.compare(xs, ys).to_dict()}
+
+
+def control_note(record: dict[str, Any]) -> str | None:
+    """What a diverged control did to the study, in a sentence; None if no control diverged."""
+    diverged = record.get("control_diverged")
+    if not diverged:
+        return None
+    which = ", ".join(map(str, diverged))
+    cause = "its loss or weights became NaN or infinite"
+    if record["control"] is None:
+        return (
+            f"The control diverged in every repeat ({cause}): it is no result, so there is no "
+            "control row and no generation 2 - control comparison; the other comparisons stand."
+        )
+    kept = len(record["control"]["repeats"])
+    return (
+        f"The control diverged in repeat(s) {which} ({cause}): it is no result, left out of "
+        f"the control row and of generation 2 - control, which pairs the other {kept} "
+        "repeat(s); the other comparisons pair every repeat."
+    )
 
 
 def _mean_sd(figures: dict[str, Any] | None) -> str:
@@ -153,6 +186,9 @@ def format_study(record: dict[str, Any]) -> str:
         for c in record["comparisons"]
     ]
     lines += _table(header, rows)
+    note = control_note(record)
+    if note is not None:
+        lines += ["", note]
     lines += ["", "Verdicts (test accuracy; better/worse: the 95% interval excludes 0):"]
     lines += [
         f"  {verdict_line(c)}" for c in record["comparisons"] if c["metric"] == VERDICT_METRIC

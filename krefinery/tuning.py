@@ -12,6 +12,8 @@ the same search has stored, and continues a generation in flight from its checkp
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from krefinery import files, reporting, summaries
 from krefinery.chain_cache import GenerationCache
 from krefinery.chains import ChainRunner
 from krefinery.config import Config
-from krefinery.errors import DiskFull, UserError
+from krefinery.errors import DiskFull, SearchDiverged, UserError
 from krefinery.experiment import Experiment, prepare_experiment
 from krefinery.export import export_generation, prepare_export_dir
 from krefinery.pipeline import Splits
@@ -65,7 +67,10 @@ class ChainTuner(kt.Tuner):
     `run_trial` returns the metrics: `val_accuracy` (the chosen generation's),
     `val_accuracy_gen_<k>` for each generation that did not diverge, `chosen_generation`,
     `epochs_trained` and, if the chain diverged, `diverged_generation`. A chain whose
-    generation 1 diverged has no generation to choose: keras-tuner records it as failed.
+    generation 1 diverged has no generation to choose: its objective is NaN, which
+    keras-tuner records as a failed trial. Generation 1 is the same in every trial, so
+    then every trial fails (the later ones at once, from the stored divergence) and
+    `tune` raises `SearchDiverged`.
     Every trial gets an HParams session under `<workdir>/tensorboard/`.
     """
 
@@ -110,10 +115,10 @@ class ChainTuner(kt.Tuner):
         trained = sum(self.config.epochs for r in records if r["trained"])
         if not finished:
             summaries.write_trial_hparams(self._logdir(trial), trial.trial_id, hparams, {}, "FAILED")
-            raise kt.errors.FailedTrialError(
-                f"generation 1 diverged (T={temperature:g}, alpha={alpha:g}); lower "
-                "--learning_rate."
-            )
+            # No model, so no objective. keras-tuner's oracle (`Oracle.end_trial`) records
+            # a NaN score as INVALID and, with no retries left, as FAILED, without the
+            # traceback it prints for a raised `FailedTrialError`.
+            return {OBJECTIVE: float("nan"), "diverged_generation": 1, "epochs_trained": trained}
         chosen = max(finished, key=lambda r: r["val_accuracy"])  # First of ties: fewer generations.
         metrics = {
             OBJECTIVE: chosen["val_accuracy"],
@@ -145,6 +150,12 @@ def make_oracle(space: SearchSpace, seed: int) -> kt.Oracle:
         objective=kt.Objective(OBJECTIVE, "max"),
         seed=seed + 1,
         hyperparameters=space.hyperparameters(),
+        # A failed trial is not retried, and failures never stop the search midway with
+        # keras-tuner's RuntimeError: a trial fails only when the shared generation 1
+        # diverged, the later ones learn it from the store at no cost, and `tune` reports
+        # it once every trial is recorded.
+        max_retries_per_trial=0,
+        max_consecutive_failed_trials=sys.maxsize,
     )
     if search.tuner == "random":
         return kt.oracles.RandomSearchOracle(max_trials=search.max_trials, **common)
@@ -160,7 +171,9 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
 
     Returns the `tuning.json` record, or None on a distributed worker: there only the
     chief (keras-tuner's `KERASTUNER_TUNER_ID=chief`) reports. Bad input is reported
-    before anything is created; a full disk raises `DiskFull` (rerun to resume).
+    before anything is created; a full disk raises `DiskFull` (rerun to resume). If no
+    trial completed (generation 1 diverged), raises `SearchDiverged`: nothing is
+    exported and no `tuning.json` written, and the trials stay recorded as failed.
     """
     workdir = check_tuning_workdir(config, search)
     worker = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
@@ -185,7 +198,10 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
         make_oracle(space, config.seed), space, config, cache, workdir, experiment, worker
     )
     try:
-        tuner.search(verbose=config.verbose)
+        with warnings.catch_warnings():
+            # numpy's, as keras-tuner reads the best of a failed trial's NaN objective.
+            warnings.filterwarnings("ignore", "All-NaN axis encountered", RuntimeWarning)
+            tuner.search(verbose=config.verbose)
     except kt.errors.FatalError as fatal:
         if isinstance(fatal.__cause__, (DiskFull, UserError)):
             raise fatal.__cause__ from None
@@ -195,9 +211,28 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
     if experiment is None:
         experiment = prepare_experiment(config)
         tuner.runner = ChainRunner(experiment, cache, worker)
+    check_some_trial_completed(tuner, workdir)
     record = summarise(tuner, workdir)
     files.write_json(workdir / TUNING, record)
     return record
+
+
+def check_some_trial_completed(tuner: ChainTuner, workdir: Path) -> None:
+    """Raises `SearchDiverged` if the oracle recorded no trial as completed because the
+    stored generation 1 diverged: there is no model to report or export. Trials that
+    failed otherwise (a bug: keras-tuner keeps their tracebacks) raise RuntimeError."""
+    trials = list(tuner.oracle.trials.values())
+    if any(t.status == kt.engine.trial.TrialStatus.COMPLETED for t in trials):
+        return
+    hp = trials[0].hyperparameters
+    (first,) = tuner.runner.keys(1, float(hp.get("temperature")), float(hp.get("alpha")))
+    stored = tuner.runner.cache.lookup(first)
+    if stored is not None and stored.get("diverged"):
+        raise SearchDiverged(workdir, len(trials))
+    raise RuntimeError(
+        f"no trial of the search in {workdir} completed; the last one failed with:\n"
+        + (trials[-1].message or "no message")
+    )
 
 
 def fixed_hparams(config: Config) -> dict[str, int]:
@@ -273,8 +308,6 @@ def summarise(tuner: ChainTuner, workdir: Path) -> dict[str, Any]:
                 entry["diverged_generation"] = int(metric("diverged_generation"))
         trials.append(entry)
     completed = [t for t in trials if "objective" in t]
-    if not completed:
-        raise RuntimeError(f"no trial of the search in {workdir} completed.")
     best_trial = tuner.oracle.get_best_trials(1)[0]
     best = next(t for t in completed if t["trial_id"] == best_trial.trial_id)
     keys = runner.keys(best["chosen_generation"], best["temperature"], best["alpha"])

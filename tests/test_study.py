@@ -209,6 +209,46 @@ def test_a_study_with_a_control(tmp_path, capsys):
     assert read_json(root / "study.json") == record
 
 
+def test_a_control_that_diverges_is_no_result_and_the_study_still_reports(tmp_path, monkeypatch, capsys):
+    """The control gets non-finite labels (as from a model whose logits overflowed), so it
+    diverges on its first batch. The study still reports: the control is recorded as
+    diverged, never as a result, there is no generation 2 - control comparison and the
+    report says why, and generation 2 - generation 1 stands."""
+    from krefinery.relabel import RefinedLabels
+
+    predict = RefinedLabels.predict_on_batch
+
+    def predict_on_batch(self, inputs):
+        labels = predict(self, inputs)
+        return np.full(np.shape(labels), np.nan, np.float32) if self.alpha == 1.0 else labels
+
+    monkeypatch.setattr(RefinedLabels, "predict_on_batch", predict_on_batch)
+    root, models = tmp_path / "study", tmp_path / "models"
+    args = (*TINY, "--repeats=1", "--control", f"--workdir={root}", f"--export_dir={models}")
+    run_cli(*args)
+    record = read_json(root / "study.json")
+    run = read_json(root / "repeat_0" / "results.json")
+    control = run["control"]
+    assert control["diverged"] is True and control["epoch"] == 1
+    assert "test_accuracy" not in control and not (root / "repeat_0" / "control.weights.h5").exists()
+    assert all("diverged" not in g for g in run["generations"]) and run["finished"] is True
+    assert record["control_diverged"] == [0] and record["control"] is None
+    assert [(c["a"], c["b"]) for c in record["comparisons"]] == [("generation 2", "generation 1")] * 2
+    gain = record["comparisons"][1]
+    first, second = (g["test_accuracy"] for g in run["generations"])
+    assert gain["metric"] == "test_accuracy" and gain["differences"] == [pytest.approx(second - first)]
+    out = capsys.readouterr().out
+    assert "The control diverged in every repeat" in out and "no generation 2 - control comparison" in out
+    assert "generation 2 vs generation 1 (test accuracy): one repeat: no verdict" in out
+    assert "vs control" not in out
+    assert (root / "study.png").read_bytes().startswith(b"\x89PNG")
+    assert record["export"] == str(models / "digits" / "1")  # A chain generation, as ever.
+    # The same command again: the stored divergence is reported, nothing retrains.
+    monkeypatch.undo()
+    run_cli(*args)
+    assert read_json(root / "study.json") == record
+
+
 def fake_run(seed: int, val: list, test: list, control: tuple) -> dict:
     """A repeat's results.json record, as far as the study reads it."""
     generations = [
@@ -255,6 +295,21 @@ def test_the_study_record_pairs_repeats(tmp_path):
     assert "generation 3 vs generation 1 (test accuracy): within noise" in table
     study_report.study_chart(record, runs, tmp_path / "study.png")
     assert (tmp_path / "study.png").stat().st_size > 10_000
+
+    # Repeat 1's control diverged: no result, so generation 2 - control pairs repeats 0 and
+    # 2 (0.02, 0.03), and every other comparison still pairs all three repeats.
+    runs[1]["control"] = {"diverged": True, "epoch": 1, "seconds": 1.0}
+    record = study_report.study_record(config, runs, tmp_path)
+    assert record["control_diverged"] == [1] and record["control"]["repeats"] == [0, 2]
+    assert record["control"]["test_accuracy"]["values"] == [0.60, 0.59]
+    by_name = {(c["a"], c["b"], c["metric"]): c for c in record["comparisons"]}
+    twin = by_name[("generation 2", "control", "test_accuracy")]
+    assert twin["repeats"] == [0, 2] and twin["differences"] == pytest.approx([0.02, 0.03])
+    assert by_name[("generation 2", "generation 1", "test_accuracy")] == gain  # Unchanged: all three.
+    table = study_report.format_study(record)
+    assert "The control diverged in repeat(s) 1" in table and "pairs the other 2 repeat(s)" in table
+    assert "over 2 paired repeats" in table and "generation 2 vs generation 1 (test accuracy): better, +2.33 points" in table
+    study_report.study_chart(record, runs, tmp_path / "study.png")
 
 
 @pytest.mark.parametrize(

@@ -210,3 +210,27 @@ def test_bad_search_input_is_one_clear_error_before_any_training(tmp_path, args,
     assert message in error
     assert "Traceback" not in result.stderr and "Epoch" not in result.stdout
     assert not workdir.exists()
+
+
+def test_a_search_whose_generation_one_diverges_ends_with_one_line_and_keeps_its_records(tmp_path, capsys):
+    """Generation 1, shared by every trial, diverges: every trial fails (more of them than
+    keras-tuner's default limit of 3 consecutive failures), the search says so in one line
+    and exits as a diverged run does, exports nothing, and the same command says it again
+    from the records it kept, training nothing."""
+    workdir, models = tmp_path / "search", tmp_path / "models"
+    args = ("--tune", *TINY, "--learning_rate=1e4", "--tune_generations=1,2", "--max_trials=4", f"--workdir={workdir}", f"--export_dir={models}")
+    for attempt in range(2):
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(*args)
+        assert exit_.value.code == 3
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+        assert "no trial of the search" in line and "produced a model" in line
+        assert "generation 1" in line and "diverged" in line and "--learning_rate" in line
+        statuses = [json.loads(path.read_text())["status"] for path in sorted((workdir / "search").glob("trial_*/trial.json"))]
+        assert statuses == ["FAILED"] * 4
+        (stored,) = (workdir / "generations").glob("*.json")  # Generation 1, trained once.
+        assert json.loads(stored.read_text())["diverged"] is True
+        assert not (workdir / "tuning.json").exists() and not (workdir / "best.weights.h5").exists()
+        assert not models.exists() or not any(models.rglob("saved_model.pb"))
