@@ -241,6 +241,8 @@ def main(argv: list[str]) -> None:
         results = refinery.train_and_evaluate(config)
     except Diverged as error:
         if getattr(error, "results", None):
+            from krefinery import reporting
+
             print(reporting.format_table(error.results))
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)

@@ -18,12 +18,13 @@ from krefinery.config import Config
 from krefinery.datasets import Source, load_source
 from krefinery.errors import UserError
 
+from krefinery.relabel import INFERENCE_BATCH_SIZE
+
 if TYPE_CHECKING:
     from krefinery.relabel import RefinedLabels
 
 TRAIN, VAL, TEST = 0, 1, 2
 MAX_SHUFFLE_BUFFER = 50_000
-INFERENCE_BATCH_SIZE = 1024
 # The cache holds chunks of examples rather than single ones: per-element bookkeeping
 # otherwise costs about as much memory as the images themselves (bench/memory.py).
 CACHE_CHUNK = 512

@@ -19,6 +19,7 @@ from krefinery.losses import refined_labels
 if TYPE_CHECKING:
     import tensorflow as tf
 
+# The batch of every inference pass: relabelling here, evaluation in the pipelines.
 INFERENCE_BATCH_SIZE = 1024
 
 
