@@ -18,13 +18,8 @@ returns each replica's share of the loss, so a step computes what one device com
 on the same batch, up to the order of float sums; under `data_parallel` that holds by
 construction (measured in tests/test_distribute.py).
 
-Multi-worker runs: the chief (`TF_CONFIG` task `chief`, or `worker` 0 where there is no
-chief) writes the work directory and the export; every other worker writes the same
-files to a scratch folder of its own (`worker_config`), which is its to discard. Every
-worker must start from the same state, so a multi-worker run is not resumed from the
-chief's checkpoints: rerun it with a fresh `--workdir`. For now `multi_worker` is
-refused after `TF_CONFIG` is checked: Keras 3's `fit` fails under the strategy (see
-`_multi_worker`).
+`multi_worker` is refused after `TF_CONFIG` is checked: Keras 3's `fit` fails under
+MultiWorkerMirroredStrategy (see `_multi_worker`).
 """
 
 from __future__ import annotations
@@ -33,12 +28,11 @@ import contextlib
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any, ContextManager
 
 import keras
 
-from krefinery.config import DISTRIBUTES, Config
+from krefinery.config import DISTRIBUTES
 from krefinery.errors import UserError
 from krefinery.pipeline import INFERENCE_BATCH_SIZE
 
@@ -226,43 +220,12 @@ def cluster(tf_config: str | None = None) -> dict[str, Any]:
     return parsed
 
 
-def is_chief(tf_config: str | None = None) -> bool:
-    """Whether this process writes the run's outputs: always, unless `TF_CONFIG` names
-    it a worker other than the chief (the `chief` task, else `worker` 0)."""
-    text = os.environ.get(TF_CONFIG) if tf_config is None else tf_config
-    if not text:
-        return True
-    parsed = cluster(text)
-    task_type, index = parsed["task"]["type"], int(parsed["task"]["index"])
-    if "chief" in parsed["cluster"]:
-        return task_type == "chief"
-    return task_type == "worker" and index == 0
-
-
-def worker_config(config: Config) -> Config:
-    """`config` for this worker of a multi-worker run: a non-chief worker's work
-    directory and export go to a scratch folder of its own, so only the chief's land."""
-    if config.distribute not in ("auto", "multi_worker") or is_chief():
-        return config
-    if config.distribute == "auto" and keras.backend.backend() != "tensorflow":
-        return config
-    task = cluster()["task"]
-    # Named, not made: nothing is written before the run's own checks pass.
-    scratch = os.path.join(
-        tempfile.gettempdir(), f"krefinery-{task['type']}{task['index']}-{os.getpid()}"
-    )
-    return dataclasses.replace(
-        config, workdir=os.path.join(scratch, "run"), export_dir=os.path.join(scratch, "models")
-    )
-
-
 def _multi_worker(tf_config: str | None) -> Replication:
     """Refused for now, after `TF_CONFIG` is checked: Keras 3's `fit` fails under
     MultiWorkerMirroredStrategy before the first step, for dict batches like ours
     (keras-team/keras#20329, open): it averages the first batch across workers
     to build the model, and the strategy's reduce takes no nested values. Seen here
-    with Keras 3.15 and two workers on localhost. The rest is in place: the strategy
-    is made first, the chief writes, the others' folders are scratch."""
+    with Keras 3.15 and two workers on localhost."""
     cluster(tf_config)
     raise UserError(
         "--distribute=multi_worker does not train with Keras 3 yet: its fit fails under "

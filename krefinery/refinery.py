@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from krefinery import distribute, reporting
+from krefinery import reporting
 from krefinery.chain_cache import GenerationCache
 from krefinery.chains import ChainRunner
 from krefinery.config import Config
@@ -44,8 +44,6 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     best earlier generation, if any, is exported; `error.results` holds the record.
     A full disk raises `DiskFull`; the same command resumes once space is freed.
     """
-    # A multi-worker run's other workers write to scratch folders: only the chief's land.
-    config = distribute.worker_config(config)
     workdir = reporting.check_workdir(config)
     if workdir is not None:
         done = _finished(workdir)

@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -29,8 +28,6 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, run_cli, write_images
-from krefinery import distribute
-from krefinery.config import Config
 from krefinery.resnet import build_resnet
 
 TOLERANCE = 1e-4
@@ -157,7 +154,6 @@ CLUSTER = {"worker": ["localhost:12345", "localhost:23456"]}
 
 
 def test_a_device_choice_this_backend_or_cluster_cannot_honour_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # Where a worker's scratch would go.
     workdir = tmp_path / "run"
     line = exit_line(capsys, "--distribute=data_parallel", f"--workdir={workdir}")
     assert line.startswith("error: --distribute=data_parallel is keras.distribution.DataParallel")
@@ -180,29 +176,3 @@ def test_a_device_choice_this_backend_or_cluster_cannot_honour_is_one_line(tmp_p
             "error: --distribute=multi_worker does not train with Keras 3 yet"
         )
     assert not workdir.exists()
-    assert not list(tmp_path.glob("krefinery-worker*"))
-
-
-def test_only_the_chief_writes_the_run_and_its_export(tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # Where the scratch folders go.
-
-    def task(kind: str, index: int, cluster=CLUSTER) -> None:
-        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}}))
-
-    config = Config(distribute="multi_worker", workdir="/shared/run", export_dir="/shared/models")
-    task("worker", 0)
-    assert distribute.is_chief() and distribute.worker_config(config) == config
-    task("worker", 1)
-    assert not distribute.is_chief()
-    scratch = distribute.worker_config(config)
-    assert not scratch.workdir.startswith("/shared") and not scratch.export_dir.startswith("/shared")
-    assert os.path.dirname(scratch.workdir) == os.path.dirname(scratch.export_dir)
-    with_chief = {"chief": ["localhost:3456"], **CLUSTER}
-    task("worker", 0, with_chief)
-    assert not distribute.is_chief()
-    task("chief", 0, with_chief)
-    assert distribute.is_chief()
-    # Without TF_CONFIG every process is its own chief; on one machine no TF_CONFIG is read.
-    monkeypatch.delenv("TF_CONFIG")
-    assert distribute.is_chief()
-    assert distribute.worker_config(Config(distribute="mirrored")) == Config(distribute="mirrored")
