@@ -222,10 +222,11 @@ def cluster(tf_config: str | None = None) -> dict[str, Any]:
 
 def _multi_worker(tf_config: str | None) -> Replication:
     """Refused for now, after `TF_CONFIG` is checked: Keras 3's `fit` fails under
-    MultiWorkerMirroredStrategy before the first step, for dict batches like ours
-    (keras-team/keras#20329, open): it averages the first batch across workers
-    to build the model, and the strategy's reduce takes no nested values. Seen here
-    with Keras 3.15 and two workers on localhost."""
+    MultiWorkerMirroredStrategy before the first step: it averages the first batch
+    across workers to build the model, and the strategy's reduce takes no nested
+    values, so a dict batch like ours fails, and so does a plain `(x, y)` tuple
+    (keras-team/keras#20329, open). Seen here with Keras 3.15.1, TensorFlow 2.21 and
+    two workers on localhost."""
     cluster(tf_config)
     raise UserError(
         "--distribute=multi_worker does not train with Keras 3 yet: its fit fails under "
