@@ -19,9 +19,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
-from krefinery.config import DISTRIBUTES, LR_SCHEDULES, PRECISIONS, RELABEL_MODES, Config  # noqa: E402
-from krefinery.errors import Diverged, DiskFull, SearchDiverged, UserError  # noqa: E402
-from krefinery.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
+from krefinery.commands.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
+from krefinery.config import (  # noqa: E402
+    DISTRIBUTES,
+    LR_SCHEDULES,
+    PRECISIONS,
+    RELABEL_MODES,
+    Config,
+)
+from krefinery.errors import DiskFull, Diverged, SearchDiverged, UserError  # noqa: E402
 
 _DEFAULTS = Config()
 
@@ -168,7 +174,7 @@ def predict(filenames: list[str]) -> None:
         raise UserError("--predict needs --model=PATH, a SavedModel version or model folder.")
     if FLAGS.top_k < 1:
         raise UserError(f"--top_k={FLAGS.top_k} must be >= 1.")
-    from krefinery import predict as predict_lib
+    from krefinery.commands import predict as predict_lib
 
     predictions = predict_lib.predict_files(
         FLAGS.model, filenames, FLAGS.top_k, on_note=lambda note: print(f"note: {note}", file=sys.stderr)
@@ -224,32 +230,34 @@ def main(argv: list[str]) -> None:
                 "--repeats and --control, or use --distribute=mirrored on one machine."
             )
         if config.repeats > 1 or config.control:
-            from krefinery import study, study_report
+            from krefinery.commands import study
+            from krefinery.outputs import study_report
 
             print(study_report.format_study(study.run_study(config)))
             return
         if FLAGS.tune:
             search = tune_config_from_flags()
-            from krefinery import tuning
+            from krefinery.commands import tune as tuning
 
             record = tuning.tune(config, search)
             print(tuning.format_trials(record) if record else "worker done; the chief reports.")
             return
         # Imported here so that --help and flag errors need not wait for TensorFlow.
-        from krefinery import refinery, reporting
+        from krefinery.commands import train
+        from krefinery.outputs import report
 
-        results = refinery.train_and_evaluate(config)
+        results = train.train_and_evaluate(config)
     except Diverged as error:
         if getattr(error, "results", None):
-            from krefinery import reporting
+            from krefinery.outputs import report
 
-            print(reporting.format_table(error.results))
+            print(report.format_table(error.results))
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except (UserError, DiskFull, SearchDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    print(reporting.format_table(results))
+    print(report.format_table(results))
 
 
 if __name__ == "__main__":

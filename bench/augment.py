@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench.common import machine
-from krefinery.pipeline import make_augment
+from krefinery.data.pipeline import make_augment
 
 BATCH, STEPS, ROUNDS = 128, 200, 5
 

@@ -27,14 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def worker(precisions: list[str], steps: int) -> None:
     """Serves `RATE <precision>` requests on stdin with `<images/s>` lines on stdout."""
+    import time
+
     import keras
+    import tensorflow as tf
 
     from bench.common import BATCH, CLASSES, SHAPE, synthetic_images
-    from krefinery.device import resolve_jit_compile
-    from krefinery.resnet import build_resnet
-    from krefinery.train import Trainer
-    import tensorflow as tf
-    import time
+    from krefinery.core.resnet import build_resnet
+    from krefinery.core.trainer import Trainer
+    from krefinery.runtime.device import resolve_jit_compile
 
     images, labels = synthetic_images(steps * BATCH)
     data = tf.data.Dataset.from_tensor_slices(

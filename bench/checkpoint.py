@@ -22,12 +22,11 @@ import keras
 import tensorflow as tf
 
 from bench.common import machine
-from krefinery.chain_cache import GenerationCache
-from krefinery.chains import training_state
+from krefinery.chain.experiment import prepare_experiment
+from krefinery.chain.store import GenerationStore
 from krefinery.config import Config
-from krefinery.experiment import prepare_experiment
-from krefinery.resnet import build_resnet
-from krefinery.train import Trainer, make_optimizer
+from krefinery.core.resnet import build_resnet
+from krefinery.core.trainer import Trainer, make_optimizer
 
 ROUNDS = 10
 
@@ -36,12 +35,12 @@ def checkpoint_cost(trainer: Trainer, rounds: int = ROUNDS) -> tuple[float, int,
     """Median seconds of one checkpoint, its bytes (arrays and state), and the median
     seconds of Keras's `save_weights` of the same trainer, timed alternately."""
     with tempfile.TemporaryDirectory() as folder:
-        cache = GenerationCache(folder)
+        store = GenerationStore(folder)
         ours, keras_times = [], []
         for epoch in range(1, rounds + 1):
             start = time.perf_counter()
-            arrays = [keras.ops.convert_to_numpy(v) for v in training_state(trainer)]
-            cache.save_checkpoint("key", arrays, {"epoch": epoch, "logs": {}, "seconds": 0.0})
+            arrays = [keras.ops.convert_to_numpy(v) for v in trainer.training_state()]
+            store.save_checkpoint("key", arrays, {"epoch": epoch, "logs": {}, "seconds": 0.0})
             ours.append(time.perf_counter() - start)
             start = time.perf_counter()
             trainer.save_weights(Path(folder) / "keras.weights.h5")
@@ -67,13 +66,13 @@ def cifar_trainer(online: bool) -> Trainer:
 def main() -> None:
     print(f"# Checkpoint cost (median of {ROUNDS}); {machine()}")
     experiment = prepare_experiment(Config(verbose=0))
-    trainer = experiment.trainer
+    trainer = experiment.trainer_for(1)
     steps = experiment.steps_per_epoch
-    trainer.fit(experiment.training_dataset(1, 0), epochs=1, steps_per_epoch=steps, verbose=0)
+    trainer.fit(experiment.training_batches(1, 0), epochs=1, steps_per_epoch=steps, verbose=0)
     # A second epoch, without tracing: what a checkpoint is weighed against.
     start = time.perf_counter()
     trainer.fit(
-        experiment.training_dataset(1, 1), epochs=2, initial_epoch=1,
+        experiment.training_batches(1, 1), epochs=2, initial_epoch=1,
         steps_per_epoch=steps, verbose=0,
     )
     epoch = time.perf_counter() - start

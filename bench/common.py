@@ -21,18 +21,23 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from krefinery.config import Config  # noqa: E402
-from krefinery.datasets import Source  # noqa: E402
-from krefinery.device import Runtime, apply_determinism, machine_kind, resolve_runtime  # noqa: E402
-from krefinery.pipeline import (  # noqa: E402
+from krefinery.config import Config, Refinement  # noqa: E402
+from krefinery.core.label_refinery import LabelRefinery  # noqa: E402
+from krefinery.core.resnet import build_resnet  # noqa: E402
+from krefinery.core.trainer import Trainer, make_optimizer  # noqa: E402
+from krefinery.data.pipeline import (  # noqa: E402
     make_augment,
     make_splits,
     onehot_table,
     training_dataset,
 )
-from krefinery.label_refinery import LabelRefinery  # noqa: E402
-from krefinery.resnet import build_resnet  # noqa: E402
-from krefinery.train import Trainer, make_optimizer  # noqa: E402
+from krefinery.data.sources import Source  # noqa: E402
+from krefinery.runtime.device import (  # noqa: E402
+    Runtime,
+    apply_determinism,
+    machine_kind,
+    resolve_runtime,
+)
 
 SHAPE = (32, 32, 3)
 CLASSES = 10
@@ -103,7 +108,7 @@ def run_trainer(
     config: Config, steps_per_epoch: int, shape: tuple = SHAPE, classes: int = CLASSES,
     teacher: bool = False,
 ) -> tuple[Trainer, Runtime]:
-    """A trainer set up as `refinery.prepare_experiment` sets up a run's.
+    """A trainer set up as `chain.experiment.prepare_experiment` sets up a run's.
 
     The config's `precision`, `jit_compile` and `deterministic` resolve as a run's do
     (`auto`/None per machine kind), op determinism is applied before `compile` (Keras
@@ -162,7 +167,7 @@ def synthetic_source(num_train: int, num_test: int = 1000, seed: int = 0) -> Sou
 
 
 class Refinery:
-    """The pieces `refinery.train_and_evaluate` wires together, for timing them one by one.
+    """The pieces `commands.train.train_and_evaluate` wires together, for timing them one by one.
 
     Precision, XLA and op determinism resolve as a run's do (`auto`/None: per machine
     kind); `runtime` says what was compiled.
@@ -203,10 +208,13 @@ class Refinery:
             self.splits.train, self.labels, batch, 0, augment_fn, self.splits.num_train
         )
         self.refinery = LabelRefinery(
-            self.labels, build, generations=generations,
-            jit_compile=self.runtime.jit_compile,
+            self.labels, build, Refinement(generations), jit_compile=self.runtime.jit_compile
         )
         self.refinery.set_model(self.trainer)
+
+    def relabel(self) -> None:
+        """The relabel pass that ends a generation (online: the teacher takes the weights)."""
+        self.refinery.relabeller.hand_on(self.trainer.classifier, self.trainer, self.refinery.refinement)
 
     def train(self, epochs: int = 1, steps: int | None = None) -> None:
         """One generation: fresh weights, `epochs` of training, then a relabel pass."""

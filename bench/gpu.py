@@ -1,10 +1,10 @@
-"""GPU check: our own chain on in-memory data (krefinery.arrays), with Keras on JAX, no TensorFlow.
+"""GPU check: our own chain on in-memory data (krefinery.data.memory), with Keras on JAX, no TensorFlow.
 
 Written for the lent H200 machine, whose image has JAX and PyTorch but no TensorFlow (and
 receives only a few carried wheels; see bench/RESULTS.md, GPU). It times the project
 itself: `build_resnet(depth=20)`, `Trainer` (Keras's train step around our
-`compute_loss`), `LabelRefinery` and `arrays.InMemoryData` (images, labels and label
-table on the device, batches made there), as `arrays.train_chain` runs them.
+`compute_loss`), `LabelRefinery` and `memory.InMemoryData` (images, labels and label
+table on the device, batches made there), as `memory.train_chain` runs them.
 
 1. Step throughput, float32 and mixed_bfloat16: rounds of one full epoch each, the two
    precisions alternating, after one epoch each that compiles; median images/s.
@@ -32,8 +32,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from krefinery.arrays import InMemoryData, build_chain, train_chain  # noqa: E402
 from krefinery.config import Config  # noqa: E402
+from krefinery.data.memory import InMemoryData, build_chain, train_chain  # noqa: E402
 
 SHAPE, CLASSES = (32, 32, 3), 10
 PRECISIONS = ("float32", "mixed_bfloat16")

@@ -22,7 +22,7 @@ import tempfile
 
 from bench.common import BATCH, alternate, machine, rate, report
 from krefinery.config import Config
-from krefinery.device import apply_determinism
+from krefinery.runtime.device import apply_determinism
 
 DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-train-1000.tar"
 
@@ -34,8 +34,8 @@ def drain(dataset) -> None:
 
 def jpeg_first_pass(folder: str) -> float:
     """Images/s of loading and decoding a folder of real JPEGs into the cached splits."""
-    from krefinery.datasets import load_source
-    from krefinery.pipeline import make_splits, onehot_table
+    from krefinery.data.pipeline import make_splits, onehot_table
+    from krefinery.data.sources import load_source
 
     count = sum(1 for _ in pathlib.Path(folder).glob("train/*/*.jpg"))
 
@@ -49,7 +49,7 @@ def jpeg_first_pass(folder: str) -> float:
 
 
 def main(rounds: int = 3, tar: pathlib.Path = DATA, model_steps: int = 10) -> dict[str, float]:
-    from krefinery.experiment import prepare_experiment
+    from krefinery.chain.experiment import prepare_experiment
 
     cores = len(os.sched_getaffinity(0))
     print(f"# Input pipeline as runs build it: CIFAR-10 JPEGs, 32x32x3, batch {BATCH}; {machine()}")
@@ -60,8 +60,8 @@ def main(rounds: int = 3, tar: pathlib.Path = DATA, model_steps: int = 10) -> di
         experiment = prepare_experiment(
             Config(dataset=f"folder:{folder}", batch_size=BATCH, epochs=1, warmup_epochs=0, verbose=0)
         )
-        train_ds, trainer = experiment.training_dataset(generation=1), experiment.trainer
-        count = experiment.splits.num_train
+        train_ds, trainer = experiment.training_batches(1), experiment.trainer_for(1)
+        count = experiment.info.num_train
         drain(train_ds)  # Fill the cache; later epochs read it, as training does.
         trainer.fit(train_ds.take(2), verbose=0)
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import argparse
 
-from bench.common import BATCH, Refinery, alternate, machine, rate, report, synthetic_source
+from bench.common import (
+    BATCH,
+    Refinery,
+    alternate,
+    machine,
+    rate,
+    report,
+    synthetic_source,
+)
 
 
 def main(steps: int = 20, rounds: int = 3) -> float:
@@ -18,7 +26,7 @@ def main(steps: int = 20, rounds: int = 3) -> float:
     source = synthetic_source(steps * BATCH)
     offline = Refinery(source, val_fraction=0.01)
     online = Refinery(source, val_fraction=0.01, online=True)
-    online.refinery.refine()  # Generation 2 onwards: the teacher labels every batch.
+    online.relabel()  # Generation 2 onwards: the teacher labels every batch.
     images = offline.splits.num_train
     for run in (offline, online):
         run.trainer.fit(run.train_ds.take(2), verbose=0)

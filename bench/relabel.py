@@ -19,11 +19,11 @@ def main(images: int = 2560, rounds: int = 2) -> float:
     run = Refinery(synthetic_source(images), val_fraction=0.05)
     count = run.splits.num_train
     run.trainer.fit(run.train_ds.take(2), verbose=0)  # Compile both outside the timing.
-    run.refinery.refine()
+    run.relabel()
     rates = alternate(
         {
             "epoch": lambda: rate(lambda: run.trainer.fit(run.train_ds, verbose=0), count),
-            "relabel": lambda: rate(run.refinery.refine, count),
+            "relabel": lambda: rate(run.relabel, count),
         },
         rounds,
     )

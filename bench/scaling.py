@@ -35,7 +35,7 @@ def main(images: int = 1280) -> dict:
         )
     run = Refinery(synthetic_source(images), val_fraction=0.05, generations=3)
     run.trainer.fit(run.train_ds.take(2), verbose=0)
-    run.refinery.refine()
+    run.relabel()
     generations = []
     for _ in range(3):
         start = time.perf_counter()

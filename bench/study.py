@@ -3,7 +3,7 @@
 `python run.py --repeats=N --control` answers one question for one setting. Over a grid
 (offline and online, T in {1, 2, 4}, alpha in {0, 0.3}) that would train generation 1
 again for every setting, which these 2 cores cannot afford. This driver trains the same
-chains on `chains.ChainRunner` with a `GenerationCache`: generation 1 of a repeat once
+chains on `chains.ChainRunner` with a `GenerationStore`: generation 1 of a repeat once
 for all settings, each generation 2 once. Reuse is exact (the cache's promise, tested in
 tests/test_tuning.py): each chain equals the one `run.py --seed=s --split_seed=s0` trains.
 
@@ -66,10 +66,10 @@ def base_config(args: argparse.Namespace, repeat: int, relabel: str):
 
 
 def run(args: argparse.Namespace) -> None:
-    from krefinery.chain_cache import GenerationCache
-    from krefinery.chains import ChainRunner
-    from krefinery.pipeline import eval_dataset
-    from krefinery.refinery import prepare_experiment
+    from krefinery.chain.experiment import prepare_experiment
+    from krefinery.chain.runner import ChainRunner
+    from krefinery.chain.store import GenerationStore
+    from krefinery.config import Refinement
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,13 +79,13 @@ def run(args: argparse.Namespace) -> None:
         if relabel not in runners:
             config = base_config(args, args.repeat, relabel)
             runners[relabel] = ChainRunner(
-                prepare_experiment(config), GenerationCache(out / f"cache_{relabel}")
+                prepare_experiment(config), GenerationStore(out / f"cache_{relabel}")
             )
         return runners[relabel]
 
     def evaluate(runner: ChainRunner, record: dict, dataset) -> float:
-        trainer = runner.load(record["key"], record["generation"])
-        return float(trainer.evaluate(dataset, verbose=0, return_dict=True)["accuracy"])
+        model = runner.stored(record["key"], record["generation"])
+        return float(model.evaluate(dataset, verbose=0, return_dict=True)["accuracy"])
 
     for mode, temperature, alpha in PHASES[args.phase]:
         relabel = "online" if mode == "online" else "offline"
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> None:
         if relabel == "online":
             share_generation_one(runner_for("offline"), runner)
         start = time.perf_counter()
-        records = runner.run(2, temperature, alpha)
+        records = runner.run(Refinement(2, temperature, alpha))
         experiment = runner.experiment
         for record in records:
             entry = {
@@ -105,17 +105,17 @@ def run(args: argparse.Namespace) -> None:
                 "alpha": alpha,
                 "generation": record["generation"],
                 "val_accuracy": record["val_accuracy"],
-                "test_accuracy": evaluate(runner, record, experiment.test_ds),
+                "test_accuracy": evaluate(runner, record, experiment.test),
                 "train_label_agreement": record["train_label_agreement"],
                 "trained": record["trained"],
                 "epochs": config.epochs,
                 "depth": config.depth,
                 "dataset": config.dataset,
-                "num_train": experiment.splits.num_train,
+                "num_train": experiment.info.num_train,
             }
             if record["generation"] == 1:
                 entry["train_accuracy_unaugmented"] = evaluate(
-                    runner, record, eval_dataset(experiment.splits.train)
+                    runner, record, experiment.feed.train_unaugmented()
                 )
             with open(out / "chains.jsonl", "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
@@ -129,21 +129,23 @@ def run(args: argparse.Namespace) -> None:
 
 def share_generation_one(offline, online) -> None:
     """Stores the offline chain's generation 1 as the online chain's (see the docstring)."""
-    source = offline.keys(1, 1.0, 0.0)[0]
-    target = online.keys(1, 1.0, 0.0)[0]
-    if online.cache.lookup(target) is not None:
+    from krefinery.config import Refinement
+
+    source = offline.keys(Refinement(1))[0]
+    target = online.keys(Refinement(1))[0]
+    if online.store.lookup(target) is not None:
         return
-    record = offline.cache.lookup(source)
+    record = offline.store.lookup(source)
     if record is None:
-        offline.run(1, 1.0, 0.0)
-        record = offline.cache.lookup(source)
-    classifier = online.experiment.load(offline.cache.weights_path(source), 1).classifier
-    online.cache.store(target, classifier, {**record, "shared_from": source})
+        offline.run(Refinement(1))
+        record = offline.store.lookup(source)
+    classifier = online.experiment.stored(offline.store.weights_path(source), 1).classifier
+    online.store.store(target, classifier, {**record, "shared_from": source})
 
 
 def report(out: Path) -> str:
     """Markdown tables of every chain in `<out>/chains.jsonl`, paired by repeat."""
-    from krefinery import stats
+    from krefinery.analysis import stats
 
     lines = [json.loads(line) for line in (out / "chains.jsonl").read_text().splitlines() if line]
     by_setting: dict[tuple, dict[int, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
@@ -208,7 +210,7 @@ def report(out: Path) -> str:
 
 
 def _ms(values: list[float]) -> str:
-    from krefinery import stats
+    from krefinery.analysis import stats
 
     s = stats.summarize(values)
     return f"{100 * s.mean:.2f}" + ("" if s.sd is None else f" ± {100 * s.sd:.2f}")

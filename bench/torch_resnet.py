@@ -1,4 +1,4 @@
-"""The same CIFAR ResNet-20 as `krefinery.resnet.build_resnet(depth=20)`, in plain PyTorch.
+"""The same CIFAR ResNet-20 as `krefinery.core.resnet.build_resnet(depth=20)`, in plain PyTorch.
 
 What many users would write instead (the paper's reference code is PyTorch); used only
 by the comparison benchmarks, and only when torch is installed.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
 
 THREADS = torch.get_num_threads()  # PyTorch's own default: the physical cores.
 

@@ -37,7 +37,7 @@ from bench.common import (
     synthetic_images,
 )
 from krefinery.config import Config
-from krefinery.device import apply_determinism, resolve_runtime
+from krefinery.runtime.device import apply_determinism, resolve_runtime
 
 # (--precision, --jit_compile, --deterministic) as a run would be given them.
 SETTINGS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from typing import Any
@@ -19,6 +20,21 @@ EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 IMAGE_SIZE = re.compile(r"([0-9]+)x([0-9]+)")
 MAX_IMAGE_SIDE = 4096
 SEED_LIMIT = 2**32  # NumPy and Keras seeds are unsigned 32-bit.
+
+# The role of each Config field, declared once beside it (`_role`); the store's keys,
+# the resume check and the records all read it from there (`Config.fields`).
+LEARNED = "learned"  # What a generation learns from: in every store key and resume check.
+CHAIN = "chain"  # The chain's refinement: in the keys of generations 2.. and the resume check.
+RESOLVED = "resolved"  # Resolved per machine: the resolved value is in the keys (the run's
+# runtime), the value asked for in the resume check.
+STUDY = "study"  # How many chains a study trains: in the resume check only.
+OUTPUT = "output"  # Where outputs go and how much is printed: a resumed run may change it.
+ROLES = (LEARNED, CHAIN, RESOLVED, STUDY, OUTPUT)
+
+
+def _role(role: str, default: Any) -> Any:
+    """A Config field with its role (one of ROLES) and default."""
+    return dataclasses.field(default=default, metadata={"role": role})
 
 
 # Generation 1's own architecture; unset (None), each is the student's.
@@ -53,6 +69,25 @@ class Architecture:
 
 
 @dataclasses.dataclass(frozen=True)
+class Refinement:
+    """How a chain refines its labels: its length, and how a trained model's logits
+    become the next generation's targets, `alpha * onehot + (1 - alpha) *
+    softmax(logits / temperature)`. One value, passed to every piece that needs it."""
+
+    generations: int = 1
+    temperature: float = 1.0
+    alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "alpha", float(self.alpha))
+
+    def of_length(self, generations: int) -> Refinement:
+        """The same refinement over a chain of `generations`."""
+        return dataclasses.replace(self, generations=generations)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """Everything a run depends on; `results.json` stores it so a run can be repeated.
 
@@ -61,55 +96,56 @@ class Config:
     """
 
     # Data.
-    dataset: str = "digits"
-    data_dir: str | None = None
-    svhn_extra: bool = False
-    val_fraction: float = 0.1
-    augment: bool = True
-    skip_bad_images: bool = False  # folder:PATH only: leave unreadable files out, and say so.
-    image_size: str | None = None  # folder:PATH only: "HxW"; None: the most common size.
+    dataset: str = _role(LEARNED, "digits")
+    data_dir: str | None = _role(LEARNED, None)
+    svhn_extra: bool = _role(LEARNED, False)
+    val_fraction: float = _role(LEARNED, 0.1)
+    augment: bool = _role(LEARNED, True)
+    skip_bad_images: bool = _role(LEARNED, False)  # folder:PATH only: leave unreadable files out, and say so.
+    image_size: str | None = _role(LEARNED, None)  # folder:PATH only: "HxW"; None: the most common size.
     # Refinery.
-    generations: int = 3
-    temperature: float = 1.0
-    alpha: float = 0.0
-    relabel: str = "offline"
+    generations: int = _role(CHAIN, 3)
+    temperature: float = _role(CHAIN, 1.0)
+    alpha: float = _role(CHAIN, 0.0)
+    relabel: str = _role(LEARNED, "offline")
     # Model.
-    depth: int = 20
-    width: int = 1
-    resnet_version: int = 1
+    depth: int = _role(LEARNED, 20)
+    width: int = _role(LEARNED, 1)
+    resnet_version: int = _role(LEARNED, 1)
     # The refinery (generation 1), which labels the data for the rest; None: the student's
     # (--depth, --width, --resnet_version). The paper refines AlexNet with ResNet-50 labels.
-    refinery_depth: int | None = None
-    refinery_width: int | None = None
-    refinery_version: int | None = None
+    refinery_depth: int | None = _role(LEARNED, None)
+    refinery_width: int | None = _role(LEARNED, None)
+    refinery_version: int | None = _role(LEARNED, None)
     # Optimisation (per generation: every generation runs the whole schedule).
-    epochs: int = 15
-    batch_size: int = 64
-    learning_rate: float = 0.1
-    lr_schedule: str = "cosine"
-    warmup_epochs: int | None = None  # None: 1, or 0 where it cannot apply (see below).
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    # Speed and reproducibility: `auto` and None pick per device (see `krefinery.device`).
-    precision: str = "auto"
-    jit_compile: bool | None = None
-    deterministic: bool | None = None
-    # Devices: `auto` is several accelerators' strategy, or one device (see krefinery.distribute).
-    distribute: str = "auto"
+    epochs: int = _role(LEARNED, 15)
+    batch_size: int = _role(LEARNED, 64)
+    learning_rate: float = _role(LEARNED, 0.1)
+    lr_schedule: str = _role(LEARNED, "cosine")
+    warmup_epochs: int | None = _role(LEARNED, None)  # None: 1, or 0 where it cannot apply (see below).
+    momentum: float = _role(LEARNED, 0.9)
+    weight_decay: float = _role(LEARNED, 5e-4)
+    # Speed and reproducibility: `auto` and None pick per device (see `krefinery.runtime.device`).
+    precision: str = _role(RESOLVED, "auto")
+    jit_compile: bool | None = _role(RESOLVED, None)
+    # What was asked for, in the keys as it always was; the resolved value is in the runtime.
+    deterministic: bool | None = _role(LEARNED, None)
+    # Devices: `auto` is several accelerators' strategy, or one device (see krefinery.runtime.distribute).
+    distribute: str = _role(RESOLVED, "auto")
     # Bookkeeping.
-    seed: int = 0
+    seed: int = _role(LEARNED, 0)
     # None: the splits come from `seed` too. A study sets it so that repeats, each with
     # its own training seed, share one split and can be compared pair by pair.
-    split_seed: int | None = None
-    # Study (krefinery.study): chains with training seeds seed, seed+1, ...; a control.
-    repeats: int = 1
-    control: bool = False
-    workdir: str | None = None
-    verbose: int = 1
+    split_seed: int | None = _role(LEARNED, None)
+    # Study (krefinery.commands.study): chains with training seeds seed, seed+1, ...; a control.
+    repeats: int = _role(STUDY, 1)
+    control: bool = _role(STUDY, False)
+    workdir: str | None = _role(OUTPUT, None)
+    verbose: int = _role(OUTPUT, 1)
     # Export (TF Serving layout: <export_dir>/<export_name>/<version>/).
-    export_dir: str = "saved_models"
-    export_name: str | None = None  # None: from the dataset (see export.default_export_name).
-    export_all_generations: bool = False
+    export_dir: str = _role(OUTPUT, "saved_models")
+    export_name: str | None = _role(OUTPUT, None)  # None: from the dataset (see export.default_export_name).
+    export_all_generations: bool = _role(OUTPUT, False)
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset.strip()), "--dataset is empty; try --dataset=digits.")
@@ -255,6 +291,16 @@ class Config:
                 del values[name]
         return values
 
+    @classmethod
+    def fields(cls, *roles: str) -> tuple[str, ...]:
+        """The names of the fields that have one of `roles`."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["role"] in roles)
+
+    def settings(self) -> dict[str, Any]:
+        """What a resumed run, search or study must share with the one it continues:
+        every field but the outputs', as JSON reads it back (tuples as lists)."""
+        return settings_of(self.to_dict())
+
     def architecture(self, generation: int) -> Architecture:
         """Generation `generation`'s architecture: the refinery's for generation 1 (each
         unset flag falling back to the student's), the student's for the rest."""
@@ -268,9 +314,20 @@ class Config:
         )
 
     @property
+    def refinement(self) -> Refinement:
+        """The chain this run trains: its length, temperature and alpha, as one value."""
+        return Refinement(self.generations, self.temperature, self.alpha)
+
+    @property
     def resolved_split_seed(self) -> int:
         """The seed that carves validation (and test) from train: `split_seed`, else `seed`."""
         return self.seed if self.split_seed is None else self.split_seed
+
+
+def settings_of(values: dict[str, Any]) -> dict[str, Any]:
+    """`Config.settings` of a Config's stored `to_dict()` (one from a record)."""
+    outputs = Config.fields(OUTPUT)
+    return json.loads(json.dumps({k: v for k, v in values.items() if k not in outputs}))
 
 
 def parse_image_size(text: str | None) -> tuple[int, int] | None:

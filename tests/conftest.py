@@ -42,7 +42,7 @@ def mocked_tfds(num_examples: int):
     """TFDS's own mock data, with the network probe told that the network is up."""
     import tensorflow_datasets as tfds
 
-    from krefinery import datasets
+    from krefinery.data import sources as datasets
 
     with pytest.MonkeyPatch.context() as patch, tfds.testing.mock_data(num_examples=num_examples):
         patch.setattr(datasets, "unreachable_download_hosts", lambda builder: [])

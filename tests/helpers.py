@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from krefinery.datasets import Source
-from krefinery.resnet import build_resnet
+from krefinery.core.resnet import build_resnet
+from krefinery.data.sources import Source
 
 
 def constant_images(num: int = 60, classes: int = 4, shape=(16, 16, 1)) -> Source:

@@ -1,4 +1,4 @@
-"""The in-memory path (krefinery/arrays.py): a refinery chain on JAX with TensorFlow absent,
+"""The in-memory path (krefinery/data/memory.py): a refinery chain on JAX with TensorFlow absent,
 batches made on the device, and epochs that the seed alone fixes, on every backend."""
 
 import json
@@ -29,7 +29,7 @@ sys.meta_path.insert(0, _NoTensorFlow())
 
 
 def data_of_known_images():
-    from krefinery.arrays import InMemoryData
+    from krefinery.data.memory import InMemoryData
 
     ids = np.arange(100)  # Image i is constant i + 1; 4 classes.
     images = np.zeros((100, 8, 8, 3), np.uint8) + (ids + 1)[:, None, None, None].astype(np.uint8)
@@ -68,8 +68,8 @@ import jax
 import keras
 import numpy as np
 
-import krefinery.config, krefinery.errors, krefinery.label_refinery, krefinery.losses
-import krefinery.relabel, krefinery.resnet, krefinery.train
+import krefinery.config, krefinery.errors, krefinery.core.label_refinery, krefinery.core.losses
+import krefinery.core.relabel, krefinery.core.resnet, krefinery.core.trainer
 sys.path.insert(0, "tests")
 from test_arrays import EXAMPLE, epochs_of_known_images
 
@@ -168,7 +168,7 @@ def test_an_epoch_is_fixed_by_the_seed_and_the_same_on_every_backend(jax_chains)
 
 
 def test_arrays_that_would_need_converting_are_refused():
-    from krefinery.arrays import InMemoryData
+    from krefinery.data.memory import InMemoryData
     from krefinery.errors import UserError
 
     images, labels = np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 1, 2, 1])

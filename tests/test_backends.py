@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import ROOT
-from krefinery.resnet import build_resnet
+
+from krefinery.core.resnet import build_resnet
 
 # As test_cli's TINY chain, with 4 epochs a generation: enough for its 95% bar. Online, so
 # the frozen teacher labels batches inside the jitted JAX step, and the relabel summaries

@@ -309,8 +309,8 @@ def check_before_training(*args: str):
     `SystemExit(2)` (flag errors, printed) or `UserError`.
     """
     import run
-    from krefinery.export import prepare_export_dir
-    from krefinery.pipeline import load_splits
+    from krefinery.data.pipeline import load_splits
+    from krefinery.outputs.export import prepare_export_dir
 
     run.FLAGS.unparse_flags()
     argv = run.parse_flags(["run.py", *args])
@@ -356,7 +356,7 @@ def test_bad_input_table(case, tmp_path, capsys):
 
 def test_cases_refused_before_data_never_read_an_image(tmp_path, monkeypatch):
     """Cheap checks come first: no refusal of a flag or folder waits for image decoding."""
-    from krefinery import images
+    from krefinery.data import images
 
     def no_reading(*args, **kwargs):
         raise AssertionError("an image was read before a cheap check refused the run")
@@ -373,7 +373,7 @@ def test_cases_refused_before_data_never_read_an_image(tmp_path, monkeypatch):
 
 def test_pixels_follow_the_stated_rules(tmp_path):
     """What the accepted cases turn into, pixel for pixel: no conversion but the stated ones."""
-    from krefinery.images import read_pixels
+    from krefinery.data.images import read_pixels
 
     sixteen_bit(tmp_path / "w.png")
     assert np.all(read_pixels(tmp_path / "w.png", (12, 12, 1)) == 200)  # 257 * 200 / 257.

@@ -5,9 +5,9 @@ import math
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, mocked_tfds, run_cli, run_subprocess, write_images
-from krefinery.device import resolve_precision
+
+from krefinery.runtime.device import resolve_precision
 
 TINY = ("--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0", "--precision=float32")
 
@@ -89,16 +89,16 @@ def test_same_seed_gives_the_same_results(tmp_path):
 
 
 def test_an_interrupted_run_keeps_its_finished_generations_and_resumes(tmp_path, monkeypatch):
-    from krefinery import reporting
+    from krefinery.outputs import report
 
-    make_callback = reporting.tensorboard_callback
+    make_callback = report.tensorboard_callback
 
     def interrupt_generation_two(workdir, generation):
         if generation == 2:
             raise KeyboardInterrupt
         return make_callback(workdir, generation)
 
-    monkeypatch.setattr(reporting, "tensorboard_callback", interrupt_generation_two)
+    monkeypatch.setattr(report, "tensorboard_callback", interrupt_generation_two)
     with pytest.raises(KeyboardInterrupt):
         run_cli(*TINY, f"--workdir={tmp_path}")
     results = read_results(tmp_path)
@@ -106,7 +106,7 @@ def test_an_interrupted_run_keeps_its_finished_generations_and_resumes(tmp_path,
     assert [g["generation"] for g in results["generations"]] == [1]
     assert (tmp_path / "gen_1.weights.h5").exists()
 
-    monkeypatch.setattr(reporting, "tensorboard_callback", make_callback)
+    monkeypatch.setattr(report, "tensorboard_callback", make_callback)
     run_cli(*TINY, f"--workdir={tmp_path}")  # The same command continues the run.
     resumed = read_results(tmp_path)
     assert resumed["finished"] is True
@@ -165,7 +165,7 @@ def test_a_workdir_with_results_is_never_overwritten(tmp_path):
 def _offline() -> bool:
     import tensorflow_datasets as tfds
 
-    from krefinery.datasets import unreachable_download_hosts
+    from krefinery.data.sources import unreachable_download_hosts
 
     return bool(unreachable_download_hosts(tfds.builder("svhn_cropped")))
 
@@ -221,7 +221,7 @@ def test_prepared_tfds_data_dir_is_read_without_download(tmp_path, monkeypatch):
                 yield i, {"image": image.astype(np.uint8), "label": i % 3}
 
     TinyShapes(data_dir=str(tmp_path / "tfds")).download_and_prepare()
-    from krefinery import datasets
+    from krefinery.data import sources as datasets
 
     def no_download(builder, dataset):
         raise AssertionError(f"{dataset} is prepared; nothing should be downloaded")

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-
 from conftest import mocked_tfds, write_images
-from krefinery import datasets
-from krefinery.datasets import load_source
+
+from krefinery.data import sources as datasets
+from krefinery.data.pipeline import make_splits
+from krefinery.data.sources import load_source
 from krefinery.errors import UserError
-from krefinery.pipeline import make_splits
 
 
 def test_digits_is_the_real_bundled_dataset_split_80_20():

@@ -1,11 +1,11 @@
 import keras
 import pytest
 import tensorflow as tf
-
 from conftest import run_cli
-from krefinery import device
+
 from krefinery.config import Config
 from krefinery.errors import UserError
+from krefinery.runtime import device
 
 # /proc/cpuinfo flags of the machines bench/RESULTS.md measured (abridged).
 EPYC_AVX2 = {"sse4_2", "avx", "avx2", "fma", "f16c"}
@@ -99,12 +99,12 @@ def test_keras_compiles_without_xla_under_op_determinism(determinism):
 @pytest.mark.parametrize("jit_compile", [True, None])
 def test_a_run_compiles_what_it_resolved(determinism, jit_compile):
     """results.json must not say XLA where Keras quietly trained without it."""
-    from krefinery.refinery import prepare_experiment
+    from krefinery.chain.experiment import prepare_experiment
 
     config = Config(depth=8, epochs=1, warmup_epochs=0, precision="float32", jit_compile=jit_compile, verbose=0)
     runtime = device.resolve_runtime(config.precision, config.jit_compile, config.deterministic)
     experiment = prepare_experiment(config)
-    assert experiment.trainer.jit_compile is runtime.jit_compile
+    assert experiment.trainer_for(1).jit_compile is runtime.jit_compile
     assert device.determinism_enabled() is runtime.deterministic
     if jit_compile:
         assert runtime == device.Runtime("float32", jit_compile=True, deterministic=False)

@@ -26,9 +26,9 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import ROOT, run_cli, write_images
-from krefinery.resnet import build_resnet
+
+from krefinery.core.resnet import build_resnet
 
 TOLERANCE = 1e-4
 

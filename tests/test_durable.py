@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
 
 CHAIN = (
@@ -180,7 +179,7 @@ def test_a_later_generation_that_diverges_keeps_the_earlier_ones(tmp_path, monke
     overflowed): generation 2 diverges on its first batch, generation 1 is exported."""
     import tensorflow as tf
 
-    from krefinery import relabel
+    from krefinery.core import relabel
 
     # Generation 1's refined labels come out NaN, so generation 2's loss is NaN at once.
     monkeypatch.setattr(
@@ -213,8 +212,8 @@ def test_a_later_generation_that_diverges_keeps_the_earlier_ones(tmp_path, monke
 
 
 def test_label_figures_of_non_finite_labels_do_not_read_as_clean():
-    from krefinery.diagnostics import label_stats
-    from krefinery.losses import entropy
+    from krefinery.analysis.diagnostics import label_stats
+    from krefinery.core.losses import entropy
 
     table = np.full((4, 3), np.nan, np.float32)
     assert np.isnan(label_stats(table, np.zeros(4, int)).mean_entropy)
@@ -234,11 +233,11 @@ def test_a_workdir_holding_a_run_with_other_settings_is_refused_naming_the_flags
 
 
 def test_two_default_workdirs_made_in_the_same_second_differ(tmp_path):
-    from krefinery import reporting
     from krefinery.config import Config
+    from krefinery.outputs import workdirs
 
     # Three in a row take well under a second, so at least two share a time stamp.
-    made = [reporting.create_default_workdir(Config()) for _ in range(3)]
+    made = [workdirs.claim(Config(), workdirs.RUN, None, None) for _ in range(3)]
     assert len(set(made)) == 3 and all(path.is_dir() for path in made)
     stamps = [path.name.split("-")[1] + path.name.split("-")[2] for path in made]
     assert len(set(stamps)) < 3

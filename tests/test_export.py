@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from krefinery import export
 from krefinery.config import Config
-from krefinery.datasets import load_source
+from krefinery.core.resnet import build_resnet
+from krefinery.data.sources import load_source
 from krefinery.errors import UserError
-from krefinery.resnet import build_resnet
+from krefinery.outputs import export
 
 SERVE_SCRIPT = """
 import json, sys

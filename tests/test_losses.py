@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from krefinery.losses import entropy, refined_labels, soft_target_crossentropy
+from krefinery.core.losses import entropy, refined_labels, soft_target_crossentropy
 
 RNG = np.random.default_rng(0)
 LOGITS = tf.constant(RNG.normal(size=(16, 10)) * 3, tf.float32)

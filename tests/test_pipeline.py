@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import KnownFunction, constant_images
-from krefinery.errors import UserError
-from krefinery.losses import refined_labels
-from krefinery.pipeline import (
+
+from krefinery.config import Refinement
+from krefinery.core.losses import refined_labels
+from krefinery.core.refinement import Relabeller
+from krefinery.core.trainer import Trainer
+from krefinery.data.pipeline import (
     TEST,
     TRAIN,
     VAL,
@@ -15,8 +17,7 @@ from krefinery.pipeline import (
     onehot_table,
     training_dataset,
 )
-from krefinery.label_refinery import LabelRefinery
-from krefinery.train import Trainer
+from krefinery.errors import UserError
 
 
 def test_roles_have_exact_sizes_fixed_by_the_seed():
@@ -54,9 +55,7 @@ def test_refined_labels_stay_aligned_under_shuffling_and_augmentation():
     splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes, batch_size=7)
     known = KnownFunction()
-    refinery = LabelRefinery(labels, None, 2, temperature=2.0)
-    refinery.set_model(Trainer(known))
-    refinery.refine()
+    Relabeller(labels).hand_on(known, Trainer(known), Refinement(2, temperature=2.0))
 
     augment = make_augment(splits.image_shape, flip=True)
     pipeline = training_dataset(splits.train, labels, 8, seed=1, augment=augment, shuffle_buffer=48, epochs=2)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_cli, run_subprocess
 from PIL import Image
 
-from conftest import run_cli, run_subprocess
-from krefinery.datasets import load_source
-from krefinery.resnet import build_resnet
+from krefinery.core.resnet import build_resnet
+from krefinery.data.sources import load_source
 
 
 def write_digits(folder, count=4, rgb_first=True) -> tuple[list[str], np.ndarray]:
@@ -72,7 +72,7 @@ def test_predict_bad_input_is_one_clear_error(digits_run, tmp_path, capsys, case
 
 def test_predict_resizes_other_sizes_as_training_does_and_says_so(digits_run, tmp_path, capsys):
     """A 16x16 image of a digit gives what its 8x8 version (resized by the same rules) gives."""
-    from krefinery import images
+    from krefinery.data import images
 
     paths, _ = write_digits(tmp_path, count=1, rgb_first=False)
     large = tmp_path / "large.png"

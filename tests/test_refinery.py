@@ -4,13 +4,19 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import classifier_builder, every_generation, random_images
-from krefinery.config import Config
-from krefinery.losses import entropy, refined_labels
-from krefinery.pipeline import eval_dataset, make_splits, onehot_table, training_dataset
-from krefinery.label_refinery import LabelRefinery, generation_seed
-from krefinery.train import Trainer, make_optimizer
+
+from krefinery.config import Config, Refinement
+from krefinery.core.label_refinery import LabelRefinery
+from krefinery.core.losses import entropy, refined_labels
+from krefinery.core.refinement import generation_seed
+from krefinery.core.trainer import Trainer, make_optimizer
+from krefinery.data.pipeline import (
+    eval_dataset,
+    make_splits,
+    onehot_table,
+    training_dataset,
+)
 
 EPOCHS, BATCH = 2, 16
 
@@ -46,12 +52,12 @@ def make_run(online=False, temperature=1.0, augment=None, precision="float32", j
     build = classifier_builder(splits.image_shape, splits.num_classes, precision)
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
     train_ds = training_dataset(splits.train, labels, BATCH, seed=0, augment=augment, shuffle_buffer=splits.num_train)
-    trainer = Trainer(build(0), teacher=build(0) if online else None, temperature=temperature)
+    trainer = Trainer(build(0), teacher=build(0) if online else None)
     steps = math.ceil(splits.num_train / BATCH)
     config = Config(epochs=EPOCHS, batch_size=BATCH, warmup_epochs=1, learning_rate=0.05)
     trainer.compile(make_optimizer(config, steps, precision), jit_compile=jit_compile)
     refinery = LabelRefinery(
-        labels, every_generation(build), 2, temperature=temperature, seed=0,
+        labels, every_generation(build), Refinement(2, temperature=temperature), seed=0,
         jit_compile=jit_compile,
     )
     return splits, build, labels, train_ds, trainer, refinery, steps

@@ -14,12 +14,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import ROOT, run_cli
-from krefinery import reporting
-from krefinery.config import Architecture, Config
-from krefinery.datasets import load_source
-from krefinery.resnet import build_resnet
+
+from krefinery.config import Architecture, Config, Refinement
+from krefinery.core.resnet import build_resnet
+from krefinery.data.sources import load_source
+from krefinery.outputs import report
 
 REFINERY, STUDENT = Architecture(14, 1, 1), Architecture(8, 1, 1)
 # At T = 20 the students learn from near-uniform labels, so the refinery is the best
@@ -87,7 +87,7 @@ def test_online_the_refinery_teaches_generation_2_and_each_student_the_next(onli
         REFINERY.to_dict(), STUDENT.to_dict(), STUDENT.to_dict()
     ]
     assert results["config"]["refinery_depth"] == 14 and results["config"]["depth"] == 8
-    table = reporting.format_table(results).splitlines()
+    table = report.format_table(results).splitlines()
     assert table[0].split()[-1] == "model"
     assert [line.split(maxsplit=6)[-1] for line in table[2:5]] == ["ResNet-14 v1", "ResNet-8 v1", "ResNet-8 v1"]
     assert_holds(workdir / "gen_1.weights.h5", REFINERY, STUDENT)
@@ -162,7 +162,7 @@ def test_offline_search_shares_one_refinery_and_exports_it_when_it_is_best(tmp_p
     domains = {info["name"]: info for info in experiment["hparamInfos"]}
     assert domains["refinery_depth"]["domainDiscrete"] == [14.0]
 
-    from krefinery.predict import predict_files
+    from krefinery.commands.predict import predict_files
 
     image = tmp_path / "digit.png"
     batch = next(load_source("digits").test.batch(1).as_numpy_iterator())
@@ -173,16 +173,16 @@ def test_offline_search_shares_one_refinery_and_exports_it_when_it_is_best(tmp_p
 
 
 def test_store_keys_change_only_with_the_refinery_architecture():
-    from krefinery.chain_cache import chain_keys
+    from krefinery.chain.store import chain_keys
 
     runtime = {"precision": "float32", "jit_compile": False, "deterministic": True}
     plain = Config(depth=8)
-    keys = chain_keys(plain, runtime, 2, 1.0, 0.0)
+    keys = chain_keys(plain, runtime, Refinement(2))
     # Given as the students' shape, flag by flag, it is the same chain.
     same = Config(depth=8, refinery_depth=8, refinery_width=1, refinery_version=1)
-    assert chain_keys(same, runtime, 2, 1.0, 0.0) == keys
+    assert chain_keys(same, runtime, Refinement(2)) == keys
     for changed in ({"refinery_depth": 14}, {"refinery_width": 2}, {"refinery_version": 2}):
-        other = chain_keys(Config(depth=8, **changed), runtime, 2, 1.0, 0.0)
+        other = chain_keys(Config(depth=8, **changed), runtime, Refinement(2))
         assert other[0] != keys[0] and other[1] != keys[1]
     # Unset, the fields are in no record, setting or key: stores from before still serve.
     assert not {"refinery_depth", "refinery_width", "refinery_version"} & set(plain.to_dict())
@@ -195,7 +195,7 @@ def test_store_keys_change_only_with_the_refinery_architecture():
 )
 def test_one_trainer_unless_the_refinery_has_its_own_shape(flags, relabel, count):
     """Each trainer traces its own steps: a chain with no refinery of its own keeps one."""
-    from krefinery.experiment import trainer_shape
+    from krefinery.chain.experiment import trainer_shape
 
     config = Config(depth=8, relabel=relabel, **flags)
     shapes = [trainer_shape(config, generation) for generation in range(1, 6)]

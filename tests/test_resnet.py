@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from krefinery.core.resnet import build_resnet
 from krefinery.errors import UserError
-from krefinery.resnet import build_resnet
 
 
 def trainable_params(model) -> int:

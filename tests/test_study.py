@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, run_subprocess
-from krefinery import stats
-from krefinery.config import Config
-from krefinery.underfit import FitCheck, label_figures, model_accuracy
+
+from krefinery.analysis import stats
+from krefinery.analysis.underfit import FitCheck, label_figures, model_accuracy
+from krefinery.config import Config, Refinement
 
 TINY = ("--depth=8", "--epochs=1", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0", "--precision=float32", "--nojit_compile")
 
@@ -118,19 +118,19 @@ def stored_arrays(path) -> dict:
 
 
 def test_repeats_share_the_splits_and_differ_in_their_seeds(tmp_path):
-    from krefinery.refinery import prepare_experiment
-    from krefinery.study import repeat_config
+    from krefinery.chain.experiment import prepare_experiment
+    from krefinery.commands.study import repeat_config
 
     study = Config(depth=8, seed=5, repeats=2, precision="float32", jit_compile=False)
     a, b = (prepare_experiment(repeat_config(study, r, tmp_path)) for r in range(2))
     assert (a.config.seed, b.config.seed) == (5, 6)
     assert a.config.split_seed == b.config.split_seed == 5
     for split in ("train", "val", "test"):
-        ids = [np.sort([int(e["id"]) for e in getattr(x.splits, split)]) for x in (a, b)]
+        ids = [np.sort([int(e["id"]) for e in getattr(x.feed.splits, split)]) for x in (a, b)]
         np.testing.assert_array_equal(*ids)
-    first_batches = [next(iter(x.training_dataset(1)))["id"].numpy() for x in (a, b)]
+    first_batches = [next(iter(x.training_batches(1)))["id"].numpy() for x in (a, b)]
     assert not np.array_equal(*first_batches)  # Shuffled by each repeat's own seed.
-    assert not np.allclose(a.trainer.classifier.get_weights()[0], b.trainer.classifier.get_weights()[0])
+    assert not np.allclose(a.trainer_for(1).classifier.get_weights()[0], b.trainer_for(1).classifier.get_weights()[0])
 
 
 def test_a_study_with_a_control(tmp_path, capsys):
@@ -138,10 +138,11 @@ def test_a_study_with_a_control(tmp_path, capsys):
     labels, generation 2's seed and per-epoch stream), on the run's store, sharing its
     generation 1; then the same command again resumes the finished study: nothing trains.
     One epoch at a tiny learning rate under-fits generation 1: its figures and warning."""
-    from krefinery.chain_cache import chain_keys
-    from krefinery.label_refinery import generation_seed
-    from krefinery.outputs import CONTROL_WEIGHTS
     from test_tensorboard import read_run
+
+    from krefinery.chain.store import chain_keys
+    from krefinery.core.refinement import generation_seed
+    from krefinery.outputs.run_outputs import CONTROL_WEIGHTS
 
     root, models = tmp_path / "study", tmp_path / "models"
     args = (*TINY, "--learning_rate=0.002", "--repeats=1", "--control", "--seed=3", f"--workdir={root}", f"--export_dir={models}")
@@ -152,7 +153,7 @@ def test_a_study_with_a_control(tmp_path, capsys):
     assert record["seeds"] == [3] and run["config"]["seed"] == 3 and run["config"]["split_seed"] == 3
     control, first, second = run["control"], *run["generations"]
     config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in run["config"].items()})
-    keys = chain_keys(config, run["runtime"], 2, config.temperature, 1.0)
+    keys = chain_keys(config, run["runtime"], Refinement(2, config.temperature, 1.0))
     assert control["key"] == keys[1] and first["key"] == keys[0] != second["key"]
     assert (control["alpha"], control["generation"]) == (1.0, "control")
     assert control["weight_seed"] == generation_seed(3, 2)
@@ -214,7 +215,7 @@ def test_a_control_that_diverges_is_no_result_and_the_study_still_reports(tmp_pa
     diverges on its first batch. The study still reports: the control is recorded as
     diverged, never as a result, there is no generation 2 - control comparison and the
     report says why, and generation 2 - generation 1 stands."""
-    from krefinery.relabel import RefinedLabels
+    from krefinery.core.relabel import RefinedLabels
 
     predict = RefinedLabels.predict_on_batch
 
@@ -264,7 +265,7 @@ def fake_run(seed: int, val: list, test: list, control: tuple) -> dict:
 
 
 def test_the_study_record_pairs_repeats(tmp_path):
-    from krefinery import study_report
+    from krefinery.outputs import study_report
 
     runs = [
         fake_run(0, [0.80, 0.83, 0.81], [0.60, 0.62, 0.61], (0.80, 0.60)),

@@ -8,14 +8,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import get_json, tensorboard_server
 from tensorboard.backend.event_processing import event_accumulator
 
-from helpers import get_json, tensorboard_server
-from krefinery import charts, summaries
-from krefinery.datasets import load_source
-from krefinery.diagnostics import label_stats
-from krefinery.pipeline import eval_dataset, make_splits
-from krefinery.resnet import build_resnet
+from krefinery.analysis.diagnostics import label_stats
+from krefinery.core.resnet import build_resnet
+from krefinery.data.pipeline import eval_dataset, make_splits
+from krefinery.data.sources import load_source
+from krefinery.outputs import charts, summaries
 
 
 def read_run(path) -> dict[str, dict[int, np.ndarray]]:
@@ -281,21 +281,22 @@ def test_label_stats_on_hand_computed_labels():
 
 def test_online_relabel_reports_the_teachers_labels_of_unaugmented_images():
     from helpers import classifier_builder, every_generation, random_images
-    from krefinery.config import Config
-    from krefinery.losses import refined_labels
-    from krefinery.pipeline import onehot_table, training_dataset
-    from krefinery.refinery import LabelRefinery
-    from krefinery.train import Trainer, make_optimizer
+
+    from krefinery.config import Config, Refinement
+    from krefinery.core.label_refinery import LabelRefinery
+    from krefinery.core.losses import refined_labels
+    from krefinery.core.trainer import Trainer, make_optimizer
+    from krefinery.data.pipeline import onehot_table, training_dataset
 
     splits = make_splits(random_images(), val_fraction=0.2, seed=0)
     build = classifier_builder(splits.image_shape, splits.num_classes)
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
     train_ds = training_dataset(splits.train, labels, 16, seed=0)
-    trainer = Trainer(build(0), teacher=build(0), temperature=3.0)
+    trainer = Trainer(build(0), teacher=build(0))
     trainer.compile(make_optimizer(Config(epochs=1, warmup_epochs=0), math.ceil(splits.num_train / 16)))
     seen = []
     refinery = LabelRefinery(
-        labels, every_generation(build), 3, temperature=3.0,
+        labels, every_generation(build), Refinement(3, temperature=3.0),
         on_relabel=lambda k, previous, refined: seen.append((k, previous, refined)),
     )
     for _ in range(2):

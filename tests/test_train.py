@@ -4,12 +4,17 @@ import math
 
 import numpy as np
 import pytest
-
 from helpers import classifier_builder, random_images
-from krefinery.config import Config
-from krefinery.losses import entropy, refined_labels
-from krefinery.pipeline import eval_dataset, make_splits, onehot_table, training_dataset
-from krefinery.train import Trainer, make_optimizer
+
+from krefinery.config import Config, Refinement
+from krefinery.core.losses import entropy, refined_labels
+from krefinery.core.trainer import Trainer, make_optimizer
+from krefinery.data.pipeline import (
+    eval_dataset,
+    make_splits,
+    onehot_table,
+    training_dataset,
+)
 
 
 def test_teacher_and_refinement_changes_reach_the_compiled_step():
@@ -34,12 +39,12 @@ def test_teacher_and_refinement_changes_reach_the_compiled_step():
         return trainer.fit(train_ds, epochs=1, verbose=0).history["label_entropy"][-1]
 
     assert not trainer.teaching and label_entropy() == 0.0  # One-hot table.
-    trainer.use_teacher(trained)
+    trainer.use_teacher(trained, Refinement(temperature=1.0))
     assert trainer.teaching
     for mine, theirs in zip(trainer.teacher.get_weights(), trained.get_weights(), strict=True):
         np.testing.assert_array_equal(mine, theirs)
     assert label_entropy() == pytest.approx(teacher_entropy(1.0), rel=1e-4)
-    trainer.set_refinement(4.0, 0.0)  # Flatter labels: the step must be traced anew.
+    trainer.use_teacher(trained, Refinement(temperature=4.0))  # Flatter: traced anew.
     assert label_entropy() == pytest.approx(teacher_entropy(4.0), rel=1e-4)
     assert teacher_entropy(4.0) > teacher_entropy(1.0) + 0.05
     trainer.use_teacher(None)
@@ -50,4 +55,4 @@ def test_use_teacher_needs_a_teacher_slot():
     splits = make_splits(random_images(), val_fraction=0.2, seed=0)
     build = classifier_builder(splits.image_shape, splits.num_classes)
     with pytest.raises(ValueError, match="teacher slot"):
-        Trainer(build(0)).use_teacher(build(1))
+        Trainer(build(0)).use_teacher(build(1), Refinement())

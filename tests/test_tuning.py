@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli, run_subprocess
 
 TINY = ("--depth=8", "--epochs=1", "--batch_size=64", "--warmup_epochs=0", "--verbose=0")
@@ -28,7 +27,6 @@ def hparams_table(logdir: Path) -> tuple[dict, dict[str, dict]]:
     """What the HParams dashboard reads from TensorBoard's server: the experiment (domains,
     metrics) and `{row name: session group}`, over every status."""
     from helpers import get_json, tensorboard_server
-
     from tensorboard.plugins.hparams import api_pb2
 
     statuses = list(api_pb2.Status.keys())
@@ -55,7 +53,7 @@ def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, cap
     assert record["best"]["val_accuracy"] == best["objective"]
     assert record["best"]["generations"] == trials[int(record["best"]["trial_id"])]["chosen_generation"]
     # The test split is evaluated once, for the best trial: a count over its images.
-    from krefinery.datasets import load_source
+    from krefinery.data.sources import load_source
 
     num_test = int(load_source("digits").test.cardinality())
     correct = record["best"]["test_accuracy"] * num_test
@@ -96,33 +94,33 @@ def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, cap
 def test_a_chain_continued_from_the_cache_equals_one_trained_in_one_go(tmp_path):
     """Reuse is exact: generation 2 trained on a cached generation 1, in a process that
     has already run other chains, equals generation 2 of a normal two-generation run."""
-    from krefinery.chain_cache import GenerationCache
-    from krefinery.config import Config
-    from krefinery.chains import ChainRunner
-    from krefinery.experiment import prepare_experiment
-    from krefinery.refinery import train_and_evaluate
+    from krefinery.chain.experiment import prepare_experiment
+    from krefinery.chain.runner import ChainRunner
+    from krefinery.chain.store import GenerationStore
+    from krefinery.commands.train import train_and_evaluate
+    from krefinery.config import Config, Refinement
 
     config = Config(depth=8, epochs=1, warmup_epochs=0, verbose=0, temperature=2.0, generations=2)
     train_and_evaluate(Config(**{**config.to_dict(), "workdir": os.fspath(tmp_path / "run")}))
     normal = json.loads((tmp_path / "run" / "results.json").read_text())["generations"]
 
-    runner = ChainRunner(prepare_experiment(config), GenerationCache(tmp_path / "cache"))
-    runner.run(generations=2, temperature=4.0, alpha=0.0)  # Trains generation 1, shared...
-    records = runner.run(generations=2, temperature=2.0, alpha=0.0)  # ...and reuses it here.
+    runner = ChainRunner(prepare_experiment(config), GenerationStore(tmp_path / "store"))
+    runner.run(Refinement(2, temperature=4.0))  # Trains generation 1, shared...
+    records = runner.run(Refinement(2, temperature=2.0))  # ...and reuses it here.
     assert [r["trained"] for r in records] == [False, True]
     assert [r["val_accuracy"] for r in records] == [g["val_accuracy"] for g in normal]
 
     import keras
 
-    expected = keras.models.clone_model(runner.experiment.trainer.classifier)
+    expected = keras.models.clone_model(runner.experiment.trainer_for(2).classifier)
     expected.load_weights(tmp_path / "run" / "gen_2.weights.h5")
-    loaded = runner.load(records[1]["key"], 2).classifier
+    loaded = runner.stored(records[1]["key"], 2).classifier
     for got, want in zip(loaded.get_weights(), expected.get_weights()):
         np.testing.assert_array_equal(got, want)
 
 
 def test_an_interrupted_search_resumes_without_repeating_finished_work(tmp_path, monkeypatch):
-    from krefinery import chains
+    from krefinery.chain import runner as chains
 
     args = ("--tune", *TINY, "--tune_generations=2,2", "--tune_temperature=1,4", "--max_trials=3", f"--workdir={tmp_path}")
     train = chains.ChainRunner._train

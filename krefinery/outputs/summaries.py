@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from krefinery import charts
+from krefinery.analysis.diagnostics import (
+    EPSILON,
+    LabelStats,
+    label_stats,
+    moved_furthest,
+    top_classes,
+)
 from krefinery.config import Architecture
-from krefinery.diagnostics import EPSILON, LabelStats, label_stats, moved_furthest, top_classes
+from krefinery.outputs import charts
 
 GENERATION_TAGS = {
     "val_accuracy": "generation/validation_accuracy",
@@ -323,21 +329,25 @@ class GenerationSummaries:
 
 
 class RelabelSummaries:
-    """`LabelRefinery`'s `on_relabel` observer: diagnostics of each relabel, to TensorBoard.
+    """An `on_relabel` observer (the chain's or `LabelRefinery`'s): diagnostics of each
+    relabel, to TensorBoard.
 
-    `examples` are the un-augmented training batches `{"id", "image", "label"}`.
-    `history` keeps each step's `LabelStats`, for callers that want the figures too.
+    `truth()` gives the training examples' ids and ground truth, `images(ids)` their
+    un-augmented images (`data.feed.Feed` has both). `history` keeps each step's
+    `LabelStats`, for callers that want the figures too.
     """
 
     def __init__(
         self,
         logdir: str | os.PathLike,
-        examples: tf.data.Dataset,
+        truth: Callable[[], tuple[np.ndarray, np.ndarray]],
+        images: Callable[[np.ndarray], np.ndarray],
         class_names: Sequence[str],
         num_images: int = 8,
     ):
         self.logdir = Path(logdir)
-        self.examples = examples
+        self.truth = truth
+        self.images = images
         self.class_names = list(class_names)
         self.num_images = num_images
         self.history: dict[int, LabelStats] = {}
@@ -352,7 +362,7 @@ class RelabelSummaries:
         """
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(os.fspath(self.logdir))
-            self._ids, self._truth = self._read_ids()
+            self._ids, self._truth = self.truth()
         previous, refined = previous[self._ids], refined[self._ids]
         if generation == 1:
             self._write_stats(1, label_stats(previous, self._truth))
@@ -365,14 +375,6 @@ class RelabelSummaries:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-
-    def _read_ids(self) -> tuple[np.ndarray, np.ndarray]:
-        ids, truth = [], []
-        without_images = self.examples.map(lambda b: {"id": b["id"], "label": b["label"]})
-        for batch in without_images.as_numpy_iterator():
-            ids.append(batch["id"])
-            truth.append(batch["label"])
-        return np.concatenate(ids), np.concatenate(truth)
 
     def _write_stats(self, step: int, stats: LabelStats) -> None:
         self.history[step] = stats
@@ -424,7 +426,7 @@ class RelabelSummaries:
 
     def _write_moved(self, step: int, refined: np.ndarray) -> None:
         rows = moved_furthest(refined, self._truth, self.num_images)
-        images = self._images(self._ids[rows])
+        images = self.images(self._ids[rows])
         captions = []
         table = ["| rank | id | ground truth | p(truth) | top-3 refined |", "|---|---|---|---|---|"]
         for rank, row in enumerate(rows, start=1):
@@ -446,18 +448,6 @@ class RelabelSummaries:
                 description=moved_image_description(step),
             )
             tf.summary.text(MOVED_TABLE, "\n".join(table), description=DESCRIPTIONS[MOVED_TABLE])
-
-    def _images(self, ids: np.ndarray) -> np.ndarray:
-        """The un-augmented images of `ids`, in that order (one pass over the examples)."""
-        wanted = {int(i): n for n, i in enumerate(ids)}
-        found: dict[int, np.ndarray] = {}
-        for batch in self.examples.as_numpy_iterator():
-            for i, image in zip(batch["id"], batch["image"]):
-                if int(i) in wanted:
-                    found[wanted[int(i)]] = image
-            if len(found) == len(wanted):
-                break
-        return np.stack([found[n] for n in range(len(ids))])
 
 
 def _probability(p: float) -> str:

@@ -4,20 +4,17 @@ Works on every Keras backend: the model runs through Keras's own `predict_on_bat
 (a `tf.function`, a `jax.jit`-ed function or eager PyTorch), and the results come back
 as NumPy arrays. The tables they are written into live with the data: a `tf.Variable`
 read by the tf.data pipeline (`pipeline.TFLabelTable`), or a Keras variable on the device
-beside in-memory images (`arrays.DeviceLabelTable`).
+beside in-memory images (`memory.DeviceLabelTable`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any
 
 import keras
 import numpy as np
 
-from krefinery.losses import refined_labels
-
-if TYPE_CHECKING:
-    import tensorflow as tf
+from krefinery.core.losses import refined_labels
 
 # The batch of every inference pass: relabelling here, evaluation in the pipelines.
 INFERENCE_BATCH_SIZE = 1024
@@ -51,17 +48,9 @@ class RefinedLabels(keras.Model):
         logits = self.labeller(inputs["image"], training=False)
         return refined_labels(logits, inputs["label"], self.temperature, self.alpha)
 
-    def batches(self, examples: tf.data.Dataset) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """`(ids, targets)` of each batch of `examples` (dicts with "id", "image", "label")."""
-        for batch in examples.as_numpy_iterator():
-            inputs = {"image": batch["image"], "label": batch["label"]}
-            yield batch["id"], np.asarray(self.predict_on_batch(inputs), np.float32)
-
-    def table(self, examples: tf.data.Dataset, into: np.ndarray) -> np.ndarray:
-        """`into` with the rows of `examples`' ids replaced by their refined labels."""
-        for ids, targets in self.batches(examples):
-            into[ids] = targets
-        return into
+    def of_batch(self, images: Any, labels: Any) -> np.ndarray:
+        """Refined labels of one batch (NumPy arrays or backend tensors), as NumPy."""
+        return np.asarray(self.predict_on_batch({"image": images, "label": labels}), np.float32)
 
     def of_arrays(
         self, images: Any, labels: Any, batch_size: int = INFERENCE_BATCH_SIZE
@@ -72,11 +61,9 @@ class RefinedLabels(keras.Model):
         the `[n, classes]` labels come back.
         """
         count = int(images.shape[0])
-        chunks = [
-            self.predict_on_batch(
-                {"image": images[start : start + batch_size],
-                 "label": labels[start : start + batch_size]}
-            )
-            for start in range(0, count, batch_size)
-        ]
-        return np.concatenate([np.asarray(c, np.float32) for c in chunks])
+        return np.concatenate(
+            [
+                self.of_batch(images[start : start + batch_size], labels[start : start + batch_size])
+                for start in range(0, count, batch_size)
+            ]
+        )

@@ -21,13 +21,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from krefinery import charts, files, reporting, summaries, underfit
-from krefinery.chain_cache import GenerationCache
-from krefinery.experiment import Experiment
-from krefinery.export import export_generation, export_model_name, find_export
-from krefinery.label_refinery import generation_seed
-from krefinery.pipeline import eval_dataset
-from krefinery.train import Trainer
+from krefinery.analysis import underfit
+from krefinery.chain.experiment import Experiment
+from krefinery.chain.store import GenerationStore
+from krefinery.core.refinement import generation_seed
+from krefinery.core.trainer import Trainer
+from krefinery.outputs import charts, report, summaries, workdirs
+from krefinery.outputs.export import export_generation, find_export, model_folder
 
 # The control mirrors generation 2: its seed and batches, the ground truth for labels.
 CONTROL_OF = 2
@@ -38,28 +38,28 @@ CONTROL_WEIGHTS = "control.weights.h5"
 class RunOutputs:
     """The work directory of one run: its per-generation outputs and its export."""
 
-    def __init__(self, workdir: Path, experiment: Experiment, cache: GenerationCache):
+    def __init__(self, workdir: Path, experiment: Experiment, store: GenerationStore):
         self.workdir = workdir
         self.experiment = experiment
         self.config = experiment.config
-        self.cache = cache
+        self.store = store
         self.generations: list[dict[str, Any]] = []
         self.control: dict[str, Any] | None = None
         self.fit_check = underfit.FitCheck(self.config)
-        previous = reporting.read_results(workdir) or {}
+        previous = report.read_results(workdir) or {}
         # Exports that landed before an interruption are kept, not made again.
         self.exports: dict[str, str] = {
             name: path for name, path in previous.get("exports", {}).items() if Path(path).is_dir()
         }
         tensorboard = workdir / "tensorboard"
-        splits = experiment.splits
+        feed = experiment.feed
         self.relabel_summaries = summaries.RelabelSummaries(
-            tensorboard / "refinery", eval_dataset(splits.train), splits.class_names
+            tensorboard / "refinery", feed.truth, feed.images, feed.info.class_names
         )
         self.generation_summaries = summaries.GenerationSummaries(tensorboard / "generations")
 
     def callbacks(self, generation: int) -> list[keras.callbacks.Callback]:
-        return [reporting.tensorboard_callback(self.workdir, generation)]
+        return [report.tensorboard_callback(self.workdir, generation)]
 
     def control_callbacks(self, generation: int) -> list[keras.callbacks.Callback]:
         return [summaries.EpochSummaries(self.workdir / "tensorboard" / CONTROL)]
@@ -73,19 +73,19 @@ class RunOutputs:
         generation = record["generation"]
         entry["architecture"] = self.config.architecture(generation).to_dict()
         if not record.get("diverged"):
-            trainer = self._load(record["key"], generation)
-            test = trainer.evaluate(self.experiment.test_ds, verbose=0, return_dict=True)
+            model = self._load(record["key"], generation)
+            test = model.evaluate(self.experiment.test, verbose=0, return_dict=True)
             weights = self.workdir / f"gen_{generation}.weights.h5"
-            files.link_or_copy(self.cache.weights_path(record["key"]), weights)
+            workdirs.keep_weights(self.store.weights_path(record["key"]), weights)
             entry.update(test_accuracy=float(test["accuracy"]), weights=weights.name)
-            entry.update(self._fit_figures(record, trainer))
+            entry.update(self._fit_figures(record, model))
             self.fit_check.check(generation, entry)
             self.generation_summaries.write(entry)
             if self.config.export_all_generations:
-                self._export(f"gen_{generation}", trainer.classifier, record["key"], generation)
+                self._export(f"gen_{generation}", model.classifier, record["key"], generation)
         self.generations.append(entry)
         self._write(finished=False)
-        best = reporting.best_generation(self.generations)
+        best = report.best_generation(self.generations)
         if best is not None:
             trained = [g for g in self.generations if not g.get("diverged")]
             charts.accuracy_chart(trained, best, self.workdir / charts.ACCURACY_CHART)
@@ -102,34 +102,34 @@ class RunOutputs:
             architecture=self.config.architecture(CONTROL_OF).to_dict(),
         )
         if not record.get("diverged"):
-            trainer = self._load(record["key"], CONTROL_OF)
-            test = trainer.evaluate(self.experiment.test_ds, verbose=0, return_dict=True)
+            model = self._load(record["key"], CONTROL_OF)
+            test = model.evaluate(self.experiment.test, verbose=0, return_dict=True)
             weights = self.workdir / CONTROL_WEIGHTS
-            files.link_or_copy(self.cache.weights_path(record["key"]), weights)
+            workdirs.keep_weights(self.store.weights_path(record["key"]), weights)
             entry.update(
                 weight_seed=generation_seed(self.config.seed, CONTROL_OF),
                 test_accuracy=float(test["accuracy"]),
                 weights=weights.name,
-                **self._fit_figures(record, trainer),
+                **self._fit_figures(record, model),
             )
         self.control = entry
         self._write(finished=False)
 
-    def _fit_figures(self, record: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
+    def _fit_figures(self, record: dict[str, Any], model: Trainer) -> dict[str, Any]:
         """The under-fit figures: stored with the generation if it relabelled, else (the
         last generation, or labels at alpha = 1 that hide the model) the accuracy on the
-        un-augmented training images of the weights `trainer` holds (the record's)."""
+        un-augmented training images of the weights `model` holds (the record's)."""
         fit = record.get(underfit.FIT_KEY)
         if fit is None:
-            train = self.experiment.eval_dataset(self.experiment.splits.train)
-            fit = float(trainer.evaluate(train, verbose=0, return_dict=True)["accuracy"])
+            train = self.experiment.feed.train_unaugmented()
+            fit = float(model.evaluate(train, verbose=0, return_dict=True)["accuracy"])
         disagreement = record.get(underfit.DISAGREEMENT_KEY)
         return {underfit.FIT_KEY: fit, underfit.DISAGREEMENT_KEY: disagreement}
 
     def finish(self) -> dict[str, Any]:
         """Exports the best generation (if any did not diverge), then writes the final
         `results.json`: `finished` is true only if the chain completed and the export landed."""
-        best = reporting.best_generation(self.generations)
+        best = report.best_generation(self.generations)
         if best is not None:
             key = self.generations[best - 1]["key"]
             self._export("best", self._load(key, best).classifier, key, None)
@@ -139,8 +139,8 @@ class RunOutputs:
         return self._write(finished=complete and best is not None)
 
     def _load(self, key: str, generation: int) -> Trainer:
-        """The trainer of `generation`, holding the stored generation `key`."""
-        return self.experiment.load(self.cache.weights_path(key), generation)
+        """A reader of `generation`'s architecture holding the stored generation `key`."""
+        return self.experiment.stored(self.store.weights_path(key), generation)
 
     def close(self) -> None:
         self.relabel_summaries.close()
@@ -151,19 +151,19 @@ class RunOutputs:
         if name in self.exports:
             return
         source = {"workdir": os.fspath(self.workdir.resolve()), "key": key}
-        model_dir = Path(self.config.export_dir) / export_model_name(self.config, generation)
+        model_dir = model_folder(self.config, generation)
         path = find_export(model_dir, source)
         if path is None:
-            splits = self.experiment.splits
+            info = self.experiment.info
             path = export_generation(
-                classifier, splits.class_names, splits.image_shape, self.config, generation, source
+                classifier, info.class_names, info.image_shape, self.config, generation, source
             )
         self.exports[name] = os.fspath(path)
 
     def _write(self, finished: bool) -> dict[str, Any]:
-        record = reporting.results_record(
+        record = report.results_record(
             self.config,
-            self.experiment.splits,
+            self.experiment.info,
             self.generations,
             self.workdir,
             finished,
@@ -172,5 +172,5 @@ class RunOutputs:
         )
         if self.control is not None:
             record["control"] = self.control
-        reporting.write_results(self.workdir, record)
+        report.write_results(self.workdir, record)
         return record

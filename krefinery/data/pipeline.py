@@ -15,13 +15,13 @@ import numpy as np
 import tensorflow as tf
 
 from krefinery.config import Config
-from krefinery.datasets import Source, load_source
+from krefinery.core.relabel import INFERENCE_BATCH_SIZE
+from krefinery.data.feed import DataInfo
+from krefinery.data.sources import Source, load_source
 from krefinery.errors import UserError
 
-from krefinery.relabel import INFERENCE_BATCH_SIZE
-
 if TYPE_CHECKING:
-    from krefinery.relabel import RefinedLabels
+    from krefinery.core.relabel import RefinedLabels
 
 TRAIN, VAL, TEST = 0, 1, 2
 MAX_SHUFFLE_BUFFER = 50_000
@@ -55,6 +55,19 @@ class Splits:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def info(self) -> DataInfo:
+        return DataInfo(
+            num_ids=self.num_ids,
+            num_train=self.num_train,
+            num_val=self.num_val,
+            num_test=self.num_test,
+            class_names=self.class_names,
+            image_shape=self.image_shape,
+            flip_safe=self.flip_safe,
+            notes=self.notes,
+        )
 
 
 def load_splits(config: Config) -> Splits:
@@ -168,7 +181,7 @@ class TFLabelTable:
     """The `[num_ids, classes]` label table as a `tf.Variable`, read by `training_dataset`.
 
     The TensorFlow implementation of the table `LabelRefinery` refines (the in-memory one
-    is `arrays.DeviceLabelTable`): `training_dataset` gathers each batch's targets from it
+    is `memory.DeviceLabelTable`): `training_dataset` gathers each batch's targets from it
     by id, so a relabel is a write here, not a new pipeline. Rows of ids outside `train`
     (validation and test images) stay 0.
     """
@@ -189,15 +202,19 @@ class TFLabelTable:
 
     def refine(self, labeller: RefinedLabels) -> None:
         """Writes `labeller`'s refined labels of every training example, by id."""
-        for ids, targets in labeller.batches(self.examples):
-            self.variable.scatter_nd_update(ids[:, None], targets)
+        for batch in self.examples.as_numpy_iterator():
+            targets = labeller.of_batch(batch["image"], batch["label"])
+            self.variable.scatter_nd_update(batch["id"][:, None], targets)
 
     def values(self) -> np.ndarray:
         return self.variable.numpy()
 
     def labelled(self, labeller: RefinedLabels) -> np.ndarray:
         """`values()` with the training rows replaced by `labeller`'s labels."""
-        return labeller.table(self.examples, into=self.values())
+        table = self.values()
+        for batch in self.examples.as_numpy_iterator():
+            table[batch["id"]] = labeller.of_batch(batch["image"], batch["label"])
+        return table
 
     def reset(self) -> None:
         """Ground truth back in, for a chain's generation 1."""
@@ -355,6 +372,74 @@ def _shuffled(
     return (
         tf.data.Dataset.from_tensor_slices(block_order).flat_map(one_block).unbatch()
     )
+
+
+class TFDataFeed:
+    """A chain's data through tf.data (`feed.Feed`): the splits cached in memory, training
+    batches shuffled and augmented by stateless ops, targets gathered by id.
+
+    `multiple_of`: what every training batch must be a multiple of (the replicas that
+    share it); `evaluation_batch(count)`: the batch in which a set of `count` examples
+    is evaluated (see `runtime.distribute.Replication`).
+    """
+
+    def __init__(
+        self,
+        splits: Splits,
+        batch_size: int,
+        seed: int,
+        epochs: int,
+        augment: bool = True,
+        multiple_of: int = 1,
+        evaluation_batch: Callable[[int], int] = lambda count: INFERENCE_BATCH_SIZE,
+    ):
+        self.splits = splits
+        self.info = splits.info
+        self.labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
+        self.batch_size, self.seed, self.epochs, self.multiple_of = batch_size, seed, epochs, multiple_of
+        self.augment = make_augment(splits.image_shape, splits.flip_safe) if augment else None
+        self.steps_per_epoch = steps_per_epoch(splits.num_train, batch_size, multiple_of)
+        self._evaluation_batch = evaluation_batch
+        self.validation = eval_dataset(splits.val, evaluation_batch(splits.num_val))
+        self.test = eval_dataset(splits.test, evaluation_batch(splits.num_test))
+        self._truth: tuple[np.ndarray, np.ndarray] | None = None
+
+    def training(self, generation: int, initial_epoch: int = 0) -> tf.data.Dataset:
+        splits = self.splits
+        return training_dataset(
+            splits.train,
+            self.labels,
+            self.batch_size,
+            self.seed,
+            self.augment,
+            splits.num_train,
+            generation=generation,
+            epochs=self.epochs,
+            initial_epoch=initial_epoch,
+            multiple_of=self.multiple_of,
+        )
+
+    def train_unaugmented(self) -> tf.data.Dataset:
+        return eval_dataset(self.splits.train, self._evaluation_batch(self.splits.num_train))
+
+    def truth(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._truth is None:
+            pairs = self.splits.train.map(lambda e: (e["id"], e["label"]))
+            ids, labels = zip(*eval_dataset(pairs).as_numpy_iterator())
+            self._truth = (np.concatenate(ids), np.concatenate(labels))
+        return self._truth
+
+    def images(self, ids: np.ndarray) -> np.ndarray:
+        """One pass over the training examples, stopping once every id is found."""
+        wanted = {int(i): n for n, i in enumerate(ids)}
+        found: dict[int, np.ndarray] = {}
+        for batch in eval_dataset(self.splits.train).as_numpy_iterator():
+            for i, image in zip(batch["id"], batch["image"]):
+                if int(i) in wanted:
+                    found[wanted[int(i)]] = image
+            if len(found) == len(wanted):
+                break
+        return np.stack([found[n] for n in range(len(ids))])
 
 
 def eval_dataset(examples: tf.data.Dataset, batch_size: int = INFERENCE_BATCH_SIZE) -> tf.data.Dataset:

@@ -1,4 +1,4 @@
-"""What every generation of every chain shares in one process: data, pipelines, trainers."""
+"""What every generation of every chain shares in one process: data, trainers, relabelling."""
 
 from __future__ import annotations
 
@@ -8,24 +8,15 @@ from typing import Any, Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from krefinery import distribute
 from krefinery.config import Architecture, Config
-from krefinery.device import apply_determinism, resolve_runtime
-from krefinery.label_refinery import LabelRefinery
-from krefinery.pipeline import (
-    Splits,
-    TFLabelTable,
-    eval_dataset,
-    make_augment,
-    load_splits,
-    onehot_table,
-    steps_per_epoch,
-    training_dataset,
-)
-from krefinery.resnet import seeded_resnet
-from krefinery.train import Trainer, make_optimizer
+from krefinery.core.refinement import Relabeller, generation_seed
+from krefinery.core.resnet import seeded_resnet
+from krefinery.core.trainer import Trainer, make_optimizer
+from krefinery.data.feed import DataInfo, Feed
+from krefinery.data.pipeline import TFDataFeed, load_splits
+from krefinery.runtime import distribute
+from krefinery.runtime.device import apply_determinism, resolve_runtime
 
 # A trainer's shape: its classifier's architecture and its teacher slot's (None: no teacher).
 TrainerShape = tuple[Architecture, Architecture | None]
@@ -39,7 +30,9 @@ class Experiment:
     One trainer fits every generation, unless the refinery (generation 1) has an
     architecture of its own: then generation 1 has a trainer of its shape, and the
     students another; online, generation 2's teacher slot has the refinery's shape and
-    generation 3's the students' (see `trainer_shape`).
+    generation 3's the students' (see `trainer_shape`). Stored generations are read
+    into `readers`, models of each architecture that are never trained, so evaluating
+    or exporting one never touches a trainer in use.
 
     `runtime` is what the run resolved to here, as `results.json` records it:
     `precision` (the Keras dtype policy), `jit_compile` (whether Keras really compiled
@@ -48,80 +41,53 @@ class Experiment:
     """
 
     config: Config
-    splits: Splits
-    labels: TFLabelTable
-    augment: Callable | None
-    val_ds: tf.data.Dataset
-    test_ds: tf.data.Dataset
+    feed: Feed
     trainers: dict[TrainerShape, Trainer]
+    readers: dict[Architecture, Trainer]
+    relabeller: Relabeller
     build_classifier: Callable[[int, int], keras.Model]
     runtime: dict[str, Any]
-    steps_per_epoch: int
     replication: distribute.Replication = distribute.ONE_DEVICE
+
+    @property
+    def info(self) -> DataInfo:
+        return self.feed.info
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.feed.steps_per_epoch
+
+    @property
+    def validation(self) -> Any:
+        return self.feed.validation
+
+    @property
+    def test(self) -> Any:
+        return self.feed.test
+
+    @property
+    def training_truth(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training examples' ids and ground truth (`Feed.truth`)."""
+        return self.feed.truth()
 
     def trainer_for(self, generation: int) -> Trainer:
         """The trainer that fits generation `generation`."""
         return self.trainers[trainer_shape(self.config, generation)]
 
-    @property
-    def trainer(self) -> Trainer:
-        """Generation 1's trainer: every generation's, unless the refinery has an
-        architecture of its own."""
-        return self.trainer_for(1)
+    def fresh_classifier(self, generation: int) -> keras.Model:
+        """Generation `generation`'s initial weights, drawn from (seed, generation) alone."""
+        return self.build_classifier(generation, generation_seed(self.config.seed, generation))
 
-    def load(self, weights: str | os.PathLike, generation: int) -> Trainer:
-        """The trainer of generation `generation`, its classifier holding `weights` (a
-        stored generation's), ready to evaluate or export."""
-        trainer = self.trainer_for(generation)
-        trainer.classifier.load_weights(weights)
-        return trainer
-
-    def training_dataset(self, generation: int, initial_epoch: int = 0) -> tf.data.Dataset:
+    def training_batches(self, generation: int, initial_epoch: int = 0) -> Any:
         """Generation `generation`'s batches from epoch `initial_epoch` on (0-based)."""
-        config, splits = self.config, self.splits
-        return training_dataset(
-            splits.train,
-            self.labels,
-            config.batch_size,
-            config.seed,
-            self.augment,
-            splits.num_train,
-            generation=generation,
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            multiple_of=self.replication.batch_multiple,
-        )
+        return self.feed.training(generation, initial_epoch)
 
-    def eval_dataset(self, examples: tf.data.Dataset) -> tf.data.Dataset:
-        """`examples` (of known size) in un-augmented batches for `trainer.evaluate`, of a
-        size the devices can evaluate (see `distribute.Replication.evaluation_batch`)."""
-        size = self.replication.evaluation_batch(int(examples.cardinality()))
-        return eval_dataset(examples, size)
-
-    def reset_labels(self) -> None:
-        """Ground truth back into the label table, for a chain's generation 1."""
-        self.labels.reset()
-
-    def refinery(
-        self,
-        generations: int,
-        temperature: float,
-        alpha: float,
-        on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-    ) -> LabelRefinery:
-        refinery = LabelRefinery(
-            self.labels,
-            self.build_classifier,
-            generations,
-            temperature=temperature,
-            alpha=alpha,
-            seed=self.config.seed,
-            jit_compile=self.runtime["jit_compile"],
-            on_relabel=on_relabel,
-            trainer_of=self.trainer_for,
-        )
-        refinery.set_model(self.trainer)
-        return refinery
+    def stored(self, weights: str | os.PathLike, generation: int) -> Trainer:
+        """The reader of generation `generation`'s architecture, holding `weights` (a
+        stored generation's), ready to evaluate or export."""
+        reader = self.readers[self.config.architecture(generation)]
+        reader.classifier.load_weights(weights)
+        return reader
 
 
 def trainer_shape(config: Config, generation: int) -> TrainerShape:
@@ -152,6 +118,15 @@ def prepare_experiment(config: Config) -> Experiment:
     apply_determinism(runtime.deterministic)
     keras.utils.set_random_seed(config.seed)
     splits = load_splits(config)
+    feed = TFDataFeed(
+        splits,
+        config.batch_size,
+        config.seed,
+        config.epochs,
+        config.augment,
+        replication.batch_multiple,
+        replication.evaluation_batch,
+    )
     precision = runtime.precision
 
     def build(architecture: Architecture, seed: int) -> keras.Model:
@@ -174,34 +149,38 @@ def prepare_experiment(config: Config) -> Experiment:
         trainer = Trainer(
             build(classifier, config.seed),
             teacher=None if teacher is None else build(teacher, config.seed),
-            temperature=config.temperature,
-            alpha=config.alpha,
         )
         trainer.compile(
-            make_optimizer(config, steps, precision),
+            make_optimizer(config, feed.steps_per_epoch, precision),
             jit_compile=runtime.jit_compile,
         )
         # Built now, so that checkpoints can be loaded into it before the first step.
-        trainer(tf.zeros((1, *splits.image_shape), tf.uint8))
+        trainer(np.zeros((1, *splits.image_shape), np.uint8))
         return trainer
 
-    labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
-    augment = make_augment(splits.image_shape, splits.flip_safe) if config.augment else None
-    steps = steps_per_epoch(splits.num_train, config.batch_size, replication.batch_multiple)
+    def make_reader(architecture: Architecture) -> Trainer:
+        """A model that only ever holds stored generations: evaluated, exported, teaching."""
+        reader = Trainer(build(architecture, config.seed))
+        reader.compile(jit_compile=runtime.jit_compile)
+        reader(np.zeros((1, *splits.image_shape), np.uint8))
+        return reader
+
     # Generations 1, 2 and 3 have every shape there is (3 and on are alike): built
     # whatever the chain's length, as a search runs chains of many lengths.
     shapes = dict.fromkeys(trainer_shape(config, generation) for generation in (1, 2, 3))
+    architectures = dict.fromkeys(config.architecture(generation) for generation in (1, 2))
     with replication.scope():
         trainers = {shape: make_trainer(shape) for shape in shapes}
+        readers = {architecture: make_reader(architecture) for architecture in architectures}
     first = trainers[trainer_shape(config, 1)]
     return Experiment(
         config=config,
-        splits=splits,
-        labels=labels,
-        augment=augment,
-        val_ds=eval_dataset(splits.val, replication.evaluation_batch(splits.num_val)),
-        test_ds=eval_dataset(splits.test, replication.evaluation_batch(splits.num_test)),
+        feed=feed,
         trainers=trainers,
+        readers=readers,
+        # XLA for relabelling if asked for and Keras compiles the training step with it
+        # (it does not under TensorFlow's op determinism, for one).
+        relabeller=Relabeller(feed.labels, jit_compile=bool(first.jit_compile)),
         build_classifier=build_classifier,
         runtime={
             "precision": precision,
@@ -210,6 +189,5 @@ def prepare_experiment(config: Config) -> Experiment:
             "deterministic": runtime.deterministic,
             **replication.runtime(),
         },
-        steps_per_epoch=steps,
         replication=replication,
     )

@@ -11,6 +11,7 @@ the same search has stored, and continues a generation in flight from its checkp
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import warnings
@@ -20,18 +21,17 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from krefinery import files, reporting, summaries
-from krefinery.chain_cache import GenerationCache
-from krefinery.chains import ChainRunner
-from krefinery.config import Config
+from krefinery.chain.experiment import Experiment, prepare_experiment
+from krefinery.chain.runner import ChainRunner
+from krefinery.chain.store import GenerationStore
+from krefinery.commands.search_space import TuneConfig
+from krefinery.config import Config, Refinement
+from krefinery.data.feed import DataInfo
 from krefinery.errors import DiskFull, SearchDiverged, UserError
-from krefinery.experiment import Experiment, prepare_experiment
-from krefinery.export import export_generation, prepare_export_dir
-from krefinery.pipeline import Splits
-from krefinery.search_space import TuneConfig
+from krefinery.outputs import report, summaries, workdirs
+from krefinery.outputs.export import export_generation, prepare_export_dir
 
-TUNING = "tuning.json"
-SEARCH = reporting.SEARCH
+TUNING = workdirs.SEARCH.record
 PROJECT = "search"
 OBJECTIVE = "val_accuracy"
 
@@ -53,6 +53,10 @@ class SearchSpace:
         hp.Choice("temperature", self.search.temperatures())
         hp.Choice("alpha", self.search.alphas(self.alpha))
         return hp
+
+    def refinement(self, hp: kt.HyperParameters) -> Refinement:
+        """The chain a trial trains."""
+        return Refinement(self.generations(hp), float(hp.get("temperature")), float(hp.get("alpha")))
 
     def generations(self, hp: kt.HyperParameters) -> int:
         if "generations" in hp.values:
@@ -79,7 +83,7 @@ class ChainTuner(kt.Tuner):
         oracle: kt.Oracle,
         space: SearchSpace,
         config: Config,
-        cache: GenerationCache,
+        store: GenerationStore,
         workdir: Path,
         experiment: Experiment | None,
         worker: str,
@@ -92,22 +96,15 @@ class ChainTuner(kt.Tuner):
         )
         self.space = space
         self.config = config
-        self.cache = cache
+        self.store = store
         self.workdir = workdir
-        self.runner = None if experiment is None else ChainRunner(experiment, cache, worker)
+        self.runner = None if experiment is None else ChainRunner(experiment, store, worker)
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args, **kwargs) -> dict[str, float]:
-        hp = trial.hyperparameters
-        generations = self.space.generations(hp)
-        temperature, alpha = float(hp.get("temperature")), float(hp.get("alpha"))
-        hparams = {
-            "generations": generations,
-            "temperature": temperature,
-            "alpha": alpha,
-            **fixed_hparams(self.config),
-        }
+        refinement = self.space.refinement(trial.hyperparameters)
+        hparams = {**dataclasses.asdict(refinement), **fixed_hparams(self.config)}
         try:
-            records = self.runner.run(generations, temperature, alpha)
+            records = self.runner.run(refinement)
         except (DiskFull, UserError) as error:
             raise kt.errors.FatalError(str(error)) from error  # Not a failed trial: stop.
         finished = [r for r in records if not r.get("diverged")]
@@ -175,16 +172,15 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
     trial completed (generation 1 diverged), raises `SearchDiverged`: nothing is
     exported and no `tuning.json` written, and the trials stay recorded as failed.
     """
-    workdir = check_tuning_workdir(config, search)
+    marker = search_settings(config, search)
+    workdir = workdirs.check(config, workdirs.SEARCH, marker)
     worker = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     distributed = "KERASTUNER_ORACLE_IP" in os.environ
     chief = distributed and worker.startswith("chief")
     # The chief only runs the oracle; everyone else trains, so loads the data first.
     prepare_export_dir(config)
     experiment = None if chief else prepare_experiment(config)
-    workdir = reporting.claim_workdir(
-        config, workdir, SEARCH, search_settings(config, search), prefix="tune-"
-    )
+    workdir = workdirs.claim(config, workdirs.SEARCH, workdir, marker)
     summaries.write_hparams_config(
         workdir / "tensorboard",
         search.generations,
@@ -192,10 +188,10 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
         search.alphas(config.alpha),
         fixed_hparams(config),
     )
-    cache = GenerationCache(workdir / "generations")
+    store = GenerationStore(workdir / "generations")
     space = SearchSpace(search, config.alpha)
     tuner = ChainTuner(
-        make_oracle(space, config.seed), space, config, cache, workdir, experiment, worker
+        make_oracle(space, config.seed), space, config, store, workdir, experiment, worker
     )
     try:
         with warnings.catch_warnings():
@@ -208,25 +204,23 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
         raise
     if distributed and not chief:
         return None
-    if experiment is None:
-        experiment = prepare_experiment(config)
-        tuner.runner = ChainRunner(experiment, cache, worker)
-    check_some_trial_completed(tuner, workdir)
-    record = summarise(tuner, workdir)
-    files.write_json(workdir / TUNING, record)
+    # The chief, which trained nothing, reads the data now: the best trial is evaluated.
+    runner = tuner.runner or ChainRunner(prepare_experiment(config), store, worker)
+    check_some_trial_completed(tuner, runner, workdir)
+    record = summarise(tuner, runner, workdir)
+    workdirs.write_record(workdir / TUNING, record)
     return record
 
 
-def check_some_trial_completed(tuner: ChainTuner, workdir: Path) -> None:
+def check_some_trial_completed(tuner: ChainTuner, runner: ChainRunner, workdir: Path) -> None:
     """Raises `SearchDiverged` if the oracle recorded no trial as completed because the
     stored generation 1 diverged: there is no model to report or export. Trials that
     failed otherwise (a bug: keras-tuner keeps their tracebacks) raise RuntimeError."""
     trials = list(tuner.oracle.trials.values())
     if any(t.status == kt.engine.trial.TrialStatus.COMPLETED for t in trials):
         return
-    hp = trials[0].hyperparameters
-    (first,) = tuner.runner.keys(1, float(hp.get("temperature")), float(hp.get("alpha")))
-    stored = tuner.runner.cache.lookup(first)
+    first = runner.keys(Refinement(1))[0]
+    stored = runner.store.lookup(first)
     if stored is not None and stored.get("diverged"):
         raise SearchDiverged(workdir, len(trials))
     raise RuntimeError(
@@ -246,42 +240,15 @@ def fixed_hparams(config: Config) -> dict[str, int]:
 
 def search_settings(config: Config, search: TuneConfig) -> dict[str, Any]:
     return {
-        "config": reporting.settings(config),
+        "config": config.settings(),
         # A resumed search may be given more trials.
         "search": {k: v for k, v in search.to_dict().items() if k != "max_trials"},
     }
 
 
-def check_tuning_workdir(config: Config, search: TuneConfig) -> Path | None:
-    """`--workdir` (new, or a search with these settings, to resume); None for a new
-    default one. Reads only: a refused search creates nothing."""
-    if not config.workdir:
-        return None
-    workdir = Path(config.workdir)
-    path = workdir / SEARCH
-    stored = files.read_json(path) if path.exists() else None
-    if stored is not None:
-        if stored != _as_read(search_settings(config, search)):
-            raise UserError(
-                f"--workdir={workdir} holds a search with other settings ({path}); "
-                "rerun it with the same flags to resume it, or choose another --workdir."
-            )
-    elif (workdir / reporting.RESULTS).exists() or (workdir / reporting.SETTINGS).exists():
-        raise UserError(f"--workdir={workdir} holds a normal run; choose another --workdir.")
-    return workdir
-
-
-
-
-def _as_read(record: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    return json.loads(json.dumps(record))  # Tuples as lists, as they are read back.
-
-
-def summarise(tuner: ChainTuner, workdir: Path) -> dict[str, Any]:
+def summarise(tuner: ChainTuner, runner: ChainRunner, workdir: Path) -> dict[str, Any]:
     """The `tuning.json` record; the test split is evaluated here, once, for the best trial."""
-    config, runner, space = tuner.config, tuner.runner, tuner.space
+    config, space = tuner.config, tuner.space
     trials = []
     for trial in sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id):
         hp = trial.hyperparameters
@@ -310,17 +277,14 @@ def summarise(tuner: ChainTuner, workdir: Path) -> dict[str, Any]:
     completed = [t for t in trials if "objective" in t]
     best_trial = tuner.oracle.get_best_trials(1)[0]
     best = next(t for t in completed if t["trial_id"] == best_trial.trial_id)
-    keys = runner.keys(best["chosen_generation"], best["temperature"], best["alpha"])
-    trainer = runner.load(keys[-1], best["chosen_generation"])
-    test = trainer.evaluate(runner.experiment.test_ds, verbose=0, return_dict=True)
+    chosen = Refinement(best["chosen_generation"], best["temperature"], best["alpha"])
+    key = runner.keys(chosen)[-1]
+    model = runner.stored(key, chosen.generations)
+    test = model.evaluate(runner.experiment.test, verbose=0, return_dict=True)
     weights, export = save_best_model(
-        trainer.classifier,
-        runner.cache.weights_path(keys[-1]),
-        workdir,
-        config,
-        runner.experiment.splits,
+        model.classifier, runner.store.weights_path(key), workdir, config, runner.experiment.info
     )
-    trained = runner.cache.trained()
+    trained = runner.store.trained()
     return {
         "dataset": config.dataset,
         "config": config.to_dict(),
@@ -348,7 +312,7 @@ def summarise(tuner: ChainTuner, workdir: Path) -> dict[str, Any]:
 
 
 def save_best_model(
-    classifier: keras.Model, cached: Path, workdir: Path, config: Config, splits: Splits
+    classifier: keras.Model, stored: Path, workdir: Path, config: Config, info: DataInfo
 ) -> tuple[Path, Path]:
     """The one place where the best model leaves the search, as a normal run's does.
 
@@ -356,8 +320,8 @@ def save_best_model(
     next SavedModel version of `<export_dir>/<name>/` (so each completed or resumed
     search adds a version; none is ever overwritten).
     """
-    path = files.link_or_copy(cached, workdir / "best.weights.h5")
-    export = export_generation(classifier, splits.class_names, splits.image_shape, config)
+    path = workdirs.keep_weights(stored, workdir / "best.weights.h5")
+    export = export_generation(classifier, info.class_names, info.image_shape, config)
     return path, export
 
 
@@ -381,9 +345,7 @@ def format_trials(record: dict[str, Any]) -> str:
                 str(t.get("epochs_trained", "")),
             )
         )
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = report.table(header, rows)
     best, epochs = record["best"], record["epochs"]
     lines += [
         f"* best: T={best['temperature']:g}, alpha={best['alpha']:g}, {best['generations']} "

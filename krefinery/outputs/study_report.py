@@ -16,10 +16,11 @@ from typing import Any, Sequence
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from krefinery import stats
+from krefinery.analysis import stats
+from krefinery.analysis.underfit import DISAGREEMENT_KEY, FIT_KEY
 from krefinery.config import Config
-from krefinery.summaries import write_scalars
-from krefinery.underfit import DISAGREEMENT_KEY, FIT_KEY
+from krefinery.outputs import report
+from krefinery.outputs.summaries import write_scalars
 
 STUDY = "study.json"
 CHART = "study.png"
@@ -134,13 +135,6 @@ def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.4f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
-
-
 def verdict_line(comparison: dict[str, Any]) -> str:
     """`generation 2 vs generation 1 (test accuracy): better, +1.20 points, 95% CI ...`."""
     name = f"{comparison['a']} vs {comparison['b']} ({comparison['metric'].replace('_', ' ')})"
@@ -168,7 +162,7 @@ def format_study(record: dict[str, Any]) -> str:
     ]
     if record["control"] is not None:
         rows.append(("control", *(_mean_sd(record["control"][key]) for key in keys)))
-    lines += _table(header, rows)
+    lines += report.table(header, rows)
     lines += [
         "train fit: accuracy on its own un-augmented training images; labels wrong: share of "
         "the refined labels it hands on whose argmax is not the ground truth.",
@@ -185,7 +179,7 @@ def format_study(record: dict[str, Any]) -> str:
         )
         for c in record["comparisons"]
     ]
-    lines += _table(header, rows)
+    lines += report.table(header, rows)
     note = control_note(record)
     if note is not None:
         lines += ["", note]

@@ -167,14 +167,19 @@ def land_version(model_dir: Path, write: Callable[[Path], None]) -> Path:
 
 def find_export(model_dir: Path, source: Mapping[str, Any]) -> Path | None:
     """The version of `model_dir` that was exported from `source`, if one landed."""
+    wanted = json.loads(json.dumps(dict(source)))
     for version in reversed(versions(model_dir)):
-        marker = model_dir / str(version) / "assets.extra" / SOURCE_FILE
-        try:
-            if json.loads(marker.read_text()) == json.loads(json.dumps(dict(source))):
-                return model_dir / str(version)
-        except (OSError, ValueError):
-            continue
+        if _read_source(model_dir / str(version)) == wanted:
+            return model_dir / str(version)
     return None
+
+
+def _read_source(version_dir: Path) -> Any:
+    """What a version was exported from (its `assets.extra` marker), or None."""
+    try:
+        return json.loads((version_dir / "assets.extra" / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def remove_stale_exports(model_dir: Path) -> None:
@@ -243,6 +248,11 @@ def export_generation(
     return export_classifier(classifier, class_names, image_shape, config.export_dir, name, source)
 
 
+def model_folder(config: Config, generation: int | None = None) -> Path:
+    """`<export_dir>/<model name>`: where a run's versions of that model land."""
+    return Path(config.export_dir) / export_model_name(config, generation)
+
+
 def export_model_name(config: Config, generation: int | None = None) -> str:
     """`<export_name>` for the best generation, `<export_name>_gen<k>` for generation k."""
     name = config.export_name or default_export_name(config.dataset)
@@ -266,8 +276,7 @@ def prepare_export_dir(config: Config) -> Path:
     leaves nothing behind.
     """
     check_backend_exports()
-    name = config.export_name or default_export_name(config.dataset)
-    model_dir = Path(config.export_dir) / name
+    model_dir = model_folder(config)
     where = f"--export_dir={config.export_dir}"
     existing = model_dir
     while not os.path.lexists(existing):
@@ -283,3 +292,19 @@ def prepare_export_dir(config: Config) -> Path:
         what = "is not writable" if existing == model_dir else f"cannot be created: {existing} is not writable"
         raise UserError(f"{where}: {model_dir} {what}.")
     return model_dir
+
+
+def copy_export(version_dir: Path, config: Config) -> Path:
+    """A copy of an exported version as the next version of `<export_dir>/<name>`, once:
+    a copy that landed before (same `assets.extra` source marker) is returned instead.
+
+    Copied into a hidden temporary folder and renamed into place, as `export` does, so a
+    server watching the folder never sees half a model.
+    """
+    model_dir = model_folder(config)
+    source = _read_source(version_dir)
+    landed = find_export(model_dir, source) if source is not None and model_dir.is_dir() else None
+    if landed is not None:
+        return landed
+    model_dir.mkdir(parents=True, exist_ok=True)
+    return land_version(model_dir, lambda temp: shutil.copytree(version_dir, temp))

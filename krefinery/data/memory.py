@@ -28,11 +28,11 @@ import numpy as np
 from keras import ops
 
 from krefinery.config import Config
+from krefinery.core.label_refinery import LabelRefinery
+from krefinery.core.relabel import INFERENCE_BATCH_SIZE, RefinedLabels
+from krefinery.core.resnet import seeded_resnet
+from krefinery.core.trainer import Trainer, make_optimizer
 from krefinery.errors import UserError
-from krefinery.label_refinery import LabelRefinery
-from krefinery.relabel import INFERENCE_BATCH_SIZE, RefinedLabels
-from krefinery.resnet import seeded_resnet
-from krefinery.train import Trainer, make_optimizer
 
 Tensor = Any  # A backend tensor.
 
@@ -220,12 +220,7 @@ def build_chain(
         )
 
     online = config.relabel == "online"
-    trainer = Trainer(
-        build(1, config.seed),
-        teacher=build(1, config.seed) if online else None,
-        temperature=config.temperature,
-        alpha=config.alpha,
-    )
+    trainer = Trainer(build(1, config.seed), teacher=build(1, config.seed) if online else None)
     steps = data.steps_per_epoch(config.batch_size)
     jit_compile = "auto" if config.jit_compile is None else config.jit_compile
     trainer.compile(make_optimizer(config, steps, precision), jit_compile=jit_compile)
@@ -233,9 +228,7 @@ def build_chain(
     refinery = LabelRefinery(
         data.labels,
         build,
-        config.generations,
-        temperature=config.temperature,
-        alpha=config.alpha,
+        config.refinement,
         seed=config.seed,
         jit_compile=bool(trainer.jit_compile),
         on_relabel=on_relabel,

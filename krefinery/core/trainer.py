@@ -10,11 +10,14 @@ progress bars, callbacks and TensorBoard.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import keras
+import numpy as np
 from keras import ops
 
-from krefinery.config import Config
-from krefinery.losses import entropy, refined_labels, soft_target_crossentropy
+from krefinery.config import Config, Refinement
+from krefinery.core.losses import entropy, refined_labels, soft_target_crossentropy
 
 TRAIN_METRICS = ("loss", "accuracy", "label_agreement", "label_entropy")
 EVAL_METRICS = ("loss", "accuracy")
@@ -34,24 +37,18 @@ class Trainer(keras.Model):
     `teacher`, if given, is the frozen slot that online relabelling copies trained weights
     into (`use_teacher`): it must have the architecture of the models copied from, which
     may differ from the classifier's (a deeper model may label for a smaller one).
+
+    The methods that change what the next `fit` does (`start_afresh`, `restore`,
+    `use_teacher`) are called between fits by the chain's owner, never from inside one.
     """
 
-    def __init__(
-        self,
-        classifier: keras.Model,
-        teacher: keras.Model | None = None,
-        temperature: float = 1.0,
-        alpha: float = 0.0,
-        **kwargs,
-    ):
+    def __init__(self, classifier: keras.Model, teacher: keras.Model | None = None, **kwargs):
         super().__init__(**kwargs)
         self.classifier = classifier
         self.teacher = teacher
         if teacher is not None:
             teacher.trainable = False
-        self._temperature = float(temperature)
-        self._alpha = float(alpha)
-        self._teaching = False
+        self._teaching: Refinement | None = None
         # Which step Keras is tracing (or, on PyTorch, running): compute_metrics reports
         # the label figures for training steps only.
         self._step_trains = True
@@ -60,36 +57,46 @@ class Trainer(keras.Model):
         self.label_entropy = keras.metrics.Mean(name="label_entropy")
 
     @property
-    def teaching(self) -> bool:
-        """Whether the frozen teacher labels every training batch (online relabelling)."""
+    def teaching(self) -> Refinement | None:
+        """The refinement with which the frozen teacher labels every training batch
+        (online relabelling), or None: training reads each batch's `target`."""
         return self._teaching
 
-    @property
-    def temperature(self) -> float:
-        return self._temperature
-
-    @property
-    def alpha(self) -> float:
-        return self._alpha
-
-    def use_teacher(self, model: keras.Model | None) -> None:
+    def use_teacher(self, model: keras.Model | None, refinement: Refinement | None = None) -> None:
         """`None`: train on each batch's `target`. A model: its weights, copied into the
-        frozen teacher, label every batch from now on."""
+        frozen teacher, label every batch from now on, refined by `refinement`."""
         if model is not None:
             if self.teacher is None:
                 raise ValueError("this Trainer has no teacher slot: build it with teacher=.")
+            if refinement is None:
+                raise ValueError("a teacher labels with a refinement: pass refinement=.")
             self.teacher.set_weights(model.get_weights())
-        teaching = model is not None
+        teaching = None if model is None else refinement
         if teaching != self._teaching:
             self._teaching = teaching
             self._retrace()
 
-    def set_refinement(self, temperature: float, alpha: float) -> None:
-        """The temperature and alpha with which the teacher's logits become targets."""
-        refinement = (float(temperature), float(alpha))
-        if refinement != (self._temperature, self._alpha):
-            self._temperature, self._alpha = refinement
-            self._retrace()
+    def start_afresh(self, fresh: keras.Model) -> None:
+        """A new generation's start: `fresh`'s weights (a model of the classifier's
+        architecture) and a fresh optimizer state, in place, so compiled steps stay valid."""
+        self.classifier.set_weights(fresh.get_weights())
+        self.reset_optimizer()
+
+    def training_state(self) -> list[keras.Variable]:
+        """What training continues from: the weights (the classifier's, batch-norm
+        statistics included, and the teacher's) and the optimizer's variables (momenta,
+        iteration count, loss scale), built if they were not yet."""
+        if not self.optimizer.built:
+            self.optimizer.build(self.classifier.trainable_variables)
+        return [*self.weights, *self.optimizer.variables]
+
+    def restore(self, arrays: Sequence[np.ndarray]) -> None:
+        """Puts back a `training_state()` saved as arrays (a checkpoint)."""
+        variables = self.training_state()
+        if [tuple(v.shape) for v in variables] != [tuple(a.shape) for a in arrays]:
+            raise ValueError("the saved training state does not fit this trainer.")
+        for variable, value in zip(variables, arrays):
+            variable.assign(value)
 
     def reset_optimizer(self) -> None:
         """A fresh optimizer state, in place: momenta, iteration count (hence the learning
@@ -103,10 +110,10 @@ class Trainer(keras.Model):
             variable.assign(initial.value)
 
     def _retrace(self) -> None:
-        """The temperature, alpha and whether a teacher labels are fixed in the traced
-        step, so it is traced again when they change. Rebuilt in place rather than
-        dropped, so that this also works inside `fit` (from a callback's
-        `on_train_begin`), where Keras has already made the step."""
+        """Whether a teacher labels, and its temperature and alpha, are fixed in the
+        traced step, so it is traced again when they change. Rebuilt in place rather than
+        dropped, so that this also works from a callback's `on_train_begin` (as
+        `LabelRefinery` calls it), where Keras has already made the step."""
         if self.train_function is not None:
             self.make_train_function(force=True)
 
@@ -129,9 +136,11 @@ class Trainer(keras.Model):
             classes = ops.shape(y_pred)[-1]
             loss = soft_target_crossentropy(ops.one_hot(labels, classes), y_pred)
             return loss / replicas if replicas > 1 else loss
-        if self._teaching:
+        if self._teaching is not None:
             teacher_logits = self.teacher(x["image"], training=False)
-            targets = refined_labels(teacher_logits, labels, self._temperature, self._alpha)
+            targets = refined_labels(
+                teacher_logits, labels, self._teaching.temperature, self._teaching.alpha
+            )
             targets = ops.stop_gradient(targets)
         else:
             targets = ops.cast(x["target"], "float32")

@@ -1,6 +1,6 @@
 """Trained generations on disk, keyed by everything they depend on, shared by processes.
 
-A normal run and a tuning search both keep their generations here: a run's in
+A normal run, a study's repeats and a tuning search keep their generations here: a run's in
 `<workdir>/generations/`, a search's likewise. The first k generations of a chain at
 (T, alpha) are the same whatever the chain's length, and generation 1 depends on
 neither T nor alpha, so each trained generation is stored once under a key that hashes
@@ -37,29 +37,8 @@ import keras
 import numpy as np
 
 from krefinery import files
-from krefinery.config import REFINERY_FIELDS, Config
+from krefinery.config import LEARNED, REFINERY_FIELDS, Config, Refinement
 
-# Config fields that do not change what a generation learns.
-_NOT_IN_KEY = frozenset(
-    {
-        "generations",
-        "temperature",
-        "alpha",
-        "workdir",
-        "verbose",
-        "export_dir",
-        "export_name",
-        "export_all_generations",
-        # A study's shape: each repeat is a run of its own seed; the control is a chain
-        # at alpha = 1 in the same store.
-        "repeats",
-        "control",
-        # Resolved values stand in for these (see `chain_keys`).
-        "precision",
-        "jit_compile",
-        "distribute",
-    }
-)
 # The runtime entries of one device, left out of keys (see `chain_keys`).
 ONE_DEVICE_RUNTIME = (("distribute", "none"), ("replicas", 1))
 TRAINED_LOG = "trained.jsonl"
@@ -67,14 +46,8 @@ TRAINED_LOG = "trained.jsonl"
 FORMAT = 2
 
 
-def chain_keys(
-    config: Config,
-    runtime: Mapping[str, Any],
-    generations: int,
-    temperature: float,
-    alpha: float,
-) -> list[str]:
-    """The keys of generations 1..`generations` of the chain at (`temperature`, `alpha`).
+def chain_keys(config: Config, runtime: Mapping[str, Any], refinement: Refinement) -> list[str]:
+    """The keys of the generations of the chain that `refinement` describes.
 
     Generation 1's key leaves temperature and alpha out (it trains on ground truth);
     generation k's key hashes its parent's key with k, temperature and alpha. Every
@@ -84,7 +57,8 @@ def chain_keys(
     machine (precision, whether XLA really compiled, op determinism), not the `auto` or
     unset that was asked for.
     """
-    base = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_KEY}
+    learned = Config.fields(LEARNED)
+    base = {k: v for k, v in config.to_dict().items() if k in learned}
     # Unset means "from --seed": the same splits, so the same key.
     base["split_seed"] = config.resolved_split_seed
     # Generation 1's architecture, only where it is not the students': a refinery given
@@ -97,21 +71,21 @@ def chain_keys(
     runtime = {k: v for k, v in runtime.items() if (k, v) not in ONE_DEVICE_RUNTIME}
     root = {"format": FORMAT, "config": base, "runtime": runtime, "generation": 1}
     keys = [_digest(root)]
-    for generation in range(2, generations + 1):
+    for generation in range(2, refinement.generations + 1):
         keys.append(
             _digest(
                 {
                     "parent": keys[-1],
                     "generation": generation,
-                    "temperature": float(temperature),
-                    "alpha": float(alpha),
+                    "temperature": refinement.temperature,
+                    "alpha": refinement.alpha,
                 }
             )
         )
     return keys
 
 
-class GenerationCache:
+class GenerationStore:
     """A folder of trained generations; safe for concurrent processes on one host."""
 
     def __init__(self, folder: os.PathLike | str):
@@ -184,7 +158,7 @@ class GenerationCache:
             handle.write(json.dumps(entry) + "\n")
 
     def trained(self) -> list[dict[str, Any]]:
-        """Every generation trained into this cache, in order, by any process."""
+        """Every generation trained into this store, in order, by any process."""
         path = self.folder / TRAINED_LOG
         if not path.exists():
             return []

@@ -20,26 +20,34 @@ the chain ends there.
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 
-from krefinery import faults, underfit
-from krefinery.chain_cache import GenerationCache, chain_keys
+from krefinery import faults
+from krefinery.analysis import underfit
+from krefinery.chain.experiment import Experiment
+from krefinery.chain.store import GenerationStore, chain_keys
+from krefinery.config import Refinement
+from krefinery.core.trainer import Trainer
 from krefinery.errors import Diverged
-from krefinery.experiment import Experiment
-from krefinery.label_refinery import LabelRefinery
-from krefinery.pipeline import eval_dataset
-from krefinery.train import Trainer
 
 Record = dict[str, Any]
+# Sees each relabel a run observes: (generation, the labels it trained on, those it hands on).
+RelabelObserver = Callable[[int, np.ndarray, np.ndarray], None]
 
 
 class ChainRunner:
     """Runs chains on one `Experiment`, loading every generation the store already holds.
+
+    The one owner of a chain's state: which labels the trainers hold, and where each
+    generation starts from. Each generation is driven by explicit calls, in order:
+    its labels (`Relabeller.ground_truth`, or its parent's, handed on), its start
+    (`Trainer.start_afresh`, or `Trainer.restore` from the checkpoint), `fit`, then
+    the labels it hands on to the next generation; the callbacks of `fit` only watch
+    (divergence, checkpoints, summaries) and change nothing.
 
     A generation's record (`<key>.json` in the store, and what `run` returns, with
     `key` and `trained` added): `generation`, `temperature` and `alpha` (None for
@@ -54,37 +62,30 @@ class ChainRunner:
     def __init__(
         self,
         experiment: Experiment,
-        cache: GenerationCache,
-        worker: str = "tuner0",
-        on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+        store: GenerationStore,
+        worker: str = "run",
+        on_relabel: RelabelObserver | None = None,
         label_figures: bool = False,
     ):
         self.experiment = experiment
+        self.store = store
+        self.worker = worker
+        self.on_relabel = on_relabel
         # Whether each relabel's under-fit figures go into its generation's record (a run's
         # outputs report them; a search need not pay for reading online labels back).
         self.label_figures = label_figures
-        self.cache = cache
-        self.worker = worker
-        self.on_relabel = on_relabel
-        # One per (T, alpha): each traces its relabelling step once, not once per trial.
-        self._refineries: dict[tuple[float, float], LabelRefinery] = {}
-        # ((T, alpha), key): the stored generation whose refined labels the trainer
-        # holds now (the table offline, the teacher online), if any.
-        self._labels_from: tuple[tuple[float, float], str] | None = None
-        # The under-fit figures of the last relabel, and the training ids' ground truth.
-        self._label_figures: dict[str, Any] | None = None
-        self._truth: tuple[np.ndarray, np.ndarray] | None = None
+        # (refinement, key): the stored generation whose labels the trainers hold now, if any.
+        self._labels_from: tuple[Refinement, str] | None = None
+        # (refinement, key, labels): the last labels handed on, observed; the "previous"
+        # labels of the next relabel, so online mode need not run that teacher again.
+        self._last_refined: tuple[Refinement, str, np.ndarray] | None = None
 
-    def keys(self, generations: int, temperature: float, alpha: float) -> list[str]:
-        return chain_keys(
-            self.experiment.config, self.experiment.runtime, generations, temperature, alpha
-        )
+    def keys(self, refinement: Refinement) -> list[str]:
+        return chain_keys(self.experiment.config, self.experiment.runtime, refinement)
 
     def run(
         self,
-        generations: int,
-        temperature: float,
-        alpha: float,
+        refinement: Refinement,
         callbacks: Callable[[int], Sequence[keras.callbacks.Callback]] | None = None,
         on_generation: Callable[[Record], None] | None = None,
     ) -> list[Record]:
@@ -95,20 +96,18 @@ class ChainRunner:
         generation, stored or trained, as soon as it is in the store. A generation
         being trained by another process is waited for, not trained twice.
         """
-        keys = self.keys(generations, temperature, alpha)
-        refinery = self._refinery(temperature, alpha)
-        refinery.generations = generations
+        keys = self.keys(refinement)
         records = []
         for generation, key in enumerate(keys, start=1):
-            record = self.cache.lookup(key)
+            record = self.store.lookup(key)
             trained = False
             if record is None:
-                with self.cache.lock(key):
-                    record = self.cache.lookup(key)
+                with self.store.lock(key):
+                    record = self.store.lookup(key)
                     if record is None:
-                        self._prepare(refinery, generation, keys)
+                        self._give_labels(generation, keys, refinement)
                         extra = list(callbacks(generation)) if callbacks else []
-                        record = self._train(refinery, generation, key, extra)
+                        record = self._train(generation, keys, refinement, extra)
                         trained = True
                         faults.reached(f"gen{generation}.stored")
             record = {**record, "generation": generation, "key": key, "trained": trained}
@@ -120,90 +119,78 @@ class ChainRunner:
             faults.reached(f"gen{generation}.relabelled")
         return records
 
-    def load(self, key: str, generation: int) -> Trainer:
-        """The trainer of `generation`, its classifier holding the stored generation `key`
-        (whose weights file has that generation's architecture)."""
-        return self.experiment.load(self.cache.weights_path(key), generation)
+    def stored(self, key: str, generation: int) -> Trainer:
+        """A model of `generation`'s architecture holding the stored generation `key`,
+        for evaluation and export; never a trainer in use."""
+        return self.experiment.stored(self.store.weights_path(key), generation)
 
-    def _refinery(self, temperature: float, alpha: float) -> LabelRefinery:
-        refinery = self._refineries.get((temperature, alpha))
-        if refinery is None:
-            on_relabel = self.on_relabel
-            if self.label_figures:
-                on_relabel = functools.partial(self._relabelled, alpha)
-            refinery = self.experiment.refinery(1, temperature, alpha, on_relabel=on_relabel)
-            self._refineries[(temperature, alpha)] = refinery
-        return refinery
-
-    def _relabelled(
-        self, alpha: float, generation: int, previous: np.ndarray, refined: np.ndarray
-    ) -> None:
-        """Reads the under-fit figures off the relabel that just ran, then tells `on_relabel`."""
-        if self._truth is None:
-            ids, truth = [], []
-            pairs = self.experiment.splits.train.map(lambda e: (e["id"], e["label"]))
-            for batch_ids, batch_truth in eval_dataset(pairs).as_numpy_iterator():
-                ids.append(batch_ids)
-                truth.append(batch_truth)
-            self._truth = (np.concatenate(ids), np.concatenate(truth))
-        self._label_figures = underfit.label_figures(refined, *self._truth, alpha)
-        if self.on_relabel is not None:
-            self.on_relabel(generation, previous, refined)
-
-    def _prepare(self, refinery: LabelRefinery, generation: int, keys: list[str]) -> None:
-        """Puts the labels where the chain had them just before `generation` trained."""
+    def _give_labels(self, generation: int, keys: list[str], refinement: Refinement) -> None:
+        """Puts the labels `generation` trains on where its trainer reads them."""
+        experiment = self.experiment
+        trainer = experiment.trainer_for(generation)
         if generation == 1:
-            self.experiment.reset_labels()
-            refinery.restart()
-        else:
-            parent = keys[generation - 2]
-            if self._labels_from != ((refinery.temperature, refinery.alpha), parent):
-                self.load(parent, generation - 1)
-                refinery.continue_after(generation - 1)
-        refinery.generation = generation - 1
+            experiment.relabeller.ground_truth(trainer)
+            self._labels_from = None
+            return
+        parent = keys[generation - 2]
+        if self._labels_from == (refinement, parent):
+            return  # Handed on as the parent finished training.
+        # No observation: the labels before these are not at hand, and this relabel was
+        # observed when the parent was first trained.
+        teacher = self.stored(parent, generation - 1).classifier
+        experiment.relabeller.hand_on(teacher, trainer, refinement)
+        self._labels_from = (refinement, parent)
 
     def _train(
         self,
-        refinery: LabelRefinery,
         generation: int,
-        key: str,
+        keys: list[str],
+        refinement: Refinement,
         extra: list[keras.callbacks.Callback],
     ) -> Record:
-        """Trains `generation` (from its checkpoint, if any), stores it, returns its record."""
+        """Trains `generation` (from its checkpoint, if any), hands its labels on if the
+        chain goes on, stores it, and returns its record."""
         experiment, config = self.experiment, self.experiment.config
+        key = keys[generation - 1]
         trainer = experiment.trainer_for(generation)
-        state = self.cache.checkpoint(key)
+        state = self.store.checkpoint(key)
+        with experiment.replication.scope():  # Optimizer variables are made here.
+            if state is None:
+                trainer.start_afresh(experiment.fresh_classifier(generation))
+            else:
+                trainer.restore(self.store.checkpoint_arrays(key))
         initial_epoch = state["epoch"] if state else 0
-        checkpoint = EpochCheckpoint(self.cache, key, state)
-        guard = DivergenceGuard(generation)
+        checkpoint = EpochCheckpoint(self.store, key, state)
         points = [FaultPoints(generation)] if faults.active() else []
         record: Record = {
             "generation": generation,
-            "temperature": refinery.temperature if generation > 1 else None,
-            "alpha": refinery.alpha if generation > 1 else None,
+            "temperature": refinement.temperature if generation > 1 else None,
+            "alpha": refinement.alpha if generation > 1 else None,
             "epochs": config.epochs,
         }
         self._labels_from = None
-        self._label_figures = None
         if config.verbose:
             resumed = f", resumed after epoch {initial_epoch}" if initial_epoch else ""
-            print(f"Generation {generation}/{refinery.generations}{resumed}", flush=True)
+            print(f"Generation {generation}/{refinement.generations}{resumed}", flush=True)
         try:
             trainer.fit(
-                experiment.training_dataset(generation, initial_epoch),
+                experiment.training_batches(generation, initial_epoch),
                 epochs=config.epochs,
                 initial_epoch=initial_epoch,
                 steps_per_epoch=experiment.steps_per_epoch,
-                validation_data=experiment.val_ds,
-                shuffle=False,  # The pipeline shuffles, seeded.
+                validation_data=experiment.validation,
+                shuffle=False,  # The batches are shuffled, seeded.
                 # The guard before the checkpoint: a diverged epoch is never saved.
-                callbacks=[refinery, guard, checkpoint, *points, *extra],
+                callbacks=[DivergenceGuard(generation), checkpoint, *points, *extra],
                 verbose=config.verbose,
             )
         except Diverged as diverged:
             record.update(diverged=True, epoch=diverged.epoch, seconds=checkpoint.elapsed())
-            self.cache.store(key, None, record)
+            self.store.store(key, None, record)
             return record
+        figures = {}
+        if generation < refinement.generations:
+            figures = self._hand_on(generation, keys, refinement)
         logs = checkpoint.logs
         record.update(
             val_accuracy=logs["val_accuracy"],
@@ -211,10 +198,10 @@ class ChainRunner:
             train_label_agreement=logs["label_agreement"],
             train_label_entropy=logs["label_entropy"],
             seconds=checkpoint.elapsed(),
-            **(self._label_figures or {}),
+            **figures,
         )
-        self.cache.store(key, trainer.classifier, record)
-        self.cache.log_training(
+        self.store.store(key, trainer.classifier, record)
+        self.store.log_training(
             {
                 "key": key,
                 "generation": generation,
@@ -224,29 +211,50 @@ class ChainRunner:
                 "worker": self.worker,
             }
         )
-        # The refinery relabelled for the next generation as training ended.
-        if refinery.generation < refinery.generations:
-            self._labels_from = ((refinery.temperature, refinery.alpha), key)
         return record
+
+    def _hand_on(self, generation: int, keys: list[str], refinement: Refinement) -> dict[str, Any]:
+        """Labels for `generation + 1` from the model `generation` just trained; the
+        relabel observed, and its under-fit figures if asked for."""
+        experiment = self.experiment
+        relabeller = experiment.relabeller
+        trainer, student = experiment.trainer_for(generation), experiment.trainer_for(generation + 1)
+        key = keys[generation - 1]
+        observe = self.on_relabel is not None or self.label_figures
+        previous = None
+        if observe:
+            last, parent = self._last_refined, keys[generation - 2] if generation > 1 else None
+            fresh = last is not None and last[:2] == (refinement, parent)
+            previous = last[2] if fresh else relabeller.labels_in_use(trainer)
+        relabeller.hand_on(trainer.classifier, student, refinement)
+        self._labels_from = (refinement, key)
+        if not observe:
+            return {}
+        refined = relabeller.labels_in_use(student)
+        self._last_refined = (refinement, key, refined)
+        if self.on_relabel is not None:
+            self.on_relabel(generation, previous, refined)
+        if not self.label_figures:
+            return {}
+        return underfit.label_figures(refined, *experiment.training_truth, refinement.alpha)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves the generation in flight after every epoch; restores it as training begins.
+    """Saves the generation in flight after every epoch (restoring it is the runner's,
+    before `fit`).
 
     Keras's `BackupAndRestore` does this for one `fit`, but it overwrites its only
     backup in place (a kill mid-write loses it), deletes it when `fit` ends, keeps no
     figures, and writes Keras weights files, which cost 5-7x the time of the same arrays
     (bench/RESULTS.md). Here each checkpoint lands by rename next to the store entry
     it will become, and keeps the last epoch's logs and the time spent so far, so a
-    generation resumed after its last epoch still has its record. Placed after
-    `LabelRefinery`, whose fresh start it then overwrites with the saved state.
+    generation resumed after its last epoch still has its record.
     """
 
-    def __init__(self, cache: GenerationCache, key: str, state: dict[str, Any] | None):
+    def __init__(self, store: GenerationStore, key: str, state: dict[str, Any] | None):
         super().__init__()
-        self.cache = cache
+        self.store = store
         self.key = key
-        self.state = state
         self.logs: dict[str, float] = dict(state["logs"]) if state else {}
         self._seconds = state["seconds"] if state else 0.0
         self._since = time.perf_counter()
@@ -257,36 +265,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._since = time.perf_counter()
-        if self.state is None:
-            return
-        variables = training_state(self.model)
-        arrays = self.cache.checkpoint_arrays(self.key)
-        shapes = [tuple(v.shape) for v in variables]
-        if shapes != [a.shape for a in arrays]:
-            raise RuntimeError(
-                f"the checkpoint {self.state['weights']} does not fit this model; "
-                "remove it to train its generation again."
-            )
-        for variable, value in zip(variables, arrays):
-            variable.assign(value)
 
     def on_epoch_end(self, epoch, logs=None):
         self.logs = {name: float(value) for name, value in (logs or {}).items()}
-        self.cache.save_checkpoint(
+        self.store.save_checkpoint(
             self.key,
-            [keras.ops.convert_to_numpy(v) for v in training_state(self.model)],
+            [keras.ops.convert_to_numpy(v) for v in self.model.training_state()],
             {"epoch": epoch + 1, "logs": self.logs, "seconds": self.elapsed()},
         )
-
-
-def training_state(trainer: keras.Model) -> list[keras.Variable]:
-    """What training continues from: the trainer's weights (the classifier's, batch-norm
-    statistics included, and online the teacher's) and the optimizer's variables
-    (momenta, iteration count, loss scale), built if they were not yet."""
-    optimizer = trainer.optimizer
-    if not optimizer.built:
-        optimizer.build(trainer.classifier.trainable_variables)
-    return [*trainer.weights, *optimizer.variables]
 
 
 class _InGeneration(keras.callbacks.Callback):

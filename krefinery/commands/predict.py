@@ -1,6 +1,6 @@
 """Classify image files with an exported SavedModel alone: no krefinery model code, no weights file.
 
-Files are read by the same rules as a training folder (`krefinery.images`): any format,
+Files are read by the same rules as a training folder (`krefinery.data.images`): any format,
 mode and size training reads, EXIF orientation applied, alpha dropped, grey copied to
 RGB for an RGB model, and other sizes stretched to the model's, as training stretches
 its odd-sized images; each resize is reported. The one refusal: a colour image for a
@@ -16,10 +16,10 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from krefinery import images
-from krefinery.diagnostics import top_classes
+from krefinery.analysis.diagnostics import top_classes
+from krefinery.data import images
 from krefinery.errors import UserError
-from krefinery.export import INPUT_NAME, SIGNATURE, resolve_model_path
+from krefinery.outputs.export import INPUT_NAME, SIGNATURE, resolve_model_path
 
 
 def load_serving(

@@ -10,27 +10,18 @@ With `--control`, a second chain at alpha = 1 on the same store trains the contr
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from krefinery import reporting
-from krefinery.chain_cache import GenerationCache
-from krefinery.chains import ChainRunner
+from krefinery.chain.experiment import prepare_experiment
+from krefinery.chain.runner import ChainRunner
+from krefinery.chain.store import GenerationStore
 from krefinery.config import Config
 from krefinery.errors import Diverged
-from krefinery.experiment import Experiment, prepare_experiment
-from krefinery.export import prepare_export_dir
-from krefinery.label_refinery import LabelRefinery, generation_seed
-from krefinery.outputs import CONTROL_OF, RunOutputs
-
-# Importable from here as before the split into label_refinery and experiment.
-__all__ = [
-    "Experiment",
-    "LabelRefinery",
-    "generation_seed",
-    "prepare_experiment",
-    "train_and_evaluate",
-]
+from krefinery.outputs import report, workdirs
+from krefinery.outputs.export import prepare_export_dir
+from krefinery.outputs.run_outputs import CONTROL_OF, RunOutputs
 
 STORE = "generations"
 
@@ -44,7 +35,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     best earlier generation, if any, is exported; `error.results` holds the record.
     A full disk raises `DiskFull`; the same command resumes once space is freed.
     """
-    workdir = reporting.check_workdir(config)
+    marker = {"config": config.settings()}
+    workdir = workdirs.check(config, workdirs.RUN, marker)
     if workdir is not None:
         done = _finished(workdir)
         if done is not None:
@@ -52,31 +44,21 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     prepare_export_dir(config)  # Cheap checks first: nothing is read or written before them.
     experiment = prepare_experiment(config)
     if workdir is not None:
-        reporting.check_runtime(workdir, experiment.runtime)
-    workdir = reporting.create_workdir(config, experiment.runtime, workdir)
-    cache = GenerationCache(workdir / STORE)
-    outputs = RunOutputs(workdir, experiment, cache)
-    runner = ChainRunner(experiment, cache, on_relabel=outputs.on_relabel, label_figures=True)
+        workdirs.check_runtime(workdir, experiment.runtime)
+    workdir = workdirs.claim(config, workdirs.RUN, workdir, {**marker, "runtime": experiment.runtime})
+    store = GenerationStore(workdir / STORE)
+    outputs = RunOutputs(workdir, experiment, store)
+    runner = ChainRunner(experiment, store, on_relabel=outputs.on_relabel, label_figures=True)
+    refinement = config.refinement
     try:
-        runner.run(
-            config.generations,
-            config.temperature,
-            config.alpha,
-            callbacks=outputs.callbacks,
-            on_generation=outputs.on_generation,
-        )
-        if config.control and reporting.best_generation(outputs.generations) is not None:
+        runner.run(refinement, callbacks=outputs.callbacks, on_generation=outputs.on_generation)
+        if config.control and report.best_generation(outputs.generations) is not None:
             if not any(g.get("diverged") for g in outputs.generations):
                 # Generation 2 at alpha = 1 trains on the ground truth with generation 2's
-                # seed and stream; its generation 1 is the run's, from the store. A runner of
-                # its own: its relabel at alpha = 1 is not one of the run's label views.
-                ChainRunner(experiment, cache).run(
-                    CONTROL_OF,
-                    config.temperature,
-                    1.0,
-                    callbacks=outputs.control_callbacks,
-                    on_generation=outputs.on_control,
-                )
+                # seed and stream; its generation 1 is the run's, from the store. It hands
+                # no labels on, so the run observes no relabel of it.
+                control = dataclasses.replace(refinement, generations=CONTROL_OF, alpha=1.0)
+                runner.run(control, callbacks=outputs.control_callbacks, on_generation=outputs.on_control)
         results = outputs.finish()
     finally:
         outputs.close()
@@ -89,7 +71,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
 
 def _finished(workdir: Path) -> dict[str, Any] | None:
     """The results of a finished run whose exports are all still there, else None."""
-    results = reporting.read_results(workdir)
+    results = report.read_results(workdir)
     if results is None or not results.get("finished"):
         return None
     if not all(Path(path).is_dir() for path in results.get("exports", {}).values()):

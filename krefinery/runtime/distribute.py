@@ -33,8 +33,8 @@ from typing import Any, ContextManager
 import keras
 
 from krefinery.config import DISTRIBUTES
+from krefinery.core.relabel import INFERENCE_BATCH_SIZE
 from krefinery.errors import UserError
-from krefinery.pipeline import INFERENCE_BATCH_SIZE
 
 TF_CONFIG = "TF_CONFIG"
 

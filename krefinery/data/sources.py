@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from krefinery import images
+from krefinery.data import images
 from krefinery.errors import UserError
 
 # Short names users type, mapped to TFDS names.
@@ -105,7 +105,7 @@ def folder(
 
     Every file is read in full here, before anything trains, so a bad file anywhere
     costs one error line (or, with `skip_bad_images`, is left out and reported), never
-    a generation. Mixed files become one shape by visible rules (see `krefinery.images`):
+    a generation. Mixed files become one shape by visible rules (see `krefinery.data.images`):
     RGB if any training image has colour, else grey; the most common training size, or
     `image_size`. What was decided is printed and kept in `Source.notes`.
     """

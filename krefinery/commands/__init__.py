@@ -1,0 +1,1 @@
+"""The commands run.py dispatches to: train, tune, study and predict, each composed of the layers below."""

@@ -1,0 +1,123 @@
+"""A run's `results.json` record, and the tables printed at the end of a run, search or study."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import keras
+
+from krefinery.config import Architecture, Config
+from krefinery.data.feed import DataInfo
+from krefinery.outputs import summaries, workdirs
+
+RESULTS = workdirs.RUN.record
+
+
+def read_results(folder: Path) -> dict[str, Any] | None:
+    return workdirs.read_record(Path(folder) / RESULTS)
+
+
+def tensorboard_callback(workdir: Path, generation: int) -> keras.callbacks.Callback:
+    """Per-epoch curves of one generation, as the sub-run `gen_<k>` under the work directory
+    (training and validation in that one sub-run, so a generation keeps one colour)."""
+    return summaries.EpochSummaries(workdir / "tensorboard" / f"gen_{generation}")
+
+
+def best_generation(generations: list[dict[str, Any]]) -> int | None:
+    """The generation with the highest validation accuracy (the first of ties); a
+    diverged generation never counts."""
+    finished = [g for g in generations if not g.get("diverged")]
+    if not finished:
+        return None
+    return max(finished, key=lambda g: g["val_accuracy"])["generation"]
+
+
+def results_record(
+    config: Config,
+    info: DataInfo,
+    generations: list[dict[str, Any]],
+    workdir: Path,
+    finished: bool,
+    runtime: Mapping[str, Any],
+    exports: Mapping[str, str],
+) -> dict[str, Any]:
+    """The `results.json` record; the best generation is chosen on validation accuracy.
+
+    `diverged` is None, or the generation and epoch where the chain diverged. `finished`
+    turns true only once every generation is trained and the best one exported.
+    """
+    diverged = next((g for g in generations if g.get("diverged")), None)
+    return {
+        "dataset": config.dataset,
+        "config": config.to_dict(),
+        "data": info.record(),
+        "runtime": dict(runtime),
+        "generations": generations,
+        "best_generation": best_generation(generations),
+        "diverged": None
+        if diverged is None
+        else {"generation": diverged["generation"], "epoch": diverged["epoch"]},
+        "finished": finished,
+        "exports": dict(exports),
+        "workdir": os.fspath(workdir),
+    }
+
+
+def write_results(folder: Path, record: dict[str, Any]) -> Path:
+    return workdirs.write_record(Path(folder) / RESULTS, record)
+
+
+def format_table(record: dict[str, Any]) -> str:
+    """The per-generation summary printed at the end of a run."""
+    header = ("gen", "val acc", "test acc", "label agree", "label entropy", "seconds")
+    rows = []
+    for g in record["generations"]:
+        name = f"{g['generation']}" + ("*" if g["generation"] == record["best_generation"] else "")
+        if g.get("diverged"):
+            diverged = f"diverged in epoch {g['epoch']}"
+            rows.append((name, diverged, "", "", "", f"{g['seconds']:.1f}"))
+            continue
+        rows.append(
+            (
+                name,
+                f"{g['val_accuracy']:.4f}",
+                f"{g['test_accuracy']:.4f}",
+                f"{g['train_label_agreement']:.4f}",
+                f"{g['train_label_entropy']:.4f}",
+                f"{g['seconds']:.1f}",
+            )
+        )
+    control = record.get("control")
+    if control is not None and control.get("diverged"):
+        diverged = f"diverged in epoch {control['epoch']}"
+        rows.append(("control", diverged, "", "", "", f"{control['seconds']:.1f}"))
+    elif control is not None:
+        rows.append(
+            (
+                "control",
+                f"{control['val_accuracy']:.4f}",
+                f"{control['test_accuracy']:.4f}",
+                f"{control['train_label_agreement']:.4f}",
+                f"{control['train_label_entropy']:.4f}",
+                f"{control['seconds']:.1f}",
+            )
+        )
+    shown = [*record["generations"], control][: len(rows)]
+    architectures = [g.get("architecture") for g in shown]
+    if None not in architectures and any(a != architectures[0] for a in architectures):
+        # A refinery of its own shape: say which model each row is.
+        header = (*header, "model")
+        rows = [(*row, Architecture(**a).describe()) for row, a in zip(rows, architectures)]
+    lines = table(header, rows)
+    lines.append(f"* best generation on validation accuracy; results in {record['workdir']}/{RESULTS}")
+    return "\n".join(lines)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a right-aligned text table under a ruled header: every table printed."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
