@@ -22,6 +22,7 @@ from absl import logging as absl_logging  # noqa: E402
 from krefinery.commands.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
 from krefinery.config import (  # noqa: E402
     DISTRIBUTES,
+    INPUTS,
     LR_SCHEDULES,
     PRECISIONS,
     RELABEL_MODES,
@@ -113,6 +114,15 @@ flags.DEFINE_enum(
     "devices); auto: multi_worker if TF_CONFIG is set (refused for now: Keras 3 fails "
     "under it), else all accelerators if several. "
     "--batch_size is the global batch.",
+)
+flags.DEFINE_enum(
+    "input",
+    _DEFAULTS.input,
+    INPUTS,
+    "How examples reach the step: tfdata (a tf.data pipeline on the host) or memory "
+    "(arrays on the device, batches made there; no TensorFlow needed on JAX); auto: "
+    "memory without TensorFlow installed, or on an accelerator when the training images "
+    "take at most 4 GiB; else tfdata.",
 )
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for splits, shuffling, augmentation, weights.")
 flags.DEFINE_integer("split_seed", _DEFAULTS.split_seed, "Seed for the splits alone (default: --seed).")

@@ -15,6 +15,7 @@ LR_SCHEDULES = ("cosine", "step")
 RESNET_VERSIONS = (1, 2)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 DISTRIBUTES = ("auto", "none", "mirrored", "multi_worker", "data_parallel")
+INPUTS = ("auto", "tfdata", "memory")
 # An export name is one folder beside others that a server watches: no path, not hidden.
 EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 IMAGE_SIZE = re.compile(r"([0-9]+)x([0-9]+)")
@@ -132,6 +133,9 @@ class Config:
     deterministic: bool | None = _role(LEARNED, None)
     # Devices: `auto` is several accelerators' strategy, or one device (see krefinery.runtime.distribute).
     distribute: str = _role(RESOLVED, "auto")
+    # How examples reach the step: tf.data, or batches made on the device from arrays
+    # (krefinery.data.memory); `auto`: see krefinery.runtime.device.resolve_input.
+    input: str = _role(RESOLVED, "auto")
     # Bookkeeping.
     seed: int = _role(LEARNED, 0)
     # None: the splits come from `seed` too. A study sets it so that repeats, each with
@@ -259,6 +263,10 @@ class Config:
         _require(
             self.distribute in DISTRIBUTES,
             f"--distribute={self.distribute} must be one of {', '.join(DISTRIBUTES)}.",
+        )
+        _require(
+            self.input in INPUTS,
+            f"--input={self.input} must be one of {', '.join(INPUTS)}.",
         )
         _require(bool(self.export_dir.strip()), "--export_dir is empty; the default is saved_models.")
         _require(

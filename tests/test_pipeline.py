@@ -8,15 +8,12 @@ from krefinery.core.losses import refined_labels
 from krefinery.core.refinement import Relabeller
 from krefinery.core.trainer import Trainer
 from krefinery.data.pipeline import (
-    TEST,
-    TRAIN,
-    VAL,
-    assign_roles,
     make_augment,
     make_splits,
     onehot_table,
     training_dataset,
 )
+from krefinery.data.splits import TEST, TRAIN, VAL, assign_roles
 from krefinery.errors import UserError
 
 

@@ -14,9 +14,12 @@ from krefinery.core.refinement import Relabeller, generation_seed
 from krefinery.core.resnet import seeded_resnet
 from krefinery.core.trainer import Trainer, make_optimizer
 from krefinery.data.feed import DataInfo, Feed
-from krefinery.data.pipeline import TFDataFeed, load_splits
+from krefinery.data.memory import MemoryFeed, MemorySplits
+from krefinery.data.sources import load_source
+from krefinery.data.splits import num_train
+from krefinery.errors import UserError
 from krefinery.runtime import distribute
-from krefinery.runtime.device import apply_determinism, resolve_runtime
+from krefinery.runtime.device import apply_determinism, resolve_input, resolve_runtime
 
 # A trainer's shape: its classifier's architecture and its teacher slot's (None: no teacher).
 TrainerShape = tuple[Architecture, Architecture | None]
@@ -103,38 +106,33 @@ def trainer_shape(config: Config, generation: int) -> TrainerShape:
     return classifier, classifier if classifier == config.architecture(2) else None
 
 
-def prepare_experiment(config: Config) -> Experiment:
-    """Loads and splits the data and builds the pipelines and the trainers; trains nothing.
+def prepare_experiment(config: Config, feed: Feed | None = None) -> Experiment:
+    """Loads and splits the data and builds the feed and the trainers; trains nothing.
 
-    The trainer, its optimizer and its classifier are built under the `--distribute`
-    strategy's scope (`distribute.resolve`). The label table is not: it is a host
-    variable that the tf.data pipeline reads and relabelling writes, outside any replica.
-    Bad input (dataset, folder, devices) raises `UserError` here, before anything is written.
+    `feed`: data already at hand (`chain.runner.train_chain`'s arrays); None loads
+    `config.dataset` onto the `--input` path. The trainer, its optimizer and its
+    classifier are built under the `--distribute` strategy's scope
+    (`distribute.resolve`). The label table is not: the tf.data pipeline reads it on the
+    host, outside any replica. Bad input (dataset, folder, devices) raises `UserError`
+    here, before anything is written.
     """
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
     replication = distribute.resolve(config.distribute, config.batch_size)
     replication.check_batch_size(config.batch_size)
     runtime = resolve_runtime(config.precision, config.jit_compile, config.deterministic)
+    if feed is None:
+        feed = load_feed(config, replication)
     apply_determinism(runtime.deterministic)
     keras.utils.set_random_seed(config.seed)
-    splits = load_splits(config)
-    feed = TFDataFeed(
-        splits,
-        config.batch_size,
-        config.seed,
-        config.epochs,
-        config.augment,
-        replication.batch_multiple,
-        replication.evaluation_batch,
-    )
+    info = feed.info
     precision = runtime.precision
 
     def build(architecture: Architecture, seed: int) -> keras.Model:
         return seeded_resnet(
             architecture,
             seed,
-            splits.image_shape,
-            splits.num_classes,
+            info.image_shape,
+            info.num_classes,
             weight_decay=config.weight_decay,
             precision=precision,
             synchronized_batch_norm=replication.synchronized_batch_norm,
@@ -155,14 +153,14 @@ def prepare_experiment(config: Config) -> Experiment:
             jit_compile=runtime.jit_compile,
         )
         # Built now, so that checkpoints can be loaded into it before the first step.
-        trainer(np.zeros((1, *splits.image_shape), np.uint8))
+        trainer(keras.ops.zeros((1, *info.image_shape), "uint8"))
         return trainer
 
     def make_reader(architecture: Architecture) -> Trainer:
         """A model that only ever holds stored generations: evaluated, exported, teaching."""
         reader = Trainer(build(architecture, config.seed))
         reader.compile(jit_compile=runtime.jit_compile)
-        reader(np.zeros((1, *splits.image_shape), np.uint8))
+        reader(keras.ops.zeros((1, *info.image_shape), "uint8"))
         return reader
 
     # Generations 1, 2 and 3 have every shape there is (3 and on are alike): built
@@ -188,6 +186,48 @@ def prepare_experiment(config: Config) -> Experiment:
             "jit_compile": bool(first.jit_compile),
             "deterministic": runtime.deterministic,
             **replication.runtime(),
+            "input": "memory" if isinstance(feed, MemoryFeed) else "tfdata",
         },
         replication=replication,
     )
+
+
+def check_data(config: Config) -> None:
+    """`config.dataset` read and split as a run would, and let go: bad data, or a batch
+    larger than the training split, is a `UserError` before anything is made."""
+    source = load_source(
+        config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw
+    )
+    config.check_batch_size(num_train(source, config.val_fraction, config.resolved_split_seed))
+
+
+def load_feed(config: Config, replication: distribute.Replication) -> Feed:
+    """`config.dataset` loaded, split and checked, on the `--input` path this machine
+    resolves it to."""
+    source = load_source(
+        config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw
+    )
+    train_bytes = getattr(source.train, "images", np.zeros(0, np.uint8)).nbytes
+    path = resolve_input(config.input, train_bytes)
+    options = dict(
+        augment=config.augment,
+        multiple_of=replication.batch_multiple,
+        evaluation_batch=replication.evaluation_batch,
+    )
+    if path == "memory":
+        if replication.name in ("mirrored", "multi_worker"):
+            raise UserError(
+                f"--input=memory makes batches on one device; --distribute={replication.name} "
+                "needs tf.data: pass --input=tfdata (or, on JAX, --distribute=data_parallel)."
+            )
+        splits = MemorySplits.of(source, config.val_fraction, config.resolved_split_seed)
+        config.check_batch_size(splits.info.num_train)
+        return MemoryFeed.of(splits, config.batch_size, config.seed, **options)
+    from krefinery.data.pipeline import (  # tf.data: TensorFlow's.
+        TFDataFeed,
+        make_splits,
+    )
+
+    splits = make_splits(source, config.val_fraction, config.resolved_split_seed)
+    config.check_batch_size(splits.num_train)
+    return TFDataFeed(splits, config.batch_size, config.seed, config.epochs, **options)

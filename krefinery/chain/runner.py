@@ -20,6 +20,9 @@ the chain ends there.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -28,10 +31,13 @@ import numpy as np
 
 from krefinery import faults
 from krefinery.analysis import underfit
-from krefinery.chain.experiment import Experiment
+from krefinery.chain.experiment import Experiment, prepare_experiment
 from krefinery.chain.store import GenerationStore, chain_keys
-from krefinery.config import Refinement
+from krefinery.config import Config, Refinement
 from krefinery.core.trainer import Trainer
+from krefinery.data.feed import DataInfo
+from krefinery.data.memory import InMemoryData, MemoryFeed
+from krefinery.data.sources import Arrays
 from krefinery.errors import Diverged
 
 Record = dict[str, Any]
@@ -237,6 +243,56 @@ class ChainRunner:
         if not self.label_figures:
             return {}
         return underfit.label_figures(refined, *experiment.training_truth, refinement.alpha)
+
+
+def best_generation(records: Sequence[Record]) -> int | None:
+    """The generation with the highest validation accuracy (the first of ties); a
+    diverged generation never counts."""
+    finished = [r for r in records if not r.get("diverged")]
+    if not finished:
+        return None
+    return max(finished, key=lambda r: r["val_accuracy"])["generation"]
+
+
+def train_chain(
+    data: InMemoryData,
+    config: Config,
+    validation: tuple[np.ndarray, np.ndarray],
+    workdir: str | os.PathLike | None = None,
+    callbacks: Callable[[int], Sequence[keras.callbacks.Callback]] | None = None,
+) -> tuple[keras.Model, list[Record]]:
+    """`config`'s chain on arrays held on the device, trained by the loop `run.py` uses.
+
+    Reads the model, optimisation and refinery fields of `config`; `validation` is
+    (images, labels), on which each epoch is scored and the best generation chosen.
+    `workdir` keeps the store of trained generations, so the same call resumes a chain
+    that was killed, and a longer chain reuses a shorter one's generations; None trains
+    in a temporary folder, removed after. Returns the best generation's classifier (a
+    model of its own) and every generation's record.
+    """
+    images, labels = validation
+    info = DataInfo(
+        num_ids=data.num_ids,
+        num_train=data.num_examples,
+        num_val=len(labels),
+        num_test=len(labels),
+        class_names=tuple(str(c) for c in range(data.num_classes)),
+        image_shape=data.image_shape,
+        flip_safe=data.flip,
+    )
+    held_out = Arrays(np.asarray(images), np.asarray(labels))
+    feed = MemoryFeed(data, held_out, held_out, info, config.batch_size, config.seed, config.augment)
+    experiment = prepare_experiment(config, feed)
+    with contextlib.ExitStack() as stack:
+        folder = workdir or stack.enter_context(tempfile.TemporaryDirectory())
+        store = GenerationStore(folder)
+        records = ChainRunner(experiment, store).run(config.refinement, callbacks=callbacks)
+        best = best_generation(records)
+        if best is None:
+            raise Diverged(records[0]["generation"], records[0]["epoch"])
+        classifier = experiment.fresh_classifier(best)
+        classifier.load_weights(store.weights_path(records[best - 1]["key"]))
+    return classifier, records
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -39,8 +39,9 @@ import numpy as np
 from krefinery import files
 from krefinery.config import LEARNED, REFINERY_FIELDS, Config, Refinement
 
-# The runtime entries of one device, left out of keys (see `chain_keys`).
-ONE_DEVICE_RUNTIME = (("distribute", "none"), ("replicas", 1))
+# The runtime entries of what every run trained on before --distribute and --input
+# existed (one device, tf.data), left out of keys so that those keys stay valid.
+DEFAULT_RUNTIME = (("distribute", "none"), ("replicas", 1), ("input", "tfdata"))
 TRAINED_LOG = "trained.jsonl"
 # 2: per-epoch stateless data streams; resolved precision, XLA and determinism in the key.
 FORMAT = 2
@@ -67,8 +68,7 @@ def chain_keys(config: Config, runtime: Mapping[str, Any], refinement: Refinemen
         base.pop(name, None)
     if config.architecture(1) != config.architecture(2):
         base["refinery"] = config.architecture(1).to_dict()
-    # One device is what every run before --distribute trained on: its keys stay valid.
-    runtime = {k: v for k, v in runtime.items() if (k, v) not in ONE_DEVICE_RUNTIME}
+    runtime = {k: v for k, v in runtime.items() if (k, v) not in DEFAULT_RUNTIME}
     root = {"format": FORMAT, "config": base, "runtime": runtime, "generation": 1}
     keys = [_digest(root)]
     for generation in range(2, refinement.generations + 1):

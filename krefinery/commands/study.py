@@ -32,9 +32,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from krefinery.chain.experiment import check_data
 from krefinery.commands import train
 from krefinery.config import Config
-from krefinery.data.pipeline import load_splits
 from krefinery.outputs import export, report, study_report, workdirs
 
 REPEAT_DIR = "repeat_{}"
@@ -59,7 +59,7 @@ def run_study(config: Config) -> dict[str, Any]:
     keeps what it finished. Bad input is reported before anything is trained or written.
     """
     export.prepare_export_dir(config)
-    load_splits(config)  # Bad data or batch size fails here, before the folder is made.
+    check_data(config)  # Bad data or batch size fails here, before the folder is made.
     root = workdirs.check(config, workdirs.STUDY, {"config": config.settings()})
     root = workdirs.claim(config, workdirs.STUDY, root, None)
     runs: list[dict[str, Any]] = []

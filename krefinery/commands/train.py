@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from krefinery.chain.experiment import prepare_experiment
-from krefinery.chain.runner import ChainRunner
+from krefinery.chain.runner import ChainRunner, best_generation
 from krefinery.chain.store import GenerationStore
 from krefinery.config import Config
 from krefinery.errors import Diverged
@@ -52,7 +52,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     refinement = config.refinement
     try:
         runner.run(refinement, callbacks=outputs.callbacks, on_generation=outputs.on_generation)
-        if config.control and report.best_generation(outputs.generations) is not None:
+        if config.control and best_generation(outputs.generations) is not None:
             if not any(g.get("diverged") for g in outputs.generations):
                 # Generation 2 at alpha = 1 trains on the ground truth with generation 2's
                 # seed and stream; its generation 1 is the run's, from the store. It hands

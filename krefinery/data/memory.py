@@ -1,4 +1,4 @@
-"""Label Refinery on data held in memory as arrays: no TensorFlow, batches made on the device.
+"""Data held on the device as arrays: batches made there, no TensorFlow, no input pipeline.
 
 The images, their labels and the label table live on the accelerator as backend tensors
 (the table as a Keras variable, so relabelling writes it in place). Each training batch
@@ -11,68 +11,65 @@ adapter passes through untouched: this path's only traffic from the host per ste
 two scalars. So the step runs `Trainer.compute_loss` as every other path does, with no
 CPU input pipeline to wait for.
 
-    data = InMemoryData(images, labels)            # uint8 [n, H, W, C], int [n]
-    trainer, history = train_chain(data, Config(generations=3, epochs=30, depth=20))
-
-The durable chain (work directory, resume, stores, export) stays the tf.data path
-(`run.py`); this one trains in one process and returns the trainer.
+`MemoryFeed` is this path's `feed.Feed`: `run.py --input=memory` trains the durable
+chain on it, and `chain.runner.train_chain` trains one from arrays in a few lines.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import keras
 import numpy as np
 from keras import ops
 
-from krefinery.config import Config
-from krefinery.core.label_refinery import LabelRefinery
 from krefinery.core.relabel import INFERENCE_BATCH_SIZE, RefinedLabels
-from krefinery.core.resnet import seeded_resnet
-from krefinery.core.trainer import Trainer, make_optimizer
+from krefinery.data.feed import DataInfo
+from krefinery.data.sources import Arrays, Source
+from krefinery.data.splits import TEST, TRAIN, VAL, source_roles
 from krefinery.errors import UserError
 
 Tensor = Any  # A backend tensor.
 
 
 class DeviceLabelTable:
-    """The `[n, classes]` label table as a Keras variable beside in-memory images.
+    """The `[num_ids, classes]` label table as a Keras variable beside in-memory images.
 
-    `LabelRefinery`'s table for `InMemoryData`; every example is a training example, and
-    its id is its row in the arrays. Relabelling runs the labeller over chunks sliced
-    from the device images, and assigns the result to the variable.
+    `LabelRefinery`'s and the chain's table for `InMemoryData`; rows of ids that are not
+    training examples stay 0. Relabelling runs the labeller over chunks sliced from the
+    device images, and assigns the result to the variable.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, num_classes: int):
-        self._images, self._labels, self._classes = images, labels, num_classes
-        self.variable = keras.Variable(
-            self._truth(), trainable=False, dtype="float32", name="training_labels"
-        )
-
-    def _truth(self) -> Tensor:
-        return ops.one_hot(self._labels, self._classes, dtype="float32")
+    def __init__(self, images: Tensor, labels: Tensor, ids: np.ndarray, num_ids: int, num_classes: int):
+        self._images, self._labels, self._ids = images, labels, ids
+        self._truth = np.zeros((num_ids, num_classes), np.float32)
+        self._truth[ids, ops.convert_to_numpy(labels)] = 1.0
+        self.variable = keras.Variable(self._truth, trainable=False, dtype="float32", name="training_labels")
 
     def refine(self, labeller: RefinedLabels) -> None:
-        self.variable.assign(labeller.of_arrays(self._images, self._labels))
+        self.variable.assign(self.labelled(labeller))
 
     def values(self) -> np.ndarray:
         return np.array(ops.convert_to_numpy(self.variable.value))
 
     def labelled(self, labeller: RefinedLabels) -> np.ndarray:
-        return labeller.of_arrays(self._images, self._labels)
+        table = self.values()
+        table[self._ids] = labeller.of_arrays(self._images, self._labels)
+        return table
 
     def reset(self) -> None:
-        self.variable.assign(self._truth())
+        self.variable.assign(self._truth)
 
 
 class InMemoryData:
     """Training images (`uint8 [n, H, W, C]`) and labels (`int [0, classes)`), on the device.
 
     `flip`: whether a horizontal mirror is a valid augmentation (photos yes, digits no).
-    `batches(...)` makes a generation's training batches for `fit`; `labels` is the table
-    `LabelRefinery` refines.
+    `ids`: each image's example id (default: its position) among `num_ids`, the ids the
+    label table is indexed by. `batches(...)` makes a generation's training batches for
+    `fit`; `labels` is the table a chain refines.
     """
 
     def __init__(
@@ -81,23 +78,32 @@ class InMemoryData:
         labels: np.ndarray,
         num_classes: int | None = None,
         flip: bool = False,
+        ids: np.ndarray | None = None,
+        num_ids: int | None = None,
     ):
         images, labels, classes = _checked(images, labels, num_classes)
         self.num_examples = len(images)
         self.num_classes = classes
         self.image_shape: tuple[int, int, int] = tuple(int(d) for d in images.shape[1:])
         self.flip = flip
+        self.ids = np.arange(self.num_examples) if ids is None else np.asarray(ids, np.int64)
+        # The host's arrays, as given (not copied): what figures and label images read.
+        self.host_images, self.host_labels = images, labels
         self.images = ops.convert_to_tensor(images)
         self.ground_truth = ops.convert_to_tensor(labels)
-        self.labels = DeviceLabelTable(self.images, self.ground_truth, classes)
+        self._ids = ops.convert_to_tensor(self.ids.astype(np.int32))
+        self.num_ids = self.num_examples if num_ids is None else num_ids
+        self.labels = DeviceLabelTable(self.images, self.ground_truth, self.ids, self.num_ids, classes)
         self._order = _compiled(_permutation, static=("count",))
         self._batch = _compiled(
             functools.partial(_make_batch, pad=_pad(self.image_shape), flip=flip),
             static=("size", "augment"),
         )
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return -(-self.num_examples // batch_size)
+    def steps_per_epoch(self, batch_size: int, multiple_of: int = 1) -> int:
+        """Batches per epoch; a last batch of fewer than `multiple_of` examples is left out."""
+        full, rest = divmod(self.num_examples, batch_size)
+        return full + (1 if rest >= multiple_of else 0)
 
     def batches(
         self,
@@ -106,24 +112,27 @@ class InMemoryData:
         generation: int = 1,
         augment: bool = True,
         initial_epoch: int = 0,
+        multiple_of: int = 1,
     ) -> keras.utils.PyDataset:
         """Generation `generation`'s batches from epoch `initial_epoch` on, one endless
         stream: pass `steps_per_epoch` and `shuffle=False` to `fit`. Epoch e is the same
-        batches whenever it is made (see `Batches`)."""
-        return Batches(self, batch_size, seed, generation, augment, initial_epoch)
+        batches whenever it is made (see `Batches`). With `multiple_of` (the devices that
+        share each batch), each epoch's last batch is cut to a multiple of it."""
+        return Batches(self, batch_size, seed, generation, augment, initial_epoch, multiple_of)
 
     def order(self, seed: int, generation: int, epoch: int) -> Tensor:
-        """The ids of an epoch, in the order it visits them."""
+        """The positions of an epoch's examples, in the order it visits them."""
         key = ops.convert_to_tensor(np.int32(_key(seed, generation, epoch, 0)))
         return self._order(key, count=self.num_examples)
 
     def batch(
         self, order: Tensor, start: int, size: int, key: int, augment: bool
     ) -> dict[str, Tensor]:
-        """`{"id", "image", "label", "target"}` of `order[start:start + size]`."""
+        """`{"id", "image", "label", "target"}` of the examples at `order[start:start + size]`."""
         return self._batch(
             self.images,
             self.ground_truth,
+            self._ids,
             self.labels.variable.value,
             order,
             ops.convert_to_tensor(np.int32(start)),
@@ -149,11 +158,13 @@ class Batches(keras.utils.PyDataset):
         generation: int,
         augment: bool,
         initial_epoch: int,
+        multiple_of: int = 1,
     ):
         super().__init__()  # One worker: items are dispatched to the device, not computed here.
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.generation, self.augment, self.initial_epoch = generation, augment, initial_epoch
-        self.steps = data.steps_per_epoch(batch_size)
+        self.multiple_of = multiple_of
+        self.steps = data.steps_per_epoch(batch_size, multiple_of)
         self._epoch_order: tuple[int, Tensor] | None = None
 
     @property
@@ -167,6 +178,7 @@ class Batches(keras.utils.PyDataset):
             self._epoch_order = (epoch, self.data.order(self.seed, self.generation, epoch))
         start = step * self.batch_size
         size = min(self.batch_size, self.data.num_examples - start)
+        size -= size % self.multiple_of
         key = _key(self.seed, self.generation, epoch, 1 + step)
         return self.data.batch(self._epoch_order[1], start, size, key, self.augment)
 
@@ -190,79 +202,113 @@ class EvaluationBatches(keras.utils.PyDataset):
         return {"image": self.images[rows], "label": self.labels[rows]}
 
 
-def build_chain(
-    data: InMemoryData,
-    config: Config,
-    on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-) -> tuple[Trainer, LabelRefinery]:
-    """The compiled `Trainer` (with a teacher slot if `config.relabel` is online) and the
-    `LabelRefinery` of a chain on `data`, its table back at ground truth; nothing trained.
+@dataclasses.dataclass(frozen=True)
+class MemorySplits:
+    """A source's train, validation and test splits as arrays, carved as the tf.data
+    path carves them (`splits.source_roles`); `train_ids` are the training examples' ids."""
 
-    Reads the model, optimisation and refinery fields of `config`; `precision="auto"`
-    means float32 here (`run.py`'s choice per device needs TensorFlow).
-    """
-    precision = "float32" if config.precision == "auto" else config.precision
-    config.check_batch_size(data.num_examples)
-    if config.architecture(1) != config.architecture(2):
-        raise UserError(
-            "the in-memory chain trains one architecture (one trainer); leave the "
-            "--refinery_* settings unset, or use run.py for a refinery of its own shape."
+    train: Arrays
+    train_ids: np.ndarray
+    val: Arrays
+    test: Arrays
+    info: DataInfo
+
+    @classmethod
+    def of(cls, source: Source, val_fraction: float, seed: int) -> MemorySplits:
+        train = _arrays(source.train)
+        roles = source_roles(source, len(train.labels), val_fraction, seed)
+
+        def subset(role: int) -> Arrays:
+            return Arrays(train.images[roles == role], train.labels[roles == role])
+
+        test = subset(TEST) if source.test is None else _arrays(source.test)
+        val = subset(VAL)
+        return cls(
+            train=subset(TRAIN),
+            train_ids=np.flatnonzero(roles == TRAIN),
+            val=val,
+            test=test,
+            info=DataInfo(
+                num_ids=len(roles),
+                num_train=int(np.sum(roles == TRAIN)),
+                num_val=len(val.labels),
+                num_test=len(test.labels),
+                class_names=source.class_names,
+                image_shape=source.image_shape,
+                flip_safe=source.flip_safe,
+                notes=source.notes,
+            ),
         )
 
-    def build(generation: int, seed: int) -> keras.Model:
-        return seeded_resnet(
-            config.architecture(generation),
-            seed,
-            data.image_shape,
-            data.num_classes,
-            weight_decay=config.weight_decay,
-            precision=precision,
+
+class MemoryFeed:
+    """A chain's data held on the device (`feed.Feed`): `InMemoryData` for training,
+    `EvaluationBatches` for the rest. Batches differ from the tf.data path's (another
+    random stream), so a run's store keys say which path trained it."""
+
+    def __init__(
+        self,
+        data: InMemoryData,
+        validation: Arrays,
+        test: Arrays,
+        info: DataInfo,
+        batch_size: int,
+        seed: int,
+        augment: bool = True,
+        multiple_of: int = 1,
+        evaluation_batch: Callable[[int], int] = lambda count: INFERENCE_BATCH_SIZE,
+    ):
+        self.data, self.info, self.labels = data, info, data.labels
+        self.batch_size, self.seed, self.augment, self.multiple_of = batch_size, seed, augment, multiple_of
+        self.steps_per_epoch = data.steps_per_epoch(batch_size, multiple_of)
+        self._evaluation_batch = evaluation_batch
+        self.validation = EvaluationBatches(*_pair(validation), evaluation_batch(len(validation.labels)))
+        self.test = EvaluationBatches(*_pair(test), evaluation_batch(len(test.labels)))
+
+    @classmethod
+    def of(cls, splits: MemorySplits, batch_size: int, seed: int, **options) -> MemoryFeed:
+        """The feed of a source's splits; `options`: `__init__`'s keyword arguments."""
+        info = splits.info
+        data = InMemoryData(
+            splits.train.images,
+            splits.train.labels,
+            info.num_classes,
+            flip=info.flip_safe,
+            ids=splits.train_ids,
+            num_ids=info.num_ids,
+        )
+        return cls(data, splits.val, splits.test, info, batch_size, seed, **options)
+
+    def training(self, generation: int, initial_epoch: int = 0) -> keras.utils.PyDataset:
+        return self.data.batches(
+            self.batch_size, self.seed, generation, self.augment, initial_epoch, self.multiple_of
         )
 
-    online = config.relabel == "online"
-    trainer = Trainer(build(1, config.seed), teacher=build(1, config.seed) if online else None)
-    steps = data.steps_per_epoch(config.batch_size)
-    jit_compile = "auto" if config.jit_compile is None else config.jit_compile
-    trainer.compile(make_optimizer(config, steps, precision), jit_compile=jit_compile)
-    data.labels.reset()
-    refinery = LabelRefinery(
-        data.labels,
-        build,
-        config.refinement,
-        seed=config.seed,
-        jit_compile=bool(trainer.jit_compile),
-        on_relabel=on_relabel,
+    def train_unaugmented(self) -> EvaluationBatches:
+        data = self.data
+        return EvaluationBatches(data.host_images, data.host_labels, self._evaluation_batch(data.num_examples))
+
+    def truth(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.data.ids, self.data.host_labels
+
+    def images(self, ids: np.ndarray) -> np.ndarray:
+        position = {int(i): n for n, i in enumerate(self.data.ids)}
+        return self.data.host_images[[position[int(i)] for i in ids]]
+
+
+def _arrays(examples: Any) -> Arrays:
+    """A source's split as arrays; a TFDS split (tf.data) is read once."""
+    if isinstance(examples, Arrays):
+        return examples
+    from krefinery.data.pipeline import (
+        to_arrays,  # TFDS is TensorFlow's: so is reading it.
     )
-    return trainer, refinery
+
+    return to_arrays(examples)
 
 
-def train_chain(
-    data: InMemoryData,
-    config: Config,
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    on_relabel: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-) -> tuple[Trainer, list[dict[str, list[float]]]]:
-    """`config.generations` generations of `config.epochs` each on `data`, offline or
-    online: `build_chain`'s trainer and refinery, fed by `InMemoryData.batches`, and
-    validated on `validation` (images, labels) after each epoch if given. Returns the
-    trainer (its classifier is the last generation) and each generation's `fit` history.
-    """
-    trainer, refinery = build_chain(data, config, on_relabel)
-    val = None if validation is None else EvaluationBatches(*validation)
-    histories = []
-    for generation in range(1, config.generations + 1):
-        history = trainer.fit(
-            data.batches(config.batch_size, config.seed, generation, config.augment),
-            epochs=config.epochs,
-            steps_per_epoch=data.steps_per_epoch(config.batch_size),
-            validation_data=val,
-            callbacks=[refinery, *callbacks],
-            shuffle=False,
-            verbose=config.verbose,
-        )
-        histories.append(history.history)
-    return trainer, histories
+def _pair(arrays: Arrays) -> tuple[np.ndarray, np.ndarray]:
+    return arrays.images, arrays.labels
 
 
 def _checked(
@@ -345,6 +391,7 @@ def _pad(image_shape: tuple[int, int, int]) -> int:
 def _make_batch(
     images: Tensor,
     labels: Tensor,
+    example_ids: Tensor,
     table: Tensor,
     order: Tensor,
     start: Tensor,
@@ -355,11 +402,13 @@ def _make_batch(
     pad: int,
     flip: bool,
 ) -> dict[str, Tensor]:
-    """One training batch: ids `order[start:start + size]`, their images (randomly
-    translated by up to `pad` pixels, zero-filled, and mirrored if `flip`), labels and
-    targets. The crop is one gather of each output pixel from the padded images."""
-    ids = ops.slice(order, [start], [size])
-    batch = ops.take(images, ids, axis=0)
+    """One training batch: the examples at positions `order[start:start + size]`, their
+    ids, images (randomly translated by up to `pad` pixels, zero-filled, and mirrored if
+    `flip`), labels, and targets read from the table by id. The crop is one gather of
+    each output pixel from the padded images."""
+    positions = ops.slice(order, [start], [size])
+    ids = ops.take(example_ids, positions, axis=0)
+    batch = ops.take(images, positions, axis=0)
     if augment:
         _, height, width, channels = batch.shape
         padded = ops.pad(batch, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
@@ -376,6 +425,6 @@ def _make_batch(
     return {
         "id": ids,
         "image": batch,
-        "label": ops.take(labels, ids, axis=0),
+        "label": ops.take(labels, positions, axis=0),
         "target": ops.take(table, ids, axis=0),
     }

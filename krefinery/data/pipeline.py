@@ -17,14 +17,15 @@ import tensorflow as tf
 from krefinery.config import Config
 from krefinery.core.relabel import INFERENCE_BATCH_SIZE
 from krefinery.data.feed import DataInfo
-from krefinery.data.sources import Source, load_source
-from krefinery.errors import UserError
+from krefinery.data.sources import Arrays, Source, load_source
+from krefinery.data.splits import TEST, TRAIN, VAL, source_roles
 
 if TYPE_CHECKING:
     from krefinery.core.relabel import RefinedLabels
 
-TRAIN, VAL, TEST = 0, 1, 2
 MAX_SHUFFLE_BUFFER = 50_000
+# Arrays reach tf.data in chunks of this many.
+IN_MEMORY_CHUNK = 512
 # The cache holds chunks of examples rather than single ones: per-element bookkeeping
 # otherwise costs about as much memory as the images themselves (bench/memory.py).
 CACHE_CHUNK = 512
@@ -84,10 +85,10 @@ def load_splits(config: Config) -> Splits:
 
 def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:
     """Carves validation (and test, if the source has none) out of train, fixed by `seed`."""
-    num_ids = _count(source.train)
-    test_fraction = val_fraction if source.test is None else 0.0
-    roles = assign_roles(num_ids, val_fraction, test_fraction, seed, source.labels, source.class_names)
-    examples = with_ids(source.train)
+    train = as_dataset(source.train)
+    num_ids = count(train)
+    roles = source_roles(source, num_ids, val_fraction, seed)
+    examples = with_ids(train)
     role_of = tf.constant(roles)
 
     def subset(role: int) -> tf.data.Dataset:
@@ -98,8 +99,8 @@ def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:
     if source.test is None:
         test, num_test = subset(TEST), int(np.sum(roles == TEST))
     else:
-        num_test = _count(source.test)
-        test = cached(with_ids(source.test), num_test)
+        num_test = count(as_dataset(source.test))
+        test = cached(with_ids(as_dataset(source.test)), num_test)
     return Splits(
         train=subset(TRAIN),
         val=subset(VAL),
@@ -121,53 +122,33 @@ def cached(examples: tf.data.Dataset, size: int) -> tf.data.Dataset:
     return chunks.unbatch().apply(tf.data.experimental.assert_cardinality(size))
 
 
-def assign_roles(
-    num_ids: int,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    labels: np.ndarray | None = None,
-    class_names: tuple[str, ...] = (),
-) -> np.ndarray:
-    """TRAIN, VAL or TEST per id: a seeded random subset of exact size for each role.
+def as_dataset(examples: Arrays | tf.data.Dataset) -> tf.data.Dataset:
+    """A source's split as tf.data: arrays are streamed in chunks, so the graph holds no
+    copy of them."""
+    if isinstance(examples, tf.data.Dataset):
+        return examples
+    images, labels = examples.images, examples.labels
 
-    Validation and a carved test split hold at least one example each. Given the labels,
-    every class keeps at least one training example: ids are taken in a seeded random
-    order, passing over the last training example of its class (which changes nothing
-    where every class has a few examples).
-    """
-    num_val = max(1, round(num_ids * val_fraction))
-    num_test = max(1, round(num_ids * test_fraction)) if test_fraction else 0
-    splits = "validation" + (" and test" if num_test else "")
-    needed = num_val + num_test + (len(class_names) if labels is not None else 1)
-    if num_ids < needed:
-        per_class = " (one training example per class)" if labels is not None else ""
-        lower = ", or lower --val_fraction" if num_val + num_test > 2 else ""
-        raise UserError(
-            f"{num_ids} training examples are too few to carve out {splits} splits: "
-            f"{needed} are needed here{per_class}. Add images"
-            f"{' (or a test/ folder)' if num_test else ''}{lower}."
-        )
-    order = np.random.default_rng(seed).permutation(num_ids)
-    roles = np.full(num_ids, TRAIN, np.int8)
-    if labels is None:
-        roles[order[:num_val]] = VAL
-        roles[order[num_val : num_val + num_test]] = TEST
-        return roles
-    in_train = np.bincount(labels, minlength=len(class_names))
-    empty = [name for name, count in zip(class_names, in_train) if count == 0]
-    if empty:
-        raise UserError(f"classes {empty} have no training examples.")
-    wanted = [VAL] * num_val + [TEST] * num_test
-    taken = 0
-    for i in order:
-        if taken == len(wanted):
-            break
-        if in_train[labels[i]] > 1:
-            in_train[labels[i]] -= 1
-            roles[i] = wanted[taken]
-            taken += 1
-    return roles
+    def chunks():
+        for start in range(0, len(labels), IN_MEMORY_CHUNK):
+            stop = start + IN_MEMORY_CHUNK
+            yield {"image": images[start:stop], "label": labels[start:stop]}
+
+    spec = {
+        "image": tf.TensorSpec((None, *images.shape[1:]), tf.uint8),
+        "label": tf.TensorSpec((None,), tf.as_dtype(labels.dtype)),
+    }
+    dataset = tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(labels)))
+
+
+def to_arrays(examples: tf.data.Dataset) -> Arrays:
+    """A tf.data split read once into arrays (a TFDS split, for the in-memory path)."""
+    images, labels = [], []
+    for batch in examples.batch(CACHE_CHUNK).as_numpy_iterator():
+        images.append(batch["image"])
+        labels.append(batch["label"])
+    return Arrays(np.concatenate(images), np.concatenate(labels))
 
 
 def with_ids(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -447,7 +428,8 @@ def eval_dataset(examples: tf.data.Dataset, batch_size: int = INFERENCE_BATCH_SI
     return examples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _count(dataset: tf.data.Dataset) -> int:
+def count(dataset: tf.data.Dataset) -> int:
+    """Examples in `dataset`: its cardinality, or one pass where that is unknown."""
     count = int(dataset.cardinality())
     if count < 0:  # Unknown or infinite: count by reading once.
         count = int(dataset.reduce(np.int64(0), lambda n, _: n + 1))

@@ -1,7 +1,8 @@
 """Where images come from: TFDS datasets, scikit-learn's digits, or a folder of class folders.
 
 Every source yields examples `{"image": uint8 [H, W, C], "label": int}` in a fixed
-order, so that an example's position is a stable id (see `pipeline.py`).
+order, so that an example's position is a stable id (see `pipeline.py`). Digits and
+folders are read into arrays without TensorFlow; a TFDS dataset is a tf.data stream.
 """
 
 from __future__ import annotations
@@ -13,37 +14,48 @@ import math
 import os
 import socket
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorflow as tf
 
 from krefinery.data import images
 from krefinery.errors import UserError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # Short names users type, mapped to TFDS names.
 TFDS_ALIASES = {"svhn": "svhn_cropped"}
 # Datasets whose labels survive a horizontal flip. Digits and house numbers do not.
 FLIP_SAFE = {"cifar10", "cifar100", "fashion_mnist"}
 READABLE = "png, jpeg, gif, bmp, webp"
-# Decoded folder images reach tf.data in chunks of this many.
-IN_MEMORY_CHUNK = 512
 PARALLEL_PIXELS = 256 * 256  # Images this large are decoded in threads.
 OFFLINE_HINT = "run offline with --dataset=digits"
 
 
 @dataclasses.dataclass(frozen=True)
+class Arrays:
+    """A split held in memory: uint8 images `[n, H, W, C]` and integer labels `[n]`."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
 class Source:
-    """A labelled image dataset in a fixed order, before validation is carved out."""
+    """A labelled image dataset in a fixed order, before validation is carved out.
+
+    A split is `Arrays` (digits, folders) or a `tf.data.Dataset` of examples (TFDS).
+    """
 
     name: str
-    train: tf.data.Dataset
-    test: tf.data.Dataset | None  # None: carve the test split from train.
+    train: Arrays | tf.data.Dataset
+    test: Arrays | tf.data.Dataset | None  # None: carve the test split from train.
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
     flip_safe: bool = False
     # The training split's labels in order, where known without reading the images: it
-    # lets the splits keep every class in training (see `pipeline.assign_roles`).
+    # lets the splits keep every class in training (see `splits.assign_roles`).
     labels: np.ndarray | None = None
     # What was decided about the data (skipped files, resizing, channels): results.json.
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -84,14 +96,10 @@ def digits() -> Source:
     x_train, x_test, y_train, y_test = train_test_split(
         images, labels, test_size=0.2, stratify=labels, random_state=0
     )
-
-    def as_dataset(x, y):
-        return tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
-
     return Source(
         name="digits",
-        train=as_dataset(x_train, y_train),
-        test=as_dataset(x_test, y_test),
+        train=Arrays(x_train, y_train),
+        test=Arrays(x_test, y_test),
         class_names=tuple(str(n) for n in bunch.target_names),
         image_shape=(8, 8, 1),
         labels=y_train,
@@ -167,8 +175,8 @@ def folder(
         print(f"{where}: {line}", flush=True)
     return Source(
         name=f"folder:{path}",
-        train=_in_memory(train_images, train_labels),
-        test=_in_memory(*test_arrays) if test_arrays else None,
+        train=Arrays(train_images, train_labels),
+        test=Arrays(*test_arrays) if test_arrays else None,
         class_names=tuple(train.class_names),
         image_shape=shape,
         labels=train_labels,
@@ -374,22 +382,6 @@ def _note_lines(notes: dict[str, Any], shape: tuple[int, int, int], total: int) 
     return lines
 
 
-def _in_memory(images_: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
-    """Examples from arrays, streamed in chunks: no copy of the arrays in the graph."""
-
-    def chunks():
-        for start in range(0, len(labels), IN_MEMORY_CHUNK):
-            stop = start + IN_MEMORY_CHUNK
-            yield {"image": images_[start:stop], "label": labels[start:stop]}
-
-    spec = {
-        "image": tf.TensorSpec((None, *images_.shape[1:]), tf.uint8),
-        "label": tf.TensorSpec((None,), tf.int64),
-    }
-    dataset = tf.data.Dataset.from_generator(chunks, output_signature=spec).unbatch()
-    return dataset.apply(tf.data.experimental.assert_cardinality(len(labels)))
-
-
 def tfds_source(dataset: str, data_dir: str | None = None, extra: bool = False) -> Source:
     """A TFDS dataset with `image` and `label` features, downloaded and prepared if needed."""
     import tensorflow_datasets as tfds
@@ -426,7 +418,7 @@ def tfds_source(dataset: str, data_dir: str | None = None, extra: bool = False) 
     # Unprepared (mocked) builders list no splits: assume the usual train/test pair.
     has_test = not splits or "test" in splits
 
-    def read(split: str) -> tf.data.Dataset:
+    def read(split: str) -> Any:
         ds = builder.as_dataset(split=split, shuffle_files=False)
         return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
 

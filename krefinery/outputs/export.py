@@ -1,9 +1,11 @@
-"""SavedModel export in the TF Serving layout: `<export_dir>/<name>/<version>/`.
+"""Exports in the TF Serving layout: `<export_dir>/<name>/<version>/`.
 
 Versions are integers that only go up and are never overwritten. Each export is
 written into a hidden temporary folder beside the versions and renamed into place, so
 a server watching `<export_dir>/<name>/` sees a whole model or none: TF Serving only
-loads folders whose name is an integer.
+loads folders whose name is an integer. A version holds a SavedModel with its serving
+signature (`savedmodel.py`); where TensorFlow is not installed, it holds the model as
+`model.keras` instead (Keras's own format), since only TensorFlow writes SavedModels.
 """
 
 from __future__ import annotations
@@ -19,60 +21,18 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import keras
-import tensorflow as tf
 
 from krefinery import faults
 from krefinery.config import EXPORT_NAME, Config
 from krefinery.errors import DiskFull, UserError
 from krefinery.files import pid_alive
+from krefinery.runtime.device import tensorflow_installed
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
+KERAS_MODEL = "model.keras"  # A version's model where TensorFlow is not installed.
 TEMP_PREFIX = ".tmp-export-"
 SOURCE_FILE = "krefinery.json"
-
-
-class ServingModule(tf.Module):
-    """The classifier with its serving signature: raw uint8 images in, classes out.
-
-    The classifier rescales 0..255 pixels itself, so serving needs no preprocessing
-    outside the graph. `class_names` (a string variable) keeps the full class list,
-    so a client can read every name, not just the predicted one.
-
-    Under the JAX backend the classifier is not TensorFlow code: Keras's `ExportArchive`
-    converts it (jax2tf) into a TensorFlow function over TensorFlow copies of its
-    weights, which this module keeps. The SavedModel then serves the same way.
-    """
-
-    def __init__(
-        self, classifier: keras.Model, class_names: Sequence[str], image_shape: Sequence[int]
-    ):
-        super().__init__(name="krefinery_classifier")
-        self.class_names = tf.Variable(
-            list(class_names), trainable=False, dtype=tf.string, name="class_names"
-        )
-        spec = tf.TensorSpec([None, *image_shape], tf.uint8, name=INPUT_NAME)
-        if keras.backend.backend() == "tensorflow":
-            self.classifier = classifier
-            self.logits = lambda images: classifier(images, training=False)
-        else:
-            archive = keras.export.ExportArchive()
-            archive.track(classifier)
-            self.logits = archive.add_endpoint(
-                "logits", lambda images: classifier(images, training=False), [spec]
-            )
-            self.classifier_variables = list(archive.variables)
-        self.serve = tf.function(self._serve, input_signature=[spec])
-
-    def _serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = tf.cast(self.logits(images), tf.float32)
-        probabilities = tf.nn.softmax(logits, axis=-1)
-        class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        return {
-            "probabilities": probabilities,
-            "class_ids": class_ids,
-            "class_names": tf.gather(self.class_names, class_ids),
-        }
 
 
 def default_export_name(dataset: str) -> str:
@@ -121,11 +81,18 @@ def export_classifier(
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create export folder {model_dir}: {error.strerror}.") from None
-    module = ServingModule(classifier, class_names, image_shape)
+    if tensorflow_installed():
+        from krefinery.outputs.savedmodel import saved_model_writer
+
+        save = saved_model_writer(classifier, class_names, image_shape)
+    else:
+
+        def save(temp: Path) -> None:
+            classifier.save(temp / KERAS_MODEL)
 
     def write(temp: Path) -> None:
         temp.mkdir()
-        tf.saved_model.save(module, os.fspath(temp), signatures={SIGNATURE: module.serve})
+        save(temp)
         if source is not None:
             (temp / "assets.extra").mkdir(exist_ok=True)
             (temp / "assets.extra" / SOURCE_FILE).write_text(json.dumps(dict(source)) + "\n")

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import keras
 
+from krefinery.chain.runner import best_generation
 from krefinery.config import Architecture, Config
 from krefinery.data.feed import DataInfo
 from krefinery.outputs import summaries, workdirs
@@ -23,15 +24,6 @@ def tensorboard_callback(workdir: Path, generation: int) -> keras.callbacks.Call
     """Per-epoch curves of one generation, as the sub-run `gen_<k>` under the work directory
     (training and validation in that one sub-run, so a generation keeps one colour)."""
     return summaries.EpochSummaries(workdir / "tensorboard" / f"gen_{generation}")
-
-
-def best_generation(generations: list[dict[str, Any]]) -> int | None:
-    """The generation with the highest validation accuracy (the first of ties); a
-    diverged generation never counts."""
-    finished = [g for g in generations if not g.get("diverged")]
-    if not finished:
-        return None
-    return max(finished, key=lambda g: g["val_accuracy"])["generation"]
 
 
 def results_record(

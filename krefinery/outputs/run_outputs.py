@@ -23,6 +23,7 @@ import numpy as np
 
 from krefinery.analysis import underfit
 from krefinery.chain.experiment import Experiment
+from krefinery.chain.runner import best_generation
 from krefinery.chain.store import GenerationStore
 from krefinery.core.refinement import generation_seed
 from krefinery.core.trainer import Trainer
@@ -85,7 +86,7 @@ class RunOutputs:
                 self._export(f"gen_{generation}", model.classifier, record["key"], generation)
         self.generations.append(entry)
         self._write(finished=False)
-        best = report.best_generation(self.generations)
+        best = best_generation(self.generations)
         if best is not None:
             trained = [g for g in self.generations if not g.get("diverged")]
             charts.accuracy_chart(trained, best, self.workdir / charts.ACCURACY_CHART)
@@ -129,7 +130,7 @@ class RunOutputs:
     def finish(self) -> dict[str, Any]:
         """Exports the best generation (if any did not diverge), then writes the final
         `results.json`: `finished` is true only if the chain completed and the export landed."""
-        best = report.best_generation(self.generations)
+        best = best_generation(self.generations)
         if best is not None:
             key = self.generations[best - 1]["key"]
             self._export("best", self._load(key, best).classifier, key, None)

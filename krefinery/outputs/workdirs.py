@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from krefinery import files
+from krefinery.chain.store import DEFAULT_RUNTIME
 from krefinery.config import Config, settings_of
 from krefinery.errors import UserError
 
@@ -66,7 +67,9 @@ def check(config: Config, kind: Kind, marker: Mapping[str, Any]) -> Path | None:
                 "resumed; choose another --workdir."
             )
         return workdir
-    changed = differences(settings_of(stored.get("config", {})), settings_of(dict(marker["config"])))
+    # A setting the record predates had its default then.
+    then = {**Config().to_dict(), **stored.get("config", {})}
+    changed = differences(settings_of(then), settings_of(dict(marker["config"])))
     for name, value in marker.items():
         if name not in ("config", "runtime") and _as_read(value) != stored.get(name):
             changed.append(f"the {name} settings differ ({workdir / kind.marker})")
@@ -84,8 +87,8 @@ def check_runtime(workdir: Path, runtime: Mapping[str, Any]) -> None:
     stored = read_record(workdir / RUN.marker)
     if stored is None:
         return
-    # A run from before --distribute existed trained on one device.
-    trained = {"distribute": "none", "replicas": 1, **stored.get("runtime", {})}
+    # A run from before --distribute and --input existed trained on one device, by tf.data.
+    trained = {**dict(DEFAULT_RUNTIME), **stored.get("runtime", {})}
     changed = differences(trained, dict(runtime))
     if changed:
         raise UserError(

@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
+import sys
 
 import keras
-import tensorflow as tf
-
-# TensorFlow exports `enable_op_determinism` but neither its inverse nor a getter; a process
-# that runs several configurations (tests, searches, benchmarks) needs both. Keras's own
-# `model_supports_jit` reads the same module.
-from tensorflow.python.framework import config as _tf_config
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# The most uint8 training images `--input=auto` holds on an accelerator (a quarter of the
+# smallest GPU the project targets, 16 GB, leaving room for the model and activations).
+MEMORY_BUDGET = 4 * 2**30
 KINDS = ("cpu-avx2", "cpu-bf16", "gpu", "gpu-bf16")
 
 
@@ -78,12 +77,58 @@ def cpu_flags() -> set[str]:
 
 @functools.cache
 def machine_kind() -> str:
-    """One of KINDS: the kind of device a run here trains on."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
-        return "gpu-bf16" if capability and capability >= (8, 0) else "gpu"
+    """One of KINDS: the kind of device a run here trains on, as the backend sees it."""
+    capability = _gpu_capability(keras.backend.backend())
+    if capability is not None:
+        return "gpu-bf16" if capability >= (8, 0) else "gpu"
     return "cpu-bf16" if cpu_flags() & set(BF16_CPU_FLAGS) else "cpu-avx2"
+
+
+def _gpu_capability(backend: str) -> tuple[int, int] | None:
+    """The first GPU's compute capability ((0, 0) if unknown), or None without a GPU.
+    Asks the backend in use only: a JAX run need not import TensorFlow for it."""
+    if backend == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if not gpus:
+            return None
+        major, _, minor = str(getattr(gpus[0], "compute_capability", "0.0")).partition(".")
+        return int(major), int(minor or 0)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return None
+        return tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
+    return None
+
+
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported here, without importing it."""
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except ImportError:
+        return False
+
+
+def resolve_input(requested: str, train_bytes: int) -> str:
+    """`--input=auto` -> `memory` (batches made on the device) where TensorFlow is not
+    installed, or on an accelerator when the training images (`train_bytes`, uint8)
+    fit `MEMORY_BUDGET`; else `tfdata`. On a CPU, tf.data: the in-memory path saves no
+    transfer there, and the runs of a CPU keep the batches they always had."""
+    if requested != "auto":
+        return requested
+    if not tensorflow_installed():
+        return "memory"
+    if machine_kind().startswith("gpu") and train_bytes <= MEMORY_BUDGET:
+        return "memory"
+    return "tfdata"
 
 
 def resolve_precision(requested: str) -> str:
@@ -128,18 +173,32 @@ def resolve_runtime(precision: str, jit_compile: bool | None, deterministic: boo
 
 
 def apply_determinism(enabled: bool) -> None:
-    """Turns TensorFlow's op determinism on or off for this process.
+    """Turns TensorFlow's op determinism on or off for this process, where TensorFlow is
+    in use (its backend, or tf.data): a JAX run on in-memory data has nothing to set.
 
     Call it before the trainer is compiled: Keras decides at `compile` whether XLA is
     possible (not under op determinism) and tf.data reads the setting when a dataset
     is iterated.
     """
+    if keras.backend.backend() != "tensorflow" and "tensorflow" not in sys.modules:
+        return
+    import tensorflow as tf
+
     if enabled:
         tf.config.experimental.enable_op_determinism()
-    elif _tf_config.is_op_determinism_enabled():
-        _tf_config.disable_op_determinism()
+    elif determinism_enabled():
+        _tf_config().disable_op_determinism()
 
 
 def determinism_enabled() -> bool:
     """Whether op determinism is on in this process now."""
-    return bool(_tf_config.is_op_determinism_enabled())
+    return bool(_tf_config().is_op_determinism_enabled())
+
+
+def _tf_config():
+    """TensorFlow exports `enable_op_determinism` but neither its inverse nor a getter; a
+    process that runs several configurations (tests, searches, benchmarks) needs both.
+    Keras's own `model_supports_jit` reads the same module."""
+    from tensorflow.python.framework import config
+
+    return config
