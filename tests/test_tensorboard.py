@@ -267,6 +267,99 @@ def test_every_keras_tuner_trial_status_is_written_as_an_hparams_status(tmp_path
         summaries.write_trial_hparams(tmp_path / "x", "7", {}, {}, "DONE")
 
 
+# One of each kind of summary, written with TensorFlow's imports failing on the JAX backend.
+WRITE_WITHOUT_TENSORFLOW = """
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+from PIL import Image
+
+from krefinery.config import Config
+from krefinery.outputs import study_report, summaries
+
+out = Path(sys.argv[1])
+with summaries.SummaryWriter(out / "kinds") as writer:
+    writer.scalar("scalar", 0.25, 3, description="A scalar.")
+    writer.text("text", "| a |\\n|---|\\n| b |", 3, description="A table.")
+    writer.histogram("histogram", np.load(out / "data.npy"), 3, description="A histogram.")
+    writer.image_png("image", (out / "image.png").read_bytes(), 3, description="An image.")
+generations = summaries.GenerationSummaries(out / "generations")
+generations.write({"generation": 1, "val_accuracy": 0.5, "test_accuracy": 0.4})
+generations.close()
+summaries.write_hparams_config(out / "search", (1, 2), [1.0, 4.0], [0.0])
+summaries.write_trial_hparams(out / "search" / "0", "0", {"temperature": 4.0}, {"val_accuracy": 0.75}, "COMPLETED")
+runs = [
+    {"generations": [{"generation": k, "val_accuracy": 0.5 + k / 10 + r / 100, "test_accuracy": 0.4 + k / 10}
+                     for k in (1, 2)],
+     "config": {"seed": r}, "best_generation": 2, "workdir": str(r), "control": None}
+    for r in range(2)
+]
+study_report.write_tensorboard(study_report.study_record(Config(generations=2, repeats=2), runs, out), out / "study")
+assert keras.backend.backend() == "jax" and "tensorflow" not in sys.modules
+"""
+
+
+def test_summaries_are_written_without_tensorflow_as_tf_summary_writes_them(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2, metadata
+    from test_arrays import BLOCK_TENSORFLOW, run_python
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=1000).astype(np.float32)
+    np.save(tmp_path / "data.npy", data)
+    pixels = rng.integers(0, 256, (3, 5, 4), dtype=np.uint8)  # RGBA, 5 wide and 3 high.
+    (tmp_path / "image.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    run_python(BLOCK_TENSORFLOW + WRITE_WITHOUT_TENSORFLOW, str(tmp_path))
+
+    # Each kind as tf.summary writes it: the same tensors and the same plugin metadata.
+    with tf.summary.create_file_writer(str(tmp_path / "tf")).as_default(step=3):
+        tf.summary.scalar("scalar", 0.25, description="A scalar.")
+        tf.summary.text("text", "| a |\n|---|\n| b |", description="A table.")
+        tf.summary.histogram("histogram", data, description="A histogram.")
+        tf.summary.image("image", tf.image.decode_png(tf.io.encode_png(pixels), channels=3)[None],
+                         description="An image.")
+    ours, theirs = (event_accumulator.EventAccumulator(str(tmp_path / run)) for run in ("kinds", "tf"))
+    ours.Reload(), theirs.Reload()
+    assert ours.Tags()["tensors"] == theirs.Tags()["tensors"] == ["scalar", "text", "histogram", "image"]
+    for tag in ours.Tags()["tensors"]:
+        assert ours.SummaryMetadata(tag) == theirs.SummaryMetadata(tag), tag
+        (mine,), (tfs,) = ours.Tensors(tag), theirs.Tensors(tag)
+        assert mine.step == tfs.step == 3
+        mine, tfs = tf.make_ndarray(mine.tensor_proto), tf.make_ndarray(tfs.tensor_proto)
+        assert mine.dtype == tfs.dtype and mine.shape == tfs.shape, tag
+        if tag == "image":  # The PNG bytes differ by encoder; the pixels are the same.
+            assert list(mine[:2]) == list(tfs[:2]) == [b"5", b"3"]
+            np.testing.assert_array_equal(tf.image.decode_png(mine[2]), pixels[..., :3])
+        else:
+            np.testing.assert_array_equal(mine, tfs)
+    assert ours.SummaryMetadata("histogram").summary_description == "A histogram."
+
+    generations = read_run(tmp_path / "generations")
+    assert float(generations[summaries.GENERATION_TAGS["val_accuracy"]][1]) == 0.5
+    assert "| 1 (best) | 0.5000 | 0.4000 |" in generations[summaries.GENERATION_TABLE][1].item().decode()
+    assert described_tags(tmp_path / "generations")[summaries.ACCURACY_IMAGE] == summaries.DESCRIPTIONS[summaries.ACCURACY_IMAGE]
+    layout = generations["custom_scalars__config__"][0].item()
+    assert layout == summaries.custom_scalars_layout().SerializeToString()
+
+    study = read_run(tmp_path / "study")
+    assert float(study["study/val_accuracy_mean"][2]) == pytest.approx(0.705)
+    assert study["study/table"][0].item().decode().startswith("```\nStudy: 2 repeat(s)")
+
+    search = event_accumulator.EventAccumulator(str(tmp_path / "search"))
+    search.Reload()
+    experiment = metadata.parse_experiment_plugin_data(search.SummaryMetadata(metadata.EXPERIMENT_TAG).plugin_data.content)
+    assert [h.name for h in experiment.hparam_infos] == ["generations", "temperature", "alpha"]
+    trial = event_accumulator.EventAccumulator(str(tmp_path / "search" / "0"), size_guidance={event_accumulator.TENSORS: 0})
+    trial.Reload()
+    start = metadata.parse_session_start_info_plugin_data(trial.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content)
+    end = metadata.parse_session_end_info_plugin_data(trial.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content)
+    assert (start.group_name, start.hparams["temperature"].number_value) == ("0", 4.0)
+    assert end.status == api_pb2.STATUS_SUCCESS
+    assert float(tf.make_ndarray(trial.Tensors("val_accuracy")[0].tensor_proto)) == 0.75
+    assert trial.SummaryMetadata("val_accuracy").summary_description.startswith("Validation accuracy")
+
+
 def test_label_stats_on_hand_computed_labels():
     previous = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     refined = np.array([[0.5, 0.5], [0.0, 1.0], [0.2, 0.8]])

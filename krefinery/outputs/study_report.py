@@ -13,14 +13,13 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import tensorflow as tf
 from matplotlib.figure import Figure
 
 from krefinery.analysis import stats
 from krefinery.analysis.underfit import DISAGREEMENT_KEY, FIT_KEY
 from krefinery.config import Config
 from krefinery.outputs import report
-from krefinery.outputs.summaries import write_scalars
+from krefinery.outputs.summaries import SummaryWriter, write_scalars
 
 STUDY = "study.json"
 CHART = "study.png"
@@ -258,22 +257,20 @@ TABLE_TAG = "study/table"
 
 def write_tensorboard(record: dict[str, Any], logdir: str | os.PathLike) -> None:
     """The study as the TensorBoard sub-run `logdir` (`<workdir>/tensorboard/study`)."""
-    writer = tf.summary.create_file_writer(os.fspath(logdir))
-    for g in record["generations"]:
-        write_scalars(writer, _figure_tags(g, MEAN_TAG), g["generation"])
-    if record["control"] is not None:
-        write_scalars(writer, _figure_tags(record["control"], CONTROL_TAG), 2)
-    for c in record["comparisons"]:
-        b = c["b"].replace(" ", "_")
-        step = int(c["a"].split()[-1])
-        values = {GAIN_TAG.format(metric=c["metric"], b=b): c["mean"]}
-        if c["low"] is not None:
-            values[GAIN_TAG.format(metric=c["metric"], b=b) + "_ci_low"] = c["low"]
-            values[GAIN_TAG.format(metric=c["metric"], b=b) + "_ci_high"] = c["high"]
-        write_scalars(writer, values, step)
-    with writer.as_default(step=0):
-        tf.summary.text(TABLE_TAG, "```\n" + format_study(record) + "\n```")
-    writer.close()
+    with SummaryWriter(logdir) as writer:
+        for g in record["generations"]:
+            write_scalars(writer, _figure_tags(g, MEAN_TAG), g["generation"])
+        if record["control"] is not None:
+            write_scalars(writer, _figure_tags(record["control"], CONTROL_TAG), 2)
+        for c in record["comparisons"]:
+            b = c["b"].replace(" ", "_")
+            step = int(c["a"].split()[-1])
+            values = {GAIN_TAG.format(metric=c["metric"], b=b): c["mean"]}
+            if c["low"] is not None:
+                values[GAIN_TAG.format(metric=c["metric"], b=b) + "_ci_low"] = c["low"]
+                values[GAIN_TAG.format(metric=c["metric"], b=b) + "_ci_high"] = c["high"]
+            write_scalars(writer, values, step)
+        writer.text(TABLE_TAG, "```\n" + format_study(record) + "\n```", 0)
 
 
 def _figure_tags(entry: dict[str, Any], mean_tag: str) -> dict[str, float]:

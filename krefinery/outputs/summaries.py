@@ -13,17 +13,36 @@ TensorBoard colours by sub-run, so each sub-run is one thing a user tells apart:
 
 A search (`tuning.py`) writes one HParams session per keras-tuner trial
 (`write_trial_hparams`) under the domains `write_hparams_config` declares.
+
+Everything goes through `SummaryWriter`, which writes what `tf.summary` would without
+TensorFlow, so a run on JAX with TensorFlow absent still has its logs.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
+from PIL import Image
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
+from tensorboard.plugins.histogram import summary_v2 as histogram_summary
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams import summary_v2 as hp
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+from tensorboard.plugins.text import summary_v2 as text_summary
+from tensorboard.summary.writer.record_writer import RecordWriter
+from tensorboard.util import tensor_util
 
 from krefinery.analysis.diagnostics import (
     EPSILON,
@@ -177,11 +196,93 @@ def epoch_description(name: str) -> str:
     return f"{split}. {what} Step = epoch of this generation (1 to --epochs); one sub-run (colour) per generation."
 
 
-def write_scalars(writer: tf.summary.SummaryWriter, values: Mapping[str, float], step: int) -> None:
+_file_ids = itertools.count()
+
+
+class SummaryWriter:
+    """One TensorBoard sub-run's events file, holding what `tf.summary` writes (the same
+    tags, steps, tensors and plugin metadata), built from TensorBoard's own protos and
+    plugin helpers.
+
+    TensorBoard's `EventFileWriter` opens its file through `tf.io.gfile`, which imports
+    TensorFlow wherever it is installed; this writes the same records (TensorBoard's
+    `RecordWriter`) to a plain file, synchronously, so `flush` puts them on disk.
+    """
+
+    def __init__(self, logdir: str | os.PathLike):
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        # tf.summary's name: unique per writer, sorted by creation time.
+        name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_ids)}.v2"
+        self._records = RecordWriter(open(self.logdir / name, "wb"))
+        # Version 2: TensorBoard keeps points whose step goes back (the study's do).
+        self._add(
+            event_pb2.Event(
+                wall_time=now,
+                file_version="brain.Event:2",
+                source_metadata=event_pb2.SourceMetadata(writer=__name__),
+            )
+        )
+        self.flush()
+
+    def raw(self, summary: summary_pb2.Summary, step: int) -> None:
+        """`summary` as it is, at `step` (`tf.summary.experimental.write_raw_pb`)."""
+        self._add(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def scalar(self, tag: str, value: float, step: int, description: str | None = None) -> None:
+        """A rank-0 float32, as `tf.summary.scalar`."""
+        self.raw(scalar_summary.scalar_pb(tag, value, description), step)
+
+    def text(self, tag: str, text: str, step: int, description: str | None = None) -> None:
+        """A rank-0 string, as `tf.summary.text`."""
+        self.raw(text_summary.text_pb(tag, text, description), step)
+
+    def histogram(self, tag: str, data: np.ndarray, step: int, description: str | None = None) -> None:
+        """`[30, 3]` float64 buckets (left edge, right edge, count), as `tf.summary.histogram`
+        (TensorBoard's NumPy twin of its bucketing)."""
+        self.raw(histogram_summary.histogram_pb(tag, data, description=description), step)
+
+    def image_png(self, tag: str, png: bytes, step: int, description: str | None = None) -> None:
+        """One PNG image, as `tf.summary.image` writes it: `[width, height, png]` strings.
+
+        In RGB, as `tf.summary.image` of the PNG decoded to 3 channels (an alpha channel,
+        as matplotlib's PNGs have, is dropped)."""
+        image = Image.open(io.BytesIO(png))
+        if image.mode != "RGB":
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="PNG")
+            png = buffer.getvalue()
+        width, height = image.size
+        summary = summary_pb2.Summary()
+        summary.value.add(
+            tag=tag,
+            metadata=image_metadata.create_summary_metadata(display_name=None, description=description),
+            tensor=tensor_util.make_tensor_proto([str(width).encode(), str(height).encode(), png], dtype=np.object_),
+        )
+        self.raw(summary, step)
+
+    def flush(self) -> None:
+        self._records.flush()
+
+    def close(self) -> None:
+        if not self._records.closed:
+            self._records.close()
+
+    def __enter__(self) -> SummaryWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _add(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
+
+
+def write_scalars(writer: SummaryWriter, values: Mapping[str, float], step: int) -> None:
     """One scalar per tag at `step`, described, flushed so a live TensorBoard shows it."""
-    with writer.as_default(step=step):
-        for tag, value in values.items():
-            tf.summary.scalar(tag, value, description=DESCRIPTIONS.get(tag))
+    for tag, value in values.items():
+        writer.scalar(tag, value, step, description=DESCRIPTIONS.get(tag))
     writer.flush()
 
 
@@ -197,19 +298,18 @@ class EpochSummaries(keras.callbacks.Callback):
     def __init__(self, logdir: str | os.PathLike):
         super().__init__()
         self.logdir = Path(logdir)
-        self._writer: tf.summary.SummaryWriter | None = None
+        self._writer: SummaryWriter | None = None
 
     def on_train_begin(self, logs=None):
-        self._writer = tf.summary.create_file_writer(os.fspath(self.logdir))
+        self._writer = SummaryWriter(self.logdir)
 
     def on_epoch_end(self, epoch, logs=None):
         values = {name: float(value) for name, value in (logs or {}).items()}
         values.setdefault(
             "learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         )
-        with self._writer.as_default(step=epoch + 1):
-            for name in sorted(values):
-                tf.summary.scalar(epoch_tag(name), values[name], description=epoch_description(name))
+        for name in sorted(values):
+            self._writer.scalar(epoch_tag(name), values[name], epoch + 1, description=epoch_description(name))
         self._writer.flush()
 
     def on_train_end(self, logs=None):
@@ -218,12 +318,11 @@ class EpochSummaries(keras.callbacks.Callback):
             self._writer = None
 
 
-def custom_scalars_layout():
+def custom_scalars_layout() -> layout_pb2.Layout:
     """The Custom Scalars tab: the cross-generation and label views, grouped and titled.
 
     Titles say what the step is; accuracies share one chart, and the tail shares too.
     """
-    from tensorboard.plugins.custom_scalar import layout_pb2
 
     def chart(title: str, *tags: str) -> layout_pb2.Chart:
         return layout_pb2.Chart(
@@ -264,8 +363,26 @@ def custom_scalars_layout():
     )
 
 
-def _write_raw(summary_pb) -> None:
-    tf.summary.experimental.write_raw_pb(summary_pb.SerializeToString(), step=0)
+def _layout_summary(layout: layout_pb2.Layout) -> summary_pb2.Summary:
+    """The layout as the custom-scalars plugin reads it (its `summary.pb`, without TensorFlow)."""
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=custom_scalar_metadata.CONFIG_SUMMARY_TAG,
+        metadata=custom_scalar_metadata.create_summary_metadata(),
+        tensor=tensor_util.make_tensor_proto(layout.SerializeToString(), dtype=np.object_),
+    )
+    return summary
+
+
+def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
+    """An HParams plugin record, as `hparams.summary` builds them (without TensorFlow)."""
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=tag,
+        metadata=hparams_metadata.create_summary_metadata(data),
+        tensor=hparams_metadata.NULL_TENSOR,
+    )
+    return summary
 
 
 class GenerationSummaries:
@@ -274,17 +391,14 @@ class GenerationSummaries:
 
     def __init__(self, logdir: str | os.PathLike):
         self.logdir = Path(logdir)
-        self._writer: tf.summary.SummaryWriter | None = None
+        self._writer: SummaryWriter | None = None
         self._generations: list[Mapping[str, Any]] = []
 
     def write(self, generation: Mapping[str, Any]) -> None:
         """`generation` is a `results.json` generation entry."""
         if self._writer is None:
-            from tensorboard.plugins.custom_scalar import summary as custom_scalar
-
-            self._writer = tf.summary.create_file_writer(os.fspath(self.logdir))
-            with self._writer.as_default():
-                _write_raw(custom_scalar.pb(custom_scalars_layout()))
+            self._writer = SummaryWriter(self.logdir)
+            self._writer.raw(_layout_summary(custom_scalars_layout()), step=0)
         self._generations.append(generation)
         step = int(generation["generation"])
         values = {
@@ -295,13 +409,8 @@ class GenerationSummaries:
         write_scalars(self._writer, values, step)
         best = max(self._generations, key=lambda g: g["val_accuracy"])["generation"]
         png = charts.accuracy_chart_png(self._generations, best)
-        with self._writer.as_default(step=step):
-            tf.summary.text(GENERATION_TABLE, self._table(best), description=DESCRIPTIONS[GENERATION_TABLE])
-            tf.summary.image(
-                ACCURACY_IMAGE,
-                tf.image.decode_png(png, channels=3)[None],
-                description=DESCRIPTIONS[ACCURACY_IMAGE],
-            )
+        self._writer.text(GENERATION_TABLE, self._table(best), step, description=DESCRIPTIONS[GENERATION_TABLE])
+        self._writer.image_png(ACCURACY_IMAGE, png, step, description=DESCRIPTIONS[ACCURACY_IMAGE])
         self._writer.flush()
 
     def close(self) -> None:
@@ -351,7 +460,7 @@ class RelabelSummaries:
         self.class_names = list(class_names)
         self.num_images = num_images
         self.history: dict[int, LabelStats] = {}
-        self._writer: tf.summary.SummaryWriter | None = None
+        self._writer: SummaryWriter | None = None
         self._ids: np.ndarray | None = None
         self._truth: np.ndarray | None = None
 
@@ -361,7 +470,7 @@ class RelabelSummaries:
         Both are `[num_ids, num_classes]` tables indexed by example id.
         """
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(os.fspath(self.logdir))
+            self._writer = SummaryWriter(self.logdir)
             self._ids, self._truth = self.truth()
         previous, refined = previous[self._ids], refined[self._ids]
         if generation == 1:
@@ -387,13 +496,12 @@ class RelabelSummaries:
         for threshold in TRUTH_THRESHOLDS:
             values[truth_below_tag(threshold)] = float(np.mean(truth < threshold))
         write_scalars(self._writer, values, step)
-        with self._writer.as_default(step=step):
-            for tag, data in (
-                (CONFIDENCE_HISTOGRAM, stats.confidence),
-                (TRUTH_HISTOGRAM, truth),
-                (LOG_TRUTH_HISTOGRAM, np.log10(np.maximum(truth, EPSILON))),
-            ):
-                tf.summary.histogram(tag, data, description=DESCRIPTIONS[tag])
+        for tag, data in (
+            (CONFIDENCE_HISTOGRAM, stats.confidence),
+            (TRUTH_HISTOGRAM, truth),
+            (LOG_TRUTH_HISTOGRAM, np.log10(np.maximum(truth, EPSILON))),
+        ):
+            self._writer.histogram(tag, data, step, description=DESCRIPTIONS[tag])
 
     def _write_charts(self, step: int) -> None:
         steps = sorted(self.history)
@@ -419,10 +527,9 @@ class RelabelSummaries:
                 {"changed": [s.argmax_changed for s in stats]},
             ),
         }
-        with self._writer.as_default(step=step):
-            for tag, (title, series) in charts_by_tag.items():
-                png = charts.series_chart_png(steps, title, series, "generation that trains on the labels")
-                tf.summary.image(tag, tf.image.decode_png(png, channels=3)[None], description=DESCRIPTIONS[tag])
+        for tag, (title, series) in charts_by_tag.items():
+            png = charts.series_chart_png(steps, title, series, "generation that trains on the labels")
+            self._writer.image_png(tag, png, step, description=DESCRIPTIONS[tag])
 
     def _write_moved(self, step: int, refined: np.ndarray) -> None:
         rows = moved_furthest(refined, self._truth, self.num_images)
@@ -441,13 +548,8 @@ class RelabelSummaries:
             )
             table.append(f"| {rank} | {self._ids[row]} | {truth} | {truth_p:.3f} | {listed} |")
         png = charts.labelled_tiles(images, captions)
-        with self._writer.as_default(step=step):
-            tf.summary.image(
-                moved_image_tag(step),
-                tf.image.decode_png(png, channels=3)[None],
-                description=moved_image_description(step),
-            )
-            tf.summary.text(MOVED_TABLE, "\n".join(table), description=DESCRIPTIONS[MOVED_TABLE])
+        self._writer.image_png(moved_image_tag(step), png, step, description=moved_image_description(step))
+        self._writer.text(MOVED_TABLE, "\n".join(table), step, description=DESCRIPTIONS[MOVED_TABLE])
 
 
 def _probability(p: float) -> str:
@@ -499,8 +601,6 @@ def write_hparams_config(
     """The search's HParams domains (integer generations, discrete T and alpha) and
     metrics, so the dashboard shows and filters them as what they are. `fixed`: settings
     every trial shares (the refinery's architecture), each a domain of one value."""
-    from tensorboard.plugins.hparams import api as hp
-
     low, high = generations
     hparams = [
         hp.HParam("generations", hp.IntInterval(int(low), int(high)),
@@ -515,10 +615,8 @@ def write_hparams_config(
     names = ["val_accuracy", *(f"val_accuracy_gen_{k}" for k in range(1, int(high) + 1)),
              "chosen_generation", "epochs_trained"]
     metrics = [hp.Metric(n, description=_trial_metric_description(n)) for n in names]
-    writer = tf.summary.create_file_writer(os.fspath(logdir))
-    with writer.as_default():
-        hp.hparams_config(hparams=hparams, metrics=metrics)
-    writer.close()
+    with SummaryWriter(logdir) as writer:
+        writer.raw(hp.hparams_config_pb(hparams=hparams, metrics=metrics), step=0)
 
 
 def write_trial_hparams(
@@ -531,17 +629,19 @@ def write_trial_hparams(
     """One HParams session for a keras-tuner trial, in `logdir`: its hyperparameters under
     keras-tuner's `trial_id` (so a row matches `tuning.json`), `metrics` as scalars at
     step 0 (one value per trial), and `status` (keras-tuner's: COMPLETED, FAILED, ...)."""
-    from tensorboard.plugins.hparams import api as hp
-    from tensorboard.plugins.hparams import api_pb2
-    from tensorboard.plugins.hparams import summary as hparams_summary
-
     if status.upper() not in _TRIAL_STATUS:
         raise ValueError(f"unknown trial status {status!r}; expected one of {sorted(_TRIAL_STATUS)}")
-    writer = tf.summary.create_file_writer(os.fspath(logdir))
-    with writer.as_default():
-        hp.hparams(dict(hparams), trial_id=str(trial_id))
+    with SummaryWriter(logdir) as writer:
+        writer.raw(hp.hparams_pb(dict(hparams), trial_id=str(trial_id)), step=0)
         for name, value in metrics.items():
-            tf.summary.scalar(name, value, step=0, description=_trial_metric_description(name))
-        code = api_pb2.Status.Value(_TRIAL_STATUS[status.upper()])
-        _write_raw(hparams_summary.session_end_pb(code))
-    writer.close()
+            writer.scalar(name, value, 0, description=_trial_metric_description(name))
+        end = plugin_data_pb2.SessionEndInfo(
+            status=api_pb2.Status.Value(_TRIAL_STATUS[status.upper()]), end_time_secs=time.time()
+        )
+        writer.raw(
+            _hparams_summary(
+                hparams_metadata.SESSION_END_INFO_TAG,
+                plugin_data_pb2.HParamsPluginData(session_end_info=end),
+            ),
+            step=0,
+        )
