@@ -91,13 +91,13 @@ flags.DEFINE_enum(
     _DEFAULTS.precision,
     PRECISIONS,
     "Keras dtype policy; auto: the fastest measured per machine kind (see "
-    "krefinery/device.py). The soft-target loss is always computed in float32.",
+    "krefinery/runtime/device.py). The soft-target loss is always computed in float32.",
 )
 flags.DEFINE_bool(
     "jit_compile",
     _DEFAULTS.jit_compile,
     "Compile training and relabelling steps with XLA; unset: per machine kind (off on "
-    "every kind so far, see krefinery/device.py), and never with --deterministic.",
+    "every kind so far, see krefinery/runtime/device.py), and never with --deterministic.",
 )
 flags.DEFINE_bool(
     "deterministic",
@@ -130,7 +130,7 @@ flags.DEFINE_integer(
     "repeats",
     _DEFAULTS.repeats,
     "Chains to train, with seeds --seed, --seed+1, ... on --seed's splits; > 1 prints a "
-    "study: mean, sd and paired 95% intervals per generation (see README).",
+    "study: mean, sd and paired 95% intervals per generation (see docs/studies.md).",
 )
 flags.DEFINE_bool(
     "control",
@@ -152,7 +152,7 @@ flags.DEFINE_string("model", None, "--predict: a SavedModel version, or a model 
 flags.DEFINE_integer("top_k", 3, "--predict: classes printed per image.")
 
 _TUNE = TuneConfig()
-flags.DEFINE_bool("tune", False, "Search generations and temperature with keras-tuner (see README).")
+flags.DEFINE_bool("tune", False, "Search generations and temperature with keras-tuner (see docs/tuning.md).")
 flags.DEFINE_string("tune_generations", "{},{}".format(*_TUNE.generations), "MIN,MAX generations.")
 flags.DEFINE_string("tune_temperature", "{:g},{:g}".format(*_TUNE.temperature), "MIN,MAX temperature (log grid).")
 flags.DEFINE_string("tune_alpha", None, "MIN,MAX alpha (steps of 0.1); default: --alpha, fixed.")

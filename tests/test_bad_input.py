@@ -5,7 +5,7 @@ Each `Case` is a `run.py` command line (and, for `folder:` cases, a folder it bu
 The tests run the cases in-process up to the point where training would start
 (`check_before_training`), and a few end to end. `python tests/test_bad_input.py
 --survey [--root DIR]` runs every case end to end against the checkout in DIR and counts
-tracebacks and silent conversions (see the README's "Bad input" table).
+tracebacks and silent conversions (docs/bad-input.md lists them).
 """
 
 from __future__ import annotations
