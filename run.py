@@ -258,7 +258,7 @@ def main(argv: list[str]) -> None:
 
         results = train.train_and_evaluate(config)
     except Diverged as error:
-        if getattr(error, "results", None):
+        if error.results:
             from krefinery.outputs import report
 
             print(report.format_table(error.results))

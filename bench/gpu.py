@@ -3,14 +3,15 @@
 Written for the lent H200 machine, whose image has JAX and PyTorch but no TensorFlow (and
 receives only a few carried wheels; see bench/RESULTS.md, GPU). It times the project
 itself: `build_resnet(depth=20)`, `Trainer` (Keras's train step around our
-`compute_loss`), `LabelRefinery` and `memory.InMemoryData` (images, labels and label
-table on the device, batches made there), as `memory.train_chain` runs them.
+`compute_loss`), the chain's runner and `memory.InMemoryData` (images, labels and label
+table on the device, batches made there), as `chain.runner.train_chain` runs them.
 
 1. Step throughput, float32 and mixed_bfloat16: rounds of one full epoch each, the two
    precisions alternating, after one epoch each that compiles; median images/s.
 2. A chain of `--generations` (3) x `--epochs` (100) on 50,000 CIFAR-sized synthetic
    images in mixed_bfloat16, wall time from the start of `train_chain` to its end,
-   compilation and relabelling included, plus seconds per epoch and per generation.
+   compilation, relabelling and the store included, plus seconds per epoch and each
+   generation's training time.
 
     KERAS_BACKEND=jax python -m bench.gpu [--out=gpu.json] [--epochs=100] [--quick]
 
@@ -32,8 +33,10 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from krefinery.chain.experiment import prepare_experiment  # noqa: E402
+from krefinery.chain.runner import train_chain  # noqa: E402
 from krefinery.config import Config  # noqa: E402
-from krefinery.data.memory import InMemoryData, build_chain, train_chain  # noqa: E402
+from krefinery.data.memory import InMemoryData, MemoryFeed  # noqa: E402
 
 SHAPE, CLASSES = (32, 32, 3), 10
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -54,12 +57,13 @@ def settle(trainer: keras.Model) -> None:
     keras.ops.convert_to_numpy(trainer.classifier.trainable_variables[0].value)
 
 
-def step_rates(data: InMemoryData, batch: int, rounds: int, steps: int | None) -> dict:
+def step_rates(data: InMemoryData, validation, batch: int, rounds: int, steps: int | None) -> dict:
     """Images/s of our trainer per precision, alternating, median over `rounds`."""
     trainers = {}
     for precision in PRECISIONS:
         config = Config(depth=20, batch_size=batch, epochs=rounds + 1, precision=precision, verbose=0)
-        trainers[precision] = build_chain(data, config)[0]
+        feed = MemoryFeed.of_arrays(data, validation, batch, config.seed)
+        trainers[precision] = prepare_experiment(config, feed).trainer_for(1)
     steps = steps or data.steps_per_epoch(batch)
     stream = {p: data.batches(batch, seed=0) for p in PRECISIONS}
     seconds: dict[str, list[float]] = {p: [] for p in PRECISIONS}
@@ -82,15 +86,13 @@ def step_rates(data: InMemoryData, batch: int, rounds: int, steps: int | None) -
 
 
 class Timer(keras.callbacks.Callback):
-    """Wall seconds of each epoch and generation (a generation's `fit`, relabel included)."""
+    """Wall seconds of each epoch."""
 
     def __init__(self):
         super().__init__()
         self.epochs: list[list[float]] = []
-        self.generations: list[float] = []
 
     def on_train_begin(self, logs=None):
-        self._generation = time.perf_counter()
         self.epochs.append([])
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -99,19 +101,14 @@ class Timer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.epochs[-1].append(round(time.perf_counter() - self._epoch, 3))
 
-    def on_train_end(self, logs=None):
-        # Runs after LabelRefinery's on_train_end (callbacks run in order): relabel included.
-        self.generations.append(round(time.perf_counter() - self._generation, 2))
-
 
 def chain(data: InMemoryData, validation, batch: int, generations: int, epochs: int) -> dict:
     config = Config(depth=20, batch_size=batch, epochs=epochs, generations=generations,
                     precision="mixed_bfloat16", verbose=0)
     timer = Timer()
     start = time.perf_counter()
-    trainer, histories = train_chain(data, config, validation, callbacks=[timer])
-    settle(trainer)
-    seconds = time.perf_counter() - start
+    _, records = train_chain(data, config, validation, callbacks=lambda generation: [timer])
+    seconds = time.perf_counter() - start  # The best generation was read back: settled.
     return {
         "generations": generations,
         "epochs": epochs,
@@ -119,14 +116,14 @@ def chain(data: InMemoryData, validation, batch: int, generations: int, epochs: 
         "precision": config.precision,
         "num_train": data.num_examples,
         "seconds_including_compile": round(seconds, 2),
-        "generation_seconds": timer.generations,
+        "generation_training_seconds": [r["seconds"] for r in records],
         "first_epoch_seconds": [e[0] for e in timer.epochs],
         "median_epoch_seconds": [round(statistics.median(e), 3) for e in timer.epochs],
         "images_per_second_median_epoch": [
             round(data.num_examples / statistics.median(e), 1) for e in timer.epochs
         ],
-        "val_accuracy": [round(h["val_accuracy"][-1], 4) for h in histories],
-        "label_entropy": [round(h["label_entropy"][-1], 4) for h in histories],
+        "val_accuracy": [round(r["val_accuracy"], 4) for r in records],
+        "label_entropy": [round(r["train_label_entropy"], 4) for r in records],
     }
 
 
@@ -151,10 +148,10 @@ def main(out: str, quick: bool, epochs: int, generations: int, batch: int, round
     images, labels = cifar_like(num_train + num_val, 1)
     data = InMemoryData(images[:num_train], labels[:num_train], num_classes=CLASSES, flip=True)
     results["data_seconds"] = round(time.perf_counter() - begin, 2)
-    results["step"] = step_rates(data, batch, rounds, steps=3 if quick else None)
+    validation = (images[num_train:], labels[num_train:])
+    results["step"] = step_rates(data, validation, batch, rounds, steps=3 if quick else None)
     print(json.dumps({"step": results["step"]}), flush=True)
     save()
-    validation = (images[num_train:], labels[num_train:])
     results["chain"] = chain(data, validation, batch, generations, epochs)
     print(json.dumps({"chain": results["chain"]}), flush=True)
     results["tensorflow_loaded"] = "tensorflow" in sys.modules

@@ -31,7 +31,7 @@ class Diverged(RuntimeError):
 
     exit_code = 3
 
-    def __init__(self, generation: int, epoch: int):
+    def __init__(self, generation: int, epoch: int, results: dict | None = None):
         super().__init__(
             f"generation {generation} diverged in epoch {epoch} (the loss or the weights "
             "became NaN or infinite); it is not used as a teacher or exported. Try a lower "
@@ -39,6 +39,8 @@ class Diverged(RuntimeError):
         )
         self.generation = generation
         self.epoch = epoch
+        # The run's record (`results.json`), when a run's chain diverged after others.
+        self.results = results
 
 
 class SearchDiverged(RuntimeError):

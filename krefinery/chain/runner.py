@@ -35,9 +35,7 @@ from krefinery.chain.experiment import Experiment, prepare_experiment
 from krefinery.chain.store import GenerationStore, chain_keys
 from krefinery.config import Config, Refinement
 from krefinery.core.trainer import Trainer
-from krefinery.data.feed import DataInfo
 from krefinery.data.memory import InMemoryData, MemoryFeed
-from krefinery.data.sources import Arrays
 from krefinery.errors import Diverged
 
 Record = dict[str, Any]
@@ -270,18 +268,7 @@ def train_chain(
     in a temporary folder, removed after. Returns the best generation's classifier (a
     model of its own) and every generation's record.
     """
-    images, labels = validation
-    info = DataInfo(
-        num_ids=data.num_ids,
-        num_train=data.num_examples,
-        num_val=len(labels),
-        num_test=len(labels),
-        class_names=tuple(str(c) for c in range(data.num_classes)),
-        image_shape=data.image_shape,
-        flip_safe=data.flip,
-    )
-    held_out = Arrays(np.asarray(images), np.asarray(labels))
-    feed = MemoryFeed(data, held_out, held_out, info, config.batch_size, config.seed, config.augment)
+    feed = MemoryFeed.of_arrays(data, validation, config.batch_size, config.seed, augment=config.augment)
     experiment = prepare_experiment(config, feed)
     with contextlib.ExitStack() as stack:
         folder = workdir or stack.enter_context(tempfile.TemporaryDirectory())

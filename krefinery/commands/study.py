@@ -58,9 +58,9 @@ def run_study(config: Config) -> dict[str, Any]:
     study record. `study.json` is rewritten after every repeat, so an interrupted study
     keeps what it finished. Bad input is reported before anything is trained or written.
     """
+    root = workdirs.check(config, workdirs.STUDY, {"config": config.settings()})
     export.prepare_export_dir(config)
     check_data(config)  # Bad data or batch size fails here, before the folder is made.
-    root = workdirs.check(config, workdirs.STUDY, {"config": config.settings()})
     root = workdirs.claim(config, workdirs.STUDY, root, None)
     runs: list[dict[str, Any]] = []
     record: dict[str, Any] = {}

@@ -63,9 +63,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     finally:
         outputs.close()
     if results["diverged"] is not None:
-        error = Diverged(results["diverged"]["generation"], results["diverged"]["epoch"])
-        error.results = results
-        raise error
+        diverged = results["diverged"]
+        raise Diverged(diverged["generation"], diverged["epoch"], results)
     return results
 
 

@@ -266,6 +266,24 @@ class MemoryFeed:
         self.test = EvaluationBatches(*_pair(test), evaluation_batch(len(test.labels)))
 
     @classmethod
+    def of_arrays(
+        cls, data: InMemoryData, validation: tuple[np.ndarray, np.ndarray], batch_size: int, seed: int, **options
+    ) -> MemoryFeed:
+        """The feed of arrays at hand (a library user's): `validation` (images, labels)
+        scores each epoch and stands in for the test split; classes are named by number."""
+        held_out = Arrays(*_checked(*validation, data.num_classes)[:2])
+        info = DataInfo(
+            num_ids=data.num_ids,
+            num_train=data.num_examples,
+            num_val=len(held_out.labels),
+            num_test=len(held_out.labels),
+            class_names=tuple(str(c) for c in range(data.num_classes)),
+            image_shape=data.image_shape,
+            flip_safe=data.flip,
+        )
+        return cls(data, held_out, held_out, info, batch_size, seed, **options)
+
+    @classmethod
     def of(cls, splits: MemorySplits, batch_size: int, seed: int, **options) -> MemoryFeed:
         """The feed of a source's splits; `options`: `__init__`'s keyword arguments."""
         info = splits.info

@@ -1,0 +1,59 @@
+"""One claimer for every work directory: runs, searches and studies refuse a folder by the
+same rules, each with one line and exit code 2, and a record that cannot be read is one
+such line too, never a traceback. Nothing here reads data or trains."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import run_cli
+
+TINY = ("--depth=8", "--epochs=1", "--generations=2", "--batch_size=32", "--verbose=0")
+COMMANDS = {
+    "run": (),
+    "search": ("--tune", "--tune_generations=1,2", "--max_trials=2"),
+    "study": ("--repeats=2",),
+}
+
+
+def refusal(capsys, *args: str) -> str:
+    """The one error line of a command that exits 2, having written nothing."""
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(*TINY, *args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", COMMANDS)
+def test_a_file_is_no_work_directory(kind, tmp_path, capsys):
+    path = tmp_path / "taken"
+    path.write_text("mine")
+    line = refusal(capsys, *COMMANDS[kind], f"--workdir={path}")
+    assert f"--workdir={path} is a file" in line
+    assert path.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "kind, marker",
+    [("run", "run.json"), ("search", "search.json"), ("study", "study.json")],
+)
+def test_a_damaged_marker_is_one_line_naming_it(kind, marker, tmp_path, capsys):
+    (tmp_path / marker).write_text('{"config": {"dataset": "dig')  # Cut mid-write.
+    line = refusal(capsys, *COMMANDS[kind], f"--workdir={tmp_path}")
+    assert f"{tmp_path / marker} cannot be read" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [marker]
+
+
+HELD = {"run": ("run.json", "without --tune"), "search": ("search.json", "add --tune"), "study": ("study.json", "same --repeats")}
+
+
+@pytest.mark.parametrize("kind, held", [(k, h) for k in COMMANDS for h in HELD if k != h])
+def test_a_folder_holding_other_work_is_refused_with_the_way_to_resume_it(kind, held, tmp_path, capsys):
+    marker, hint = HELD[held]
+    (tmp_path / marker).write_text('{"config": {}}\n')
+    line = refusal(capsys, *COMMANDS[kind], f"--workdir={tmp_path}")
+    assert f"holds a {held}, not a {kind}" in line and hint in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [marker]
