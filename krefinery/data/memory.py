@@ -28,7 +28,7 @@ from keras import ops
 from krefinery.core.relabel import INFERENCE_BATCH_SIZE, RefinedLabels
 from krefinery.data.feed import DataInfo
 from krefinery.data.sources import Arrays, Source
-from krefinery.data.splits import TEST, TRAIN, VAL, source_roles
+from krefinery.data.splits import TEST, TRAIN, VAL, source_roles, steps_per_epoch
 from krefinery.errors import UserError
 
 Tensor = Any  # A backend tensor.
@@ -101,9 +101,7 @@ class InMemoryData:
         )
 
     def steps_per_epoch(self, batch_size: int, multiple_of: int = 1) -> int:
-        """Batches per epoch; a last batch of fewer than `multiple_of` examples is left out."""
-        full, rest = divmod(self.num_examples, batch_size)
-        return full + (1 if rest >= multiple_of else 0)
+        return steps_per_epoch(self.num_examples, batch_size, multiple_of)
 
     def batches(
         self,

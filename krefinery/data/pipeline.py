@@ -9,7 +9,7 @@ image and its label, and relabelling is a write to the table, not a new pipeline
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -18,7 +18,7 @@ from krefinery.config import Config
 from krefinery.core.relabel import INFERENCE_BATCH_SIZE
 from krefinery.data.feed import DataInfo
 from krefinery.data.sources import Arrays, Source, load_source
-from krefinery.data.splits import TEST, TRAIN, VAL, source_roles
+from krefinery.data.splits import TEST, TRAIN, VAL, source_roles, steps_per_epoch
 
 if TYPE_CHECKING:
     from krefinery.core.relabel import RefinedLabels
@@ -33,9 +33,10 @@ CACHE_CHUNK = 512
 Example = dict[str, tf.Tensor]
 
 
-@dataclasses.dataclass(frozen=True)
-class Splits:
-    """Train, validation and test examples `{"id", "image", "label"}`, each cached.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Splits(DataInfo):
+    """Train, validation and test examples `{"id", "image", "label"}`, each cached, and
+    what a run records of them (`DataInfo`).
 
     `train` and `val` (and `test`, when carved) share the id space `0..num_ids-1` of the
     source's training split, so a label table indexed by id covers every train example.
@@ -44,31 +45,6 @@ class Splits:
     train: tf.data.Dataset
     val: tf.data.Dataset
     test: tf.data.Dataset
-    num_ids: int
-    num_train: int
-    num_val: int
-    num_test: int
-    class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int]
-    flip_safe: bool
-    notes: dict[str, Any] = dataclasses.field(default_factory=dict)  # From `Source.notes`.
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def info(self) -> DataInfo:
-        return DataInfo(
-            num_ids=self.num_ids,
-            num_train=self.num_train,
-            num_val=self.num_val,
-            num_test=self.num_test,
-            class_names=self.class_names,
-            image_shape=self.image_shape,
-            flip_safe=self.flip_safe,
-            notes=self.notes,
-        )
 
 
 def load_splits(config: Config) -> Splits:
@@ -252,13 +228,6 @@ def make_augment(image_shape: tuple[int, int, int], flip: bool) -> Callable:
     return augment
 
 
-def steps_per_epoch(num_examples: int, batch_size: int, multiple_of: int = 1) -> int:
-    """Batches per epoch; with `multiple_of` (see `training_dataset`), a last batch of
-    fewer examples than that is left out."""
-    full, rest = divmod(num_examples, batch_size)
-    return full + (1 if rest >= multiple_of else 0)
-
-
 def training_dataset(
     train: tf.data.Dataset,
     labels: TFLabelTable,
@@ -375,7 +344,7 @@ class TFDataFeed:
         evaluation_batch: Callable[[int], int] = lambda count: INFERENCE_BATCH_SIZE,
     ):
         self.splits = splits
-        self.info = splits.info
+        self.info = splits
         self.labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
         self.batch_size, self.seed, self.epochs, self.multiple_of = batch_size, seed, epochs, multiple_of
         self.augment = make_augment(splits.image_shape, splits.flip_safe) if augment else None

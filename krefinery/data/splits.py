@@ -84,3 +84,10 @@ def assign_roles(
             roles[i] = wanted[taken]
             taken += 1
     return roles
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, multiple_of: int = 1) -> int:
+    """Batches per epoch; with `multiple_of` (the devices that share each batch evenly),
+    a last batch of fewer examples than that is left out."""
+    full, rest = divmod(num_examples, batch_size)
+    return full + (1 if rest >= multiple_of else 0)
