@@ -9,14 +9,12 @@ from krefinery.errors import UserError
 
 
 def test_digits_is_the_real_bundled_dataset_split_80_20():
-    source = load_source("digits")
-    train = list(source.train.as_numpy_iterator())
-    test = list(source.test.as_numpy_iterator())
-    assert (len(train), len(test)) == (1437, 360)
+    source = load_source("digits")  # Arrays: read without TensorFlow.
+    train, test = source.train, source.test
+    assert (len(train.labels), len(test.labels)) == (1437, 360) and train.images.shape[0] == 1437
     assert source.image_shape == (8, 8, 1) and source.num_classes == 10
-    images = np.stack([e["image"] for e in train])
-    assert images.dtype == np.uint8 and images.max() == 255
-    test_labels = np.bincount([e["label"] for e in test])
+    assert train.images.dtype == np.uint8 and train.images.max() == 255
+    test_labels = np.bincount(test.labels)
     assert test_labels.min() >= 35  # Stratified: every digit is in the test split.
     assert not source.flip_safe
 
@@ -26,7 +24,7 @@ def test_folder_with_train_only_carves_test_from_train(tmp_path):
     source = load_source(f"folder:{tmp_path}")
     assert source.class_names == ("cat", "dog", "owl")
     assert source.image_shape == (12, 12, 3) and source.test is None
-    labels = sorted(int(e["label"]) for e in source.train)
+    labels = sorted(source.train.labels.tolist())
     assert labels == [0] * 10 + [1] * 12 + [2] * 8
     splits = make_splits(source, val_fraction=0.1, seed=0)
     assert (splits.num_train, splits.num_val, splits.num_test) == (24, 3, 3)
@@ -36,9 +34,8 @@ def test_folder_test_split_and_resizing(tmp_path):
     write_images(tmp_path / "train", {"a": 3, "b": 3})
     write_images(tmp_path / "test", {"b": 2}, size=(20, 16))
     source = load_source(f"folder:{tmp_path}")
-    test = list(source.test.as_numpy_iterator())
-    assert [e["label"] for e in test] == [1, 1]  # Class ids follow train's folders.
-    assert test[0]["image"].shape == (12, 12, 3)
+    assert source.test.labels.tolist() == [1, 1]  # Class ids follow train's folders.
+    assert source.test.images.shape == (2, 12, 12, 3)
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,8 @@ print(json.dumps({key: value.numpy().tolist() for key, value in out.items()}, de
 
 
 def digits_test_images(count: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    batch = next(load_source("digits").test.batch(count).as_numpy_iterator())
-    return batch["image"], batch["label"]
+    test = load_source("digits").test
+    return test.images[:count], test.labels[:count]
 
 
 def test_best_and_every_generation_are_exported_in_serving_layout(digits_run):

@@ -12,7 +12,7 @@ from krefinery.data.sources import load_source
 
 def write_digits(folder, count=4, rgb_first=True) -> tuple[list[str], np.ndarray]:
     """Real digits test images as PNG files (the first one as RGB); returns paths and pixels."""
-    images = next(load_source("digits").test.batch(count).as_numpy_iterator())["image"]
+    images = load_source("digits").test.images[:count]
     paths = []
     for index, image in enumerate(images):
         pixels = np.repeat(image, 3, axis=-1) if rgb_first and index == 0 else image
