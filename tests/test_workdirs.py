@@ -57,3 +57,46 @@ def test_a_folder_holding_other_work_is_refused_with_the_way_to_resume_it(kind, 
     line = refusal(capsys, *COMMANDS[kind], f"--workdir={tmp_path}")
     assert f"holds a {held}, not a {kind}" in line and hint in line
     assert sorted(p.name for p in tmp_path.iterdir()) == [marker]
+
+
+def test_a_folder_in_use_is_refused_naming_the_holder_and_a_killed_holder_is_taken_over(tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    from krefinery.config import Config
+    from krefinery.outputs import workdirs
+
+    workdir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "run.py", *TINY, "--epochs=200", f"--workdir={workdir}", f"--export_dir={tmp_path / 'models'}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        lock = workdir / workdirs.LOCK
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and lock.read_text().strip()):
+            assert time.monotonic() < deadline and holder.poll() is None
+            time.sleep(0.2)
+        line = refusal(capsys, "--epochs=200", f"--workdir={workdir}", f"--export_dir={tmp_path / 'models'}")
+        assert f"is in use by process {holder.pid} on " in line
+        assert not (tmp_path / "models").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The lock went with its process: the folder can be claimed again at once.
+    with workdirs.claim(Config(workdir=os.fspath(workdir)), workdirs.RUN, workdir) as held:
+        assert f"process {os.getpid()} on " in lock.read_text()
+        assert held.path == workdir
+
+
+def test_a_refused_command_leaves_no_folder_behind(tmp_path, capsys):
+    """The folder is claimed before any data is read; bad data then leaves nothing."""
+    refusal(capsys, "--batch_size=100000", f"--workdir={tmp_path / 'new'}")
+    assert not (tmp_path / "new").exists()
+    refusal(capsys, "--tune", "--batch_size=100000", f"--workdir={tmp_path / 'new'}")
+    assert not (tmp_path / "new").exists()

@@ -59,9 +59,16 @@ def run_study(config: Config) -> dict[str, Any]:
     keeps what it finished. Bad input is reported before anything is trained or written.
     """
     root = workdirs.check(config, workdirs.STUDY, {"config": config.settings()})
-    export.prepare_export_dir(config)
-    check_data(config)  # Bad data or batch size fails here, before the folder is made.
-    root = workdirs.claim(config, workdirs.STUDY, root, None)
+    with workdirs.claim(config, workdirs.STUDY, root) as held:
+        export.prepare_export_dir(config)
+        check_data(config)  # Bad data or batch size fails here, before anything is written.
+        # The study's record is its marker: its settings now, its figures after each repeat.
+        held.mark({"config": config.to_dict()})
+        return _study(config, held.path)
+
+
+def _study(config: Config, root: Path) -> dict[str, Any]:
+    """The repeats in `root`, then the study's record, chart and export."""
     runs: list[dict[str, Any]] = []
     record: dict[str, Any] = {}
     for repeat in range(config.repeats):

@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from krefinery.chain.experiment import prepare_experiment
+from krefinery.chain.experiment import Experiment, prepare_experiment
 from krefinery.chain.runner import ChainRunner, best_generation
 from krefinery.chain.store import GenerationStore
 from krefinery.config import Config
@@ -37,15 +37,23 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     """
     marker = {"config": config.settings()}
     workdir = workdirs.check(config, workdirs.RUN, marker)
-    if workdir is not None:
-        done = _finished(workdir)
-        if done is not None:
-            return done
-    prepare_export_dir(config)  # Cheap checks first: nothing is read or written before them.
-    experiment = prepare_experiment(config)
-    if workdir is not None:
-        workdirs.check_runtime(workdir, experiment.runtime)
-    workdir = workdirs.claim(config, workdirs.RUN, workdir, {**marker, "runtime": experiment.runtime})
+    with workdirs.claim(config, workdirs.RUN, workdir) as held:
+        results = _finished(held.path) if held.marked else None
+        if results is None:
+            prepare_export_dir(config)  # Cheap checks first: no data is read before them.
+            experiment = prepare_experiment(config)
+            workdirs.check_runtime(held.path, experiment.runtime)
+            held.mark({**marker, "runtime": experiment.runtime})
+            results = _run(experiment, held.path)
+    if results["diverged"] is not None:
+        diverged = results["diverged"]
+        raise Diverged(diverged["generation"], diverged["epoch"], results)
+    return results
+
+
+def _run(experiment: Experiment, workdir: Path) -> dict[str, Any]:
+    """The chain, and the control if asked for, over the store in `workdir`; the results."""
+    config = experiment.config
     store = GenerationStore(workdir / STORE)
     outputs = RunOutputs(workdir, experiment, store)
     runner = ChainRunner(experiment, store, on_relabel=outputs.on_relabel, label_figures=True)
@@ -59,13 +67,9 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
                 # no labels on, so the run observes no relabel of it.
                 control = dataclasses.replace(refinement, generations=CONTROL_OF, alpha=1.0)
                 runner.run(control, callbacks=outputs.control_callbacks, on_generation=outputs.on_control)
-        results = outputs.finish()
+        return outputs.finish()
     finally:
         outputs.close()
-    if results["diverged"] is not None:
-        diverged = results["diverged"]
-        raise Diverged(diverged["generation"], diverged["epoch"], results)
-    return results
 
 
 def _finished(workdir: Path) -> dict[str, Any] | None:

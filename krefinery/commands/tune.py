@@ -177,10 +177,25 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
     worker = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
     distributed = "KERASTUNER_ORACLE_IP" in os.environ
     chief = distributed and worker.startswith("chief")
-    # The chief only runs the oracle; everyone else trains, so loads the data first.
-    prepare_export_dir(config)
-    experiment = None if chief else prepare_experiment(config)
-    workdir = workdirs.claim(config, workdirs.SEARCH, workdir, marker)
+    # The processes of a distributed search share the folder; the store locks each generation.
+    with workdirs.claim(config, workdirs.SEARCH, workdir, exclusive=not distributed) as held:
+        prepare_export_dir(config)
+        # The chief only runs the oracle; everyone else trains, so loads the data first.
+        experiment = None if chief else prepare_experiment(config)
+        held.mark(marker)
+        return _search(config, search, held.path, experiment, worker, reports=chief or not distributed)
+
+
+def _search(
+    config: Config,
+    search: TuneConfig,
+    workdir: Path,
+    experiment: Experiment | None,
+    worker: str,
+    reports: bool,
+) -> dict[str, Any] | None:
+    """The search in `workdir`; its record where this process `reports` (one not
+    distributed, or the chief), else None."""
     summaries.write_hparams_config(
         workdir / "tensorboard",
         search.generations,
@@ -202,7 +217,7 @@ def tune(config: Config, search: TuneConfig) -> dict[str, Any] | None:
         if isinstance(fatal.__cause__, (DiskFull, UserError)):
             raise fatal.__cause__ from None
         raise
-    if distributed and not chief:
+    if not reports:
         return None
     # The chief, which trained nothing, reads the data now: the best trial is evaluated.
     runner = tuner.runner or ChainRunner(prepare_experiment(config), store, worker)

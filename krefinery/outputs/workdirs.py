@@ -9,12 +9,16 @@ line too, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import json
+import os
 import re
+import socket
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from krefinery import files
 from krefinery.chain.store import DEFAULT_RUNTIME
@@ -36,9 +40,11 @@ class Kind:
 
 RUN = Kind("run", "run.json", "results.json", "", "run it without --tune, --repeats or --control")
 SEARCH = Kind("search", "search.json", "tuning.json", "tune-", "add --tune")
-# A study keeps its settings in its record, which holds its config from the first repeat on.
+# A study's record is its marker: its settings from the start, its figures after each repeat.
 STUDY = Kind("study", "study.json", "study.json", "study-", "pass the same --repeats and --control")
 KINDS = (RUN, SEARCH, STUDY)
+# Held by the one process at work in a folder (`claim`); it says which process that is.
+LOCK = "krefinery.lock"
 
 
 def check(config: Config, kind: Kind, marker: Mapping[str, Any]) -> Path | None:
@@ -98,9 +104,36 @@ def check_runtime(workdir: Path, runtime: Mapping[str, Any]) -> None:
         )
 
 
-def claim(config: Config, kind: Kind, workdir: Path | None, marker: Mapping[str, Any] | None) -> Path:
-    """Makes `workdir` (a new default `runs/<prefix><dataset>-<time>` if None) and writes
-    `kind`'s marker there once, unless `marker` is None (a study writes its record)."""
+class Claim:
+    """A work directory held by this process (see `claim`); `mark` records whose it is."""
+
+    def __init__(self, path: Path, kind: Kind, config: Config):
+        self.path, self.kind, self._config = path, kind, config
+        self.marked = (path / kind.marker).exists()
+
+    def mark(self, marker: Mapping[str, Any]) -> None:
+        """Checks `marker` against the folder's, now that no other process can change it,
+        and writes it if the folder has none: from then on the folder is this work's."""
+        check(dataclasses.replace(self._config, workdir=os.fspath(self.path)), self.kind, marker)
+        if not (self.path / self.kind.marker).exists():
+            files.write_json(self.path / self.kind.marker, dict(marker))
+        self.marked = True
+
+
+@contextlib.contextmanager
+def claim(config: Config, kind: Kind, workdir: Path | None, exclusive: bool = True) -> Iterator[Claim]:
+    """Holds `workdir` (a new default `runs/<prefix><dataset>-<time>` if None) for this
+    process while the `with` block runs.
+
+    Held means an exclusive lock on `LOCK` in the folder, taken before any data is
+    read: a second process that claims it is refused at once with one line naming the
+    holder, on this host or another that shares the folder where the file system's
+    locks reach it. The lock goes with its process, so a killed run leaves nothing to
+    clear: the next claim takes it. A command refused before it `mark`s the folder
+    leaves it as it found it (a folder it made is removed). `exclusive=False` (the
+    processes of one distributed search) shares the folder.
+    """
+    made = workdir is None or not workdir.exists()
     if workdir is None:
         workdir = _create_default(config, kind.prefix)
     else:
@@ -108,9 +141,52 @@ def claim(config: Config, kind: Kind, workdir: Path | None, marker: Mapping[str,
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot create --workdir={workdir}: {error.strerror}.") from None
-    if marker is not None and not (workdir / kind.marker).exists():
-        files.write_json(workdir / kind.marker, dict(marker))
-    return workdir
+    held = Claim(workdir, kind, config)
+    lock = workdir / LOCK
+    had_lock = lock.exists()
+    with contextlib.ExitStack() as stack:
+        if exclusive:
+            stack.enter_context(_locked(lock, workdir))
+        try:
+            yield held
+        except UserError:
+            if not held.marked:
+                _unmake(workdir, made, lock if exclusive and not had_lock else None)
+            raise
+
+
+def _unmake(workdir: Path, made: bool, lock: Path | None) -> None:
+    """Leaves a refused command's folder as it was: gone if it was made here and holds
+    nothing else, else without the lock file made here."""
+    if lock is not None:
+        lock.unlink(missing_ok=True)
+    if made:
+        with contextlib.suppress(OSError):
+            workdir.rmdir()
+
+
+@contextlib.contextmanager
+def _locked(lock: Path, workdir: Path) -> Iterator[None]:
+    """An exclusive, non-blocking lock on `lock`, whose text names its holder."""
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(
+                f"--workdir={workdir} is in use by {holder}; wait for it to finish (the same "
+                "command then resumes or reprints it), or choose another --workdir."
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            started = datetime.datetime.now().isoformat(timespec="seconds")
+            handle.write(f"process {os.getpid()} on {socket.gethostname()} (since {started})\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
