@@ -29,7 +29,7 @@ from krefinery.config import Config, Refinement
 from krefinery.data.feed import DataInfo
 from krefinery.errors import DiskFull, SearchDiverged, UserError
 from krefinery.outputs import report, summaries, workdirs
-from krefinery.outputs.export import export_generation, prepare_export_dir
+from krefinery.outputs.export import export_once, prepare_export_dir
 
 TUNING = workdirs.SEARCH.record
 PROJECT = "search"
@@ -290,15 +290,14 @@ def summarise(tuner: ChainTuner, runner: ChainRunner, workdir: Path) -> dict[str
                 entry["diverged_generation"] = int(metric("diverged_generation"))
         trials.append(entry)
     completed = [t for t in trials if "objective" in t]
-    best_trial = tuner.oracle.get_best_trials(1)[0]
-    best = next(t for t in completed if t["trial_id"] == best_trial.trial_id)
+    # The highest objective; of ties, the first trial (keras-tuner's own order of ties
+    # may differ once a search is reloaded, and the best trial is what gets exported).
+    best = max(completed, key=lambda t: (t["objective"], -int(t["trial_id"])))
     chosen = Refinement(best["chosen_generation"], best["temperature"], best["alpha"])
     key = runner.keys(chosen)[-1]
     model = runner.stored(key, chosen.generations)
     test = model.evaluate(runner.experiment.test, verbose=0, return_dict=True)
-    weights, export = save_best_model(
-        model.classifier, runner.store.weights_path(key), workdir, config, runner.experiment.info
-    )
+    weights, export = save_best_model(model.classifier, runner.store, key, workdir, config, runner.experiment.info)
     trained = runner.store.trained()
     return {
         "dataset": config.dataset,
@@ -327,16 +326,16 @@ def summarise(tuner: ChainTuner, runner: ChainRunner, workdir: Path) -> dict[str
 
 
 def save_best_model(
-    classifier: keras.Model, stored: Path, workdir: Path, config: Config, info: DataInfo
+    classifier: keras.Model, store: GenerationStore, key: str, workdir: Path, config: Config, info: DataInfo
 ) -> tuple[Path, Path]:
     """The one place where the best model leaves the search, as a normal run's does.
 
-    Keeps the chosen generation's weights as `best.weights.h5` and exports it as the
-    next SavedModel version of `<export_dir>/<name>/` (so each completed or resumed
-    search adds a version; none is ever overwritten).
+    Keeps the chosen generation's weights as `best.weights.h5` and exports it to
+    `<export_dir>/<name>/`, once: a rerun of the search, or one resumed after a kill,
+    finds the version it exported (`export.export_once`).
     """
-    path = workdirs.keep_weights(stored, workdir / "best.weights.h5")
-    export = export_generation(classifier, info.class_names, info.image_shape, config)
+    path = workdirs.keep_weights(store.weights_path(key), workdir / "best.weights.h5")
+    export = export_once(classifier, info.class_names, info.image_shape, config, workdir, key)
     return path, export
 
 

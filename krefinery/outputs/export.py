@@ -220,6 +220,26 @@ def model_folder(config: Config, generation: int | None = None) -> Path:
     return Path(config.export_dir) / export_model_name(config, generation)
 
 
+def export_once(
+    classifier: keras.Model,
+    class_names: Sequence[str],
+    image_shape: Sequence[int],
+    config: Config,
+    workdir: Path,
+    key: str,
+    generation: int | None = None,
+) -> Path:
+    """The version of this model exported from the stored generation `key` of the work
+    in `workdir`: the one that landed before (a rerun, or a command resumed after a
+    kill, finds it by its `source` marker), else a new one. So a run, a search or a study
+    adds one version, however often it is run."""
+    source = {"workdir": os.fspath(Path(workdir).resolve()), "key": key}
+    landed = find_export(model_folder(config, generation), source)
+    if landed is not None:
+        return landed
+    return export_generation(classifier, class_names, image_shape, config, generation, source)
+
+
 def export_model_name(config: Config, generation: int | None = None) -> str:
     """`<export_name>` for the best generation, `<export_name>_gen<k>` for generation k."""
     name = config.export_name or default_export_name(config.dataset)

@@ -28,7 +28,7 @@ from krefinery.chain.store import GenerationStore
 from krefinery.core.refinement import generation_seed
 from krefinery.core.trainer import Trainer
 from krefinery.outputs import charts, report, summaries, workdirs
-from krefinery.outputs.export import export_generation, find_export, model_folder
+from krefinery.outputs.export import export_once
 
 # The control mirrors generation 2: its seed and batches, the ground truth for labels.
 CONTROL_OF = 2
@@ -151,14 +151,10 @@ class RunOutputs:
         """Exports once: a version that landed before a kill (its `source` matches) is reused."""
         if name in self.exports:
             return
-        source = {"workdir": os.fspath(self.workdir.resolve()), "key": key}
-        model_dir = model_folder(self.config, generation)
-        path = find_export(model_dir, source)
-        if path is None:
-            info = self.experiment.info
-            path = export_generation(
-                classifier, info.class_names, info.image_shape, self.config, generation, source
-            )
+        info = self.experiment.info
+        path = export_once(
+            classifier, info.class_names, info.image_shape, self.config, self.workdir, key, generation
+        )
         self.exports[name] = os.fspath(path)
 
     def _write(self, finished: bool) -> dict[str, Any]:
