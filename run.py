@@ -204,6 +204,23 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"{message} (python run.py --helpfull lists every flag).")
 
 
+def import_keras() -> None:
+    """Keras on the backend KERAS_BACKEND names: a backend that is not installed, or not
+    Keras's, is one line, not the traceback of Keras's import."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    try:
+        import keras  # noqa: F401
+    except ImportError as error:
+        raise UserError(
+            f"KERAS_BACKEND={backend} needs the Python package '{error.name}', which is not "
+            "installed: install it, or run with KERAS_BACKEND=tensorflow (the default) or jax."
+        ) from None
+    except ValueError:
+        raise UserError(
+            f"KERAS_BACKEND={backend} is not a Keras backend: use tensorflow (the default), jax or torch."
+        ) from None
+
+
 def fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -216,6 +233,10 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         # absl's INFO default would print TensorFlow's SavedModel-writing chatter.
         absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        import_keras()
+    except UserError as error:
+        fail(str(error))
     if FLAGS.predict:
         try:
             predict(argv[1:])

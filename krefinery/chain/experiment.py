@@ -37,10 +37,11 @@ class Experiment:
     into `readers`, models of each architecture that are never trained, so evaluating
     or exporting one never touches a trainer in use.
 
-    `runtime` is what the run resolved to here, as `results.json` records it:
-    `precision` (the Keras dtype policy), `jit_compile` (whether Keras really compiled
+    `runtime` is what the run resolved to here, as `results.json` records it: the Keras
+    `backend`, `precision` (the Keras dtype policy), `jit_compile` (whether Keras really compiled
     with XLA: it turns XLA off under op determinism), `deterministic`, `distribute`
-    (the strategy: none, mirrored, multi_worker or data_parallel) and `replicas`.
+    (the strategy: none, mirrored, multi_worker or data_parallel), `replicas` and `input`
+    (tfdata or memory).
     """
 
     config: Config
@@ -181,6 +182,7 @@ def prepare_experiment(config: Config, feed: Feed | None = None) -> Experiment:
         relabeller=Relabeller(feed.labels, jit_compile=bool(first.jit_compile)),
         build_classifier=build_classifier,
         runtime={
+            "backend": keras.backend.backend(),
             "precision": precision,
             # Keras's own reading: XLA is off under op determinism, whatever was asked.
             "jit_compile": bool(first.jit_compile),

@@ -39,9 +39,10 @@ import numpy as np
 from krefinery import files
 from krefinery.config import LEARNED, REFINERY_FIELDS, Config, Refinement
 
-# The runtime entries of what every run trained on before --distribute and --input
-# existed (one device, tf.data), left out of keys so that those keys stay valid.
-DEFAULT_RUNTIME = (("distribute", "none"), ("replicas", 1), ("input", "tfdata"))
+# The runtime entries of what every run trained on before the backend, --distribute and
+# --input were recorded (TensorFlow, one device, tf.data), left out of keys so that
+# those keys stay valid.
+DEFAULT_RUNTIME = (("backend", "tensorflow"), ("distribute", "none"), ("replicas", 1), ("input", "tfdata"))
 TRAINED_LOG = "trained.jsonl"
 # 2: per-epoch stateless data streams; resolved precision, XLA and determinism in the key.
 FORMAT = 2

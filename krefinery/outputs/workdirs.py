@@ -93,8 +93,15 @@ def check_runtime(workdir: Path, runtime: Mapping[str, Any]) -> None:
     stored = read_record(workdir / RUN.marker)
     if stored is None:
         return
-    # A run from before --distribute and --input existed trained on one device, by tf.data.
+    # A run from before these were recorded trained on TensorFlow, one device, by tf.data.
     trained = {**dict(DEFAULT_RUNTIME), **stored.get("runtime", {})}
+    if trained["backend"] != runtime["backend"]:
+        # Each backend resolves its own numerics (JAX always compiles with XLA, say), so
+        # no flag makes one resume another's run: only the backend it was trained on.
+        raise UserError(
+            f"--workdir={workdir} holds a run trained with KERAS_BACKEND={trained['backend']}; "
+            f"resume it with that backend (here: {runtime['backend']}), or choose another --workdir."
+        )
     changed = differences(trained, dict(runtime))
     if changed:
         raise UserError(
