@@ -38,7 +38,8 @@ def load_serving(
         )
     try:
         loaded = tf.saved_model.load(os.fspath(path))
-    except (OSError, ValueError, tf.errors.OpError) as error:
+    # TensorFlow's checkpoint reader reports a cut variables file as an IndexError.
+    except (OSError, ValueError, IndexError, tf.errors.OpError) as error:
         reason = str(error).splitlines()[0]
         raise UserError(f"--model={model}: cannot load the SavedModel in {path}: {reason}") from None
     serve = loaded.signatures.get(SIGNATURE)
@@ -99,6 +100,13 @@ def predict_files(
     images_ = np.stack([pixels for pixels, _ in read])
     outputs = loaded.signatures[SIGNATURE](**{INPUT_NAME: tf.constant(images_)})
     probabilities = outputs["probabilities"].numpy()
+    broken = [name for name, row in zip(filenames, probabilities) if not np.isfinite(row).all()]
+    if broken:
+        raise UserError(
+            f"--model={model}: its probabilities for {len(broken)} image(s) (first: {broken[0]}) "
+            "are not finite (NaN or infinite): the model diverged or its weights are damaged; "
+            "export it again from its run."
+        )
     return [
         (name, [(names[c], p) for c, p in top_classes(row, min(top_k, len(names)))])
         for name, row in zip(filenames, probabilities)

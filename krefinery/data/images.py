@@ -113,6 +113,18 @@ def read_pixels(path: str | os.PathLike, shape: tuple[int, int, int]) -> np.ndar
     return pixels.reshape(height, width, channels)
 
 
+def link_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with `path` if it is a symbolic link that leads nowhere: a loop, or a
+    broken link; None for anything else."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as error:
+        return "symbolic link loop" if error.errno == errno.ELOOP else "broken symbolic link"
+    return None
+
+
 def _open(path: str | os.PathLike) -> Image.Image:
     try:
         try:

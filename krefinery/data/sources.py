@@ -206,6 +206,9 @@ def _list_split(root: str, split: str, where: str, not_read: list[str]) -> _Spli
     names, files, labels = [], [], []
     for entry in _entries(os.path.join(root, split), where):
         relative = f"{split}/{entry}"
+        problem = images.link_problem(os.path.join(root, relative))
+        if problem:  # Meant as a class folder, perhaps: never passed over without a word.
+            raise UserError(f"{where}: {relative}: {problem}; fix or remove it.")
         if not os.path.isdir(os.path.join(root, relative)):
             not_read.append(relative)  # Not in a class folder: it has no label.
             continue
@@ -229,6 +232,10 @@ def _read_headers(root: str, files: list[str], bad: dict[str, str]) -> dict[str,
     """Headers of the readable files; the others go into `bad` with what is wrong."""
     headers = {}
     for name in files:
+        problem = images.link_problem(os.path.join(root, name))
+        if problem:
+            bad[name] = problem
+            continue
         if not images.has_image_suffix(name):
             suffix = os.path.splitext(name)[1] or "no extension"
             bad[name] = f"unsupported file type ({suffix}; krefinery reads {READABLE})"

@@ -194,6 +194,12 @@ def _auto(backend: str, tf_config: str | None) -> str:
     return "none"
 
 
+_TF_CONFIG_FORM = (
+    'it names every worker and this one\'s task, e.g. TF_CONFIG=\'{"cluster": {"worker": '
+    '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\'.'
+)
+
+
 def cluster(tf_config: str | None = None) -> dict[str, Any]:
     """`TF_CONFIG` read and checked: `{"cluster": {...}, "task": {"type", "index"}}`."""
     text = os.environ.get(TF_CONFIG) if tf_config is None else tf_config
@@ -205,17 +211,25 @@ def cluster(tf_config: str | None = None) -> dict[str, Any]:
         )
     try:
         parsed = json.loads(text)
-        workers = parsed["cluster"]
-        task = parsed["task"]
-        task_type, index = task["type"], int(task["index"])
-        hosts = workers[task_type]
-        valid = isinstance(hosts, list) and 0 <= index < len(hosts)
-    except (ValueError, KeyError, TypeError):
-        valid = False
-    if not valid:
+    except ValueError as error:
+        raise UserError(f"TF_CONFIG is not JSON ({error}); {_TF_CONFIG_FORM}") from None
+    cluster = parsed.get("cluster") if isinstance(parsed, dict) else None
+    task = parsed.get("task") if isinstance(parsed, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise UserError(f"TF_CONFIG needs a \"cluster\" and a \"task\" object; {_TF_CONFIG_FORM}")
+    task_type, index = task.get("type"), task.get("index")
+    hosts = cluster.get(task_type)
+    if not isinstance(hosts, list):
         raise UserError(
-            "TF_CONFIG is not valid: it must be JSON with a \"cluster\" of task types to "
-            "host:port lists and a \"task\" {\"type\", \"index\"} naming one of them."
+            f"TF_CONFIG's task type {task_type!r} is not one of its cluster's "
+            f"({', '.join(map(repr, cluster)) or 'none'}); {_TF_CONFIG_FORM}"
+        )
+    with contextlib.suppress(TypeError, ValueError):
+        index = int(index)  # As TensorFlow reads it.
+    if not isinstance(index, int) or not 0 <= index < len(hosts):
+        raise UserError(
+            f"TF_CONFIG's task index {index!r} is not one of its {len(hosts)} {task_type!r} "
+            f"host(s) (0 to {len(hosts) - 1}); {_TF_CONFIG_FORM}"
         )
     return parsed
 
