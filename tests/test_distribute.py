@@ -162,7 +162,7 @@ def test_a_device_choice_this_backend_or_cluster_cannot_honour_is_one_line(tmp_p
     assert line.startswith("error: --distribute=multi_worker needs TF_CONFIG")
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": 2}}))
     assert exit_line(capsys, "--distribute=multi_worker", f"--workdir={workdir}").startswith(
-        "error: TF_CONFIG is not valid"
+        "error: TF_CONFIG's task index 2 is not one of its 2 'worker' host(s) (0 to 1)"
     )
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": 0}}))
     assert exit_line(capsys, "--distribute=multi_worker", "--repeats=2", f"--workdir={workdir}").startswith(
