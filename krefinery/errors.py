@@ -31,11 +31,20 @@ class Diverged(RuntimeError):
 
     exit_code = 3
 
-    def __init__(self, generation: int, epoch: int, results: dict | None = None):
+    def __init__(
+        self, generation: int, epoch: int, results: dict | None = None, temperature: float | None = None
+    ):
+        if temperature is None:
+            cure = "Try a lower --learning_rate (or --precision=float32)"
+        else:  # Its labels were not finite: the cause is the temperature, not the step.
+            cure = (
+                f"The labels it trained on, refined at --temperature={temperature:g}, were not "
+                "finite (the logits divided by the temperature overflow): try a larger --temperature"
+            )
         super().__init__(
             f"generation {generation} diverged in epoch {epoch} (the loss or the weights "
-            "became NaN or infinite); it is not used as a teacher or exported. Try a lower "
-            "--learning_rate (or --precision=float32), with another --workdir."
+            f"became NaN or infinite); it is not used as a teacher or exported. {cure}, with "
+            "another --workdir."
         )
         self.generation = generation
         self.epoch = epoch

@@ -190,6 +190,8 @@ class ChainRunner:
             )
         except Diverged as diverged:
             record.update(diverged=True, epoch=diverged.epoch, seconds=checkpoint.elapsed())
+            if generation > 1 and not self._labels_finite(trainer):
+                record["labels_not_finite"] = True
             self.store.store(key, None, record)
             return record
         figures = {}
@@ -216,6 +218,13 @@ class ChainRunner:
             }
         )
         return record
+
+    def _labels_finite(self, trainer: Trainer) -> bool:
+        """Whether the labels `trainer` trained on are finite for every training example:
+        a diverged generation whose labels were not (a temperature so small that the
+        logits divided by it overflow) is the refinement's fault, not the step's."""
+        ids, _ = self.experiment.training_truth
+        return bool(np.isfinite(self.experiment.relabeller.labels_in_use(trainer)[ids]).all())
 
     def _hand_on(self, generation: int, keys: list[str], refinement: Refinement) -> dict[str, Any]:
         """Labels for `generation + 1` from the model `generation` just trained; the

@@ -47,7 +47,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
             results = _run(experiment, held.path)
     if results["diverged"] is not None:
         diverged = results["diverged"]
-        raise Diverged(diverged["generation"], diverged["epoch"], results)
+        temperature = config.temperature if diverged.get("labels_not_finite") else None
+        raise Diverged(diverged["generation"], diverged["epoch"], results, temperature)
     return results
 
 

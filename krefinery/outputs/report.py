@@ -50,7 +50,7 @@ def results_record(
         "best_generation": best_generation(generations),
         "diverged": None
         if diverged is None
-        else {"generation": diverged["generation"], "epoch": diverged["epoch"]},
+        else {k: diverged[k] for k in ("generation", "epoch", "labels_not_finite") if k in diverged},
         "finished": finished,
         "exports": dict(exports),
         "workdir": os.fspath(workdir),
