@@ -78,11 +78,13 @@ class ChainRunner:
         # Whether each relabel's under-fit figures go into its generation's record (a run's
         # outputs report them; a search need not pay for reading online labels back).
         self.label_figures = label_figures
-        # (refinement, key): the stored generation whose labels the trainers hold now, if any.
-        self._labels_from: tuple[Refinement, str] | None = None
-        # (refinement, key, labels): the last labels handed on, observed; the "previous"
-        # labels of the next relabel, so online mode need not run that teacher again.
-        self._last_refined: tuple[Refinement, str, np.ndarray] | None = None
+        # The key of the generation whose labels the trainers hold now, if any (a child's
+        # key hashes its parent's with the temperature and alpha: it names its labels).
+        self._labels_for: str | None = None
+        # (key, labels): the last labels handed on that were observed, and the key of the
+        # generation they are for: the "previous" labels of that generation's own relabel,
+        # so online mode need not run its teacher over the data again.
+        self._last_refined: tuple[str, np.ndarray] | None = None
 
     def keys(self, refinement: Refinement) -> list[str]:
         return chain_keys(self.experiment.config, self.experiment.runtime, refinement)
@@ -132,18 +134,16 @@ class ChainRunner:
         """Puts the labels `generation` trains on where its trainer reads them."""
         experiment = self.experiment
         trainer = experiment.trainer_for(generation)
+        if self._labels_for == keys[generation - 1]:
+            return  # Handed on as the parent finished training.
         if generation == 1:
             experiment.relabeller.ground_truth(trainer)
-            self._labels_from = None
-            return
-        parent = keys[generation - 2]
-        if self._labels_from == (refinement, parent):
-            return  # Handed on as the parent finished training.
-        # No observation: the labels before these are not at hand, and this relabel was
-        # observed when the parent was first trained.
-        teacher = self.stored(parent, generation - 1).classifier
-        experiment.relabeller.hand_on(teacher, trainer, refinement)
-        self._labels_from = (refinement, parent)
+        else:
+            # No observation: the labels before these are not at hand, and this relabel
+            # was observed when the parent was first trained.
+            teacher = self.stored(keys[generation - 2], generation - 1).classifier
+            experiment.relabeller.hand_on(teacher, trainer, refinement)
+        self._labels_for = keys[generation - 1]
 
     def _train(
         self,
@@ -172,7 +172,7 @@ class ChainRunner:
             "alpha": refinement.alpha if generation > 1 else None,
             "epochs": config.epochs,
         }
-        self._labels_from = None
+        self._labels_for = None  # Known again once this generation hands its labels on.
         if config.verbose:
             resumed = f", resumed after epoch {initial_epoch}" if initial_epoch else ""
             print(f"Generation {generation}/{refinement.generations}{resumed}", flush=True)
@@ -232,19 +232,18 @@ class ChainRunner:
         experiment = self.experiment
         relabeller = experiment.relabeller
         trainer, student = experiment.trainer_for(generation), experiment.trainer_for(generation + 1)
-        key = keys[generation - 1]
         observe = self.on_relabel is not None or self.label_figures
         previous = None
         if observe:
-            last, parent = self._last_refined, keys[generation - 2] if generation > 1 else None
-            fresh = last is not None and last[:2] == (refinement, parent)
-            previous = last[2] if fresh else relabeller.labels_in_use(trainer)
+            last = self._last_refined
+            known = last is not None and last[0] == keys[generation - 1]
+            previous = last[1] if known else relabeller.labels_in_use(trainer)
         relabeller.hand_on(trainer.classifier, student, refinement)
-        self._labels_from = (refinement, key)
+        self._labels_for = keys[generation]
         if not observe:
             return {}
         refined = relabeller.labels_in_use(student)
-        self._last_refined = (refinement, key, refined)
+        self._last_refined = (keys[generation], refined)
         if self.on_relabel is not None:
             self.on_relabel(generation, previous, refined)
         if not self.label_figures:
