@@ -1,4 +1,5 @@
-"""The exceptions that end a run with one line instead of a traceback, and their exit codes."""
+"""The exceptions that end a run with one line instead of a traceback, and their exit codes;
+and `Damaged`, a file that fails its check, which its reader handles without ending the run."""
 
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ class DiskFull(OSError):
             "same command: the run resumes from its last checkpoint."
         )
         self.path = path
+
+
+class Damaged(Exception):
+    """A file read back that fails its check (`krefinery.files`): `path` names it,
+    `problem` says how; `str()` is the two as a sentence ("<path> is missing").
+
+    Never ends a run: its reader goes on without the file (a stored generation is
+    trained again, a checkpoint dropped, `results.json` rebuilt) and says so in one line.
+    """
+
+    def __init__(self, path: object, problem: str):
+        super().__init__(f"{path} {problem}")
+        self.path = path
+        self.problem = problem
 
 
 class Diverged(RuntimeError):

@@ -1,12 +1,21 @@
-"""Writes that land whole or not at all: a temporary file beside the target, then a rename.
+"""Writes that land whole or not at all, and reads that are checked.
 
-A kill mid-write leaves the old file (or none) in place, never a truncated one. A full
-disk becomes one `DiskFull` error naming the path, with the temporary file removed.
+A write goes to a temporary file beside the target, then a rename: a kill mid-write
+leaves the old file (or none) in place, never a truncated one. A full disk becomes one
+`DiskFull` error naming the path, with the temporary file removed.
+
+A rename guards against a kill, not against what happens to a file afterwards (a disk
+error, a copy cut short, an edit by hand). So what is read back to go on from is
+checked here, in one place: a record is sealed with the SHA-256 of its content
+(`seal`, `unseal`), and a file it names is recorded by name, size and SHA-256
+(`file_entry`) and checked before use (`checked_file`). Whatever fails is `Damaged`,
+which says what was wrong; the reader decides what to do without it.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -15,10 +24,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from krefinery import faults
-from krefinery.errors import DiskFull
+from krefinery.errors import Damaged, DiskFull
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 TEMP_MARK = ".tmp-"
+# The key of a sealed record that holds the SHA-256 of the rest of it.
+CHECKSUM = "checksum"
 
 
 def atomic_write(path: os.PathLike | str, write: Callable[[Path], None]) -> Path:
@@ -58,6 +69,85 @@ def read_json(path: os.PathLike | str) -> Any | None:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
+
+
+def read_record(path: os.PathLike | str) -> dict[str, Any] | None:
+    """The JSON object at `path`, or None if there is none; `Damaged` if it cannot be
+    read, is not JSON (cut short, zeroed) or is not an object."""
+    try:
+        text = Path(path).read_bytes().decode()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise Damaged(path, f"cannot be read ({getattr(error, 'strerror', None) or 'not text'})") from None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise Damaged(path, "is not valid JSON (cut short or overwritten)") from None
+    if not isinstance(record, dict):
+        raise Damaged(path, "is not a krefinery record")
+    return record
+
+
+def seal(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with `CHECKSUM`, the SHA-256 of its content: an edited figure shows."""
+    content = {k: v for k, v in record.items() if k != CHECKSUM}
+    return {**content, CHECKSUM: _record_digest(content)}
+
+
+def unseal(path: os.PathLike | str, record: dict[str, Any]) -> dict[str, Any]:
+    """The content of `record`, read from `path`, once its checksum matches; `Damaged`
+    if it has none or another."""
+    content = {k: v for k, v in record.items() if k != CHECKSUM}
+    if CHECKSUM not in record:
+        raise Damaged(path, "has no checksum")
+    if record[CHECKSUM] != _record_digest(content):
+        raise Damaged(path, "does not match its checksum (edited or corrupted)")
+    return content
+
+
+def write_sealed(path: os.PathLike | str, record: dict[str, Any]) -> Path:
+    """`record`, sealed, written by rename: what `read_sealed` reads back."""
+    return write_json(path, seal(record))
+
+
+def read_sealed(path: os.PathLike | str) -> dict[str, Any] | None:
+    """The sealed record at `path`, checked, without its checksum; None if there is
+    none; `Damaged` if it fails a check."""
+    record = read_record(path)
+    return None if record is None else unseal(path, record)
+
+
+def file_entry(path: os.PathLike | str) -> dict[str, Any]:
+    """How a record names a file it goes with: `{"name", "size", "sha256"}`."""
+    path = Path(path)
+    size, sha256 = _file_digest(path)
+    return {"name": path.name, "size": size, "sha256": sha256}
+
+
+def checked_file(folder: os.PathLike | str, entry: Any, named_by: os.PathLike | str) -> Path:
+    """The file in `folder` that `entry` (a `file_entry`, read from the record
+    `named_by`) names, once it is there with the recorded size and SHA-256; `Damaged`
+    naming what is wrong. The name must be a plain file name that stays in `folder`
+    when resolved: a record never leads elsewhere."""
+    folder = Path(folder)
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not _plain_name(name):
+        raise Damaged(named_by, f"names {name!r}, not a file in {folder}")
+    path = folder / name
+    if path.resolve().parent != folder.resolve():  # A link to elsewhere.
+        raise Damaged(path, f"leads outside {folder}")
+    try:
+        size, sha256 = _file_digest(path)
+    except FileNotFoundError:
+        raise Damaged(path, "is missing") from None
+    except OSError as error:
+        raise Damaged(path, f"cannot be read ({error.strerror})") from None
+    if size != entry.get("size"):
+        raise Damaged(path, f"has {size} bytes where {entry.get('size')} were written")
+    if sha256 != entry.get("sha256"):
+        raise Damaged(path, "does not match its recorded SHA-256 (corrupted or replaced)")
+    return path
 
 
 def link_or_copy(source: Path, target: Path) -> Path:
@@ -109,6 +199,26 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _record_digest(content: dict[str, Any]) -> str:
+    # Canonical JSON: the same content gives the same text, read back or not.
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _plain_name(name: str) -> bool:
+    separators = {"/", os.sep, os.altsep or "/", "\\", "\0"}
+    return name not in ("", ".", "..") and not any(s in name for s in separators)
 
 
 def _is_no_space(error: OSError) -> bool:

@@ -16,12 +16,19 @@ chain trained in one go.
 A generation whose loss or weights stop being finite is stopped at once and stored as
 diverged (`"diverged": true` and the 1-based `epoch`): it never becomes a teacher, and
 the chain ends there.
+
+What the store gives back is checked (`GenerationStore.lookup`, `.checkpoint`). A
+stored generation that fails a check is trained again, and a checkpoint that fails is
+dropped and its generation restarted from its first epoch, each with one warning line
+naming the file: by the exactness above, the chain is the same as if nothing had been
+damaged, never one resumed from a wrong figure or weight.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Sequence
@@ -36,7 +43,7 @@ from krefinery.chain.store import GenerationStore, chain_keys
 from krefinery.config import Config, Refinement
 from krefinery.core.trainer import Trainer
 from krefinery.data.memory import InMemoryData, MemoryFeed
-from krefinery.errors import Diverged
+from krefinery.errors import Damaged, Diverged
 
 Record = dict[str, Any]
 # Sees each relabel a run observes: (generation, the labels it trained on, those it hands on).
@@ -105,11 +112,11 @@ class ChainRunner:
         keys = self.keys(refinement)
         records = []
         for generation, key in enumerate(keys, start=1):
-            record = self.store.lookup(key)
+            record = self._lookup(generation, key)
             trained = False
             if record is None:
                 with self.store.lock(key):
-                    record = self.store.lookup(key)
+                    record = self._lookup(generation, key, repair=True)
                     if record is None:
                         self._give_labels(generation, keys, refinement)
                         extra = list(callbacks(generation)) if callbacks else []
@@ -124,6 +131,32 @@ class ChainRunner:
                 break
             faults.reached(f"gen{generation}.relabelled")
         return records
+
+    def _lookup(self, generation: int, key: str, repair: bool = False) -> Record | None:
+        """`generation`'s stored record, or None: not trained, or damaged. With `repair`
+        (under its lock), a damaged entry is said in one line and removed, to be trained
+        again."""
+        try:
+            return self.store.lookup(key)
+        except Damaged as damaged:
+            if repair:
+                warn(f"stored generation {generation} is damaged: {damaged}; training it again.")
+                self.store.discard(key)
+            return None
+
+    def _resume_point(self, generation: int, key: str) -> tuple[dict[str, Any] | None, list[np.ndarray] | None]:
+        """The checkpoint `generation` goes on from, or (None, None) to start afresh; a
+        damaged one is said in one line and dropped (only the last is kept, so the
+        generation restarts from its first epoch)."""
+        try:
+            return self.store.checkpoint(key) or (None, None)
+        except Damaged as damaged:
+            warn(
+                f"the checkpoint of generation {generation} is damaged: {damaged}; "
+                f"generation {generation} restarts from its first epoch."
+            )
+            self.store.drop_checkpoint(key)
+            return None, None
 
     def stored(self, key: str, generation: int) -> Trainer:
         """A model of `generation`'s architecture holding the stored generation `key`,
@@ -157,12 +190,12 @@ class ChainRunner:
         experiment, config = self.experiment, self.experiment.config
         key = keys[generation - 1]
         trainer = experiment.trainer_for(generation)
-        state = self.store.checkpoint(key)
+        state, arrays = self._resume_point(generation, key)
         with experiment.replication.scope():  # Optimizer variables are made here.
             if state is None:
                 trainer.start_afresh(experiment.fresh_classifier(generation))
             else:
-                trainer.restore(self.store.checkpoint_arrays(key))
+                trainer.restore(arrays)
         initial_epoch = state["epoch"] if state else 0
         checkpoint = EpochCheckpoint(self.store, key, state)
         points = [FaultPoints(generation)] if faults.active() else []
@@ -249,6 +282,11 @@ class ChainRunner:
         if not self.label_figures:
             return {}
         return underfit.label_figures(refined, *experiment.training_truth, refinement.alpha)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def best_generation(records: Sequence[Record]) -> int | None:

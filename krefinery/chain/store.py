@@ -10,17 +10,27 @@ it instead of training it again. A generation in flight keeps a checkpoint per e
 Layout of the folder:
 
     <key>.weights.h5        the classifier's weights after the generation
-    <key>.json              its record (see `ChainRunner`); written last, so its presence
-                            means the entry is complete. A diverged generation has a
-                            record (`"diverged": true`) and no weights.
+    <key>.json              its record (see `ChainRunner`), with `"entry"`: its key and
+                            its weights file's name, size and SHA-256 (none for a
+                            diverged generation), and `"checksum"`, the SHA-256 of all
+                            the rest (`files.seal`). Written last, so its presence means
+                            the entry is complete.
     <key>.ckpt-<e>.npz, <key>.ckpt.json
                             the generation in flight after epoch e: the arrays of its
-                            training state (see `chains.training_state`), then the
-                            state naming them
+                            training state (`Trainer.training_state`), then the state
+                            (epoch, last logs, seconds, its key, the arrays file's name,
+                            size and SHA-256), sealed likewise
     <key>.lock              held while one process trains that generation
     trained.jsonl           one line per generation actually trained (the epoch count)
 
-Every file is written to a temporary name and renamed into place (`krefinery.files`).
+Every file is written to a temporary name and renamed into place (`krefinery.files`),
+and everything is checked when read back (`files.checked_file`, `files.unseal`): a file
+that fails is `Damaged`, and the runner trains the generation again (or restarts
+it, for a checkpoint) rather than go on from it. Names in records are plain file names in
+this folder, never a path elsewhere. A record from before checksums (no `"entry"`, no
+`"checksum"`) is checked as far as it can be: its figures are there and its weights file
+reads whole as HDF5; a checkpoint from before them is dropped (its epoch cannot be told
+from an edited one, and at most one generation's epochs are lost).
 """
 
 from __future__ import annotations
@@ -38,12 +48,18 @@ import numpy as np
 
 from krefinery import files
 from krefinery.config import LEARNED, REFINERY_FIELDS, Config, Refinement
+from krefinery.errors import Damaged
 
 # The runtime entries of what every run trained on before the backend, --distribute and
 # --input were recorded (TensorFlow, one device, tf.data), left out of keys so that
 # those keys stay valid.
 DEFAULT_RUNTIME = (("backend", "tensorflow"), ("distribute", "none"), ("replicas", 1), ("input", "tfdata"))
 TRAINED_LOG = "trained.jsonl"
+# In a stored record: what it goes with, its key and its weights file (`files.file_entry`).
+ENTRY = "entry"
+# The figures every record has, by kind: numbers, checked on every read.
+FIGURES = ("epochs", "val_accuracy", "train_accuracy", "train_label_agreement", "train_label_entropy", "seconds")
+DIVERGED_FIGURES = ("epochs", "epoch", "seconds")
 # 2: per-epoch stateless data streams; resolved precision, XLA and determinism in the key.
 FORMAT = 2
 
@@ -98,16 +114,43 @@ class GenerationStore:
         return self.folder / f"{key}.weights.h5"
 
     def lookup(self, key: str) -> dict[str, Any] | None:
-        """The stored record of a generation, or None if it has not been trained."""
-        return files.read_json(self.folder / f"{key}.json")
+        """The stored record of a generation, or None if it has not been trained.
+
+        Checked first, with its weights: a record or weights file that fails a check
+        raises `Damaged` naming it, so that no figure or model is taken from a
+        damaged entry (`ChainRunner` trains it again)."""
+        path = self._record_path(key)
+        record = files.read_record(path)
+        if record is None:
+            return None
+        if files.CHECKSUM not in record and ENTRY not in record:
+            return self._legacy(key, path, record)
+        record = files.unseal(path, record)
+        entry = record.pop(ENTRY, None)
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            raise Damaged(path, f"is not the record of entry {key}")
+        _check_figures(path, record)
+        if not record.get("diverged"):
+            weights = files.checked_file(self.folder, entry.get("weights"), path)
+            if weights.name != self.weights_path(key).name:
+                raise Damaged(path, f"names {weights.name}, not {self.weights_path(key).name}")
+        return record
 
     def store(self, key: str, classifier: keras.Model | None, record: dict[str, Any]) -> None:
-        """Weights first (none for a diverged generation), then the record, each by
-        rename: readers never see half an entry. The generation's checkpoint goes."""
+        """Weights first (none for a diverged generation), then the record naming their
+        size and SHA-256, each by rename: readers never see half an entry. The
+        generation's checkpoint goes."""
+        entry: dict[str, Any] = {"key": key}
         if classifier is not None:
             files.atomic_write(self.weights_path(key), classifier.save_weights)
-        files.write_json(self.folder / f"{key}.json", record)
+            entry["weights"] = files.file_entry(self.weights_path(key))
+        files.write_sealed(self._record_path(key), {**record, ENTRY: entry})
         self.drop_checkpoint(key)
+
+    def discard(self, key: str) -> None:
+        """Removes a generation's entry (record first): one found damaged, to train again."""
+        _remove(self._record_path(key))
+        _remove(self.weights_path(key))
 
     def save_checkpoint(
         self, key: str, arrays: Sequence[np.ndarray], state: dict[str, Any]
@@ -120,28 +163,66 @@ class GenerationStore:
         """
         weights = self.folder / f"{key}.ckpt-{state['epoch']}.npz"
         files.atomic_write(weights, lambda temporary: _save_arrays(temporary, arrays))
-        previous = self.checkpoint(key)
-        files.write_json(self._checkpoint_state(key), {**state, "weights": weights.name})
-        if previous is not None and previous["weights"] != weights.name:
-            _remove(self.folder / previous["weights"])
+        sealed = {**state, "key": key, "weights": files.file_entry(weights)}
+        files.write_sealed(self._checkpoint_state(key), sealed)
+        for older in self._checkpoint_arrays(key):
+            if older != weights:
+                _remove(older)
 
-    def checkpoint(self, key: str) -> dict[str, Any] | None:
-        """The last checkpoint's state (`epoch`, `weights`, ...), or None."""
-        return files.read_json(self._checkpoint_state(key))
+    def checkpoint(self, key: str) -> tuple[dict[str, Any], list[np.ndarray]] | None:
+        """The last checkpoint: its state (`epoch`, `logs`, `seconds`) and its arrays in
+        the order they were saved; None if there is none.
 
-    def checkpoint_arrays(self, key: str) -> list[np.ndarray]:
-        """The arrays of the last checkpoint, in the order they were saved."""
-        with np.load(self.folder / self.checkpoint(key)["weights"]) as saved:
-            return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        Both checked: a state or arrays file that fails raises `Damaged` naming
+        it (`ChainRunner` then drops the checkpoint and restarts the generation)."""
+        path = self._checkpoint_state(key)
+        state = files.read_sealed(path)
+        if state is None:
+            return None
+        epoch = state.get("epoch")
+        if state.get("key") != key or not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+            raise Damaged(path, f"is not a checkpoint of entry {key}")
+        if not isinstance(state.get("logs"), dict) or not _is_number(state.get("seconds")):
+            raise Damaged(path, "lacks its logs or seconds")
+        arrays = files.checked_file(self.folder, state.get("weights"), path)
+        with np.load(arrays) as saved:
+            return state, [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
     def drop_checkpoint(self, key: str) -> None:
-        state = self.checkpoint(key)
+        """Removes a generation's checkpoint, state first; by the names the store gives,
+        never by one read from a record."""
         _remove(self._checkpoint_state(key))
-        if state is not None:
-            _remove(self.folder / state["weights"])
+        for arrays in self._checkpoint_arrays(key):
+            _remove(arrays)
+
+    def _record_path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
 
     def _checkpoint_state(self, key: str) -> Path:
         return self.folder / f"{key}.ckpt.json"
+
+    def _checkpoint_arrays(self, key: str) -> list[Path]:
+        return list(self.folder.glob(f"{key}.ckpt-*.npz"))
+
+    def _legacy(self, key: str, path: Path, record: dict[str, Any]) -> dict[str, Any]:
+        """A record written before checksums, checked as far as it can be: its figures,
+        and its weights there and readable whole as HDF5 (a cut or zeroed file is not).
+        An edited figure or a flipped bit in a weight goes unseen: such an entry is as
+        trustworthy as it was before this check existed."""
+        _check_figures(path, record)
+        if record.get("diverged"):
+            return record
+        import h5py  # Keras's own dependency; only records this old need it.
+
+        weights = self.weights_path(key)
+        if not weights.is_file():
+            raise Damaged(weights, "is missing")
+        try:
+            with h5py.File(weights, "r") as saved:
+                saved.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+        except Exception:  # h5py raises OSError, KeyError, RuntimeError... for a damaged file.
+            raise Damaged(weights, "is not a readable weights file") from None
+        return record
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -173,6 +254,18 @@ def _parse_line(line: str) -> dict[str, Any] | None:
         return json.loads(line)
     except ValueError:
         return None
+
+
+def _check_figures(path: Path, record: dict[str, Any]) -> None:
+    """Every figure a generation's record has, a number: else `Damaged`."""
+    names = DIVERGED_FIGURES if record.get("diverged") else FIGURES
+    missing = [name for name in names if not _is_number(record.get(name))]
+    if missing:
+        raise Damaged(path, f"lacks {', '.join(missing)}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _save_arrays(path: Path, arrays: Sequence[np.ndarray]) -> None:

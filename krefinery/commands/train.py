@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from krefinery.chain.experiment import Experiment, prepare_experiment
-from krefinery.chain.runner import ChainRunner, best_generation
+from krefinery.chain.runner import ChainRunner, best_generation, warn
 from krefinery.chain.store import GenerationStore
 from krefinery.config import Config
-from krefinery.errors import Diverged
+from krefinery.errors import Damaged, Diverged
 from krefinery.outputs import report, workdirs
 from krefinery.outputs.export import prepare_export_dir
 from krefinery.outputs.run_outputs import CONTROL_OF, RunOutputs
@@ -74,8 +74,16 @@ def _run(experiment: Experiment, workdir: Path) -> dict[str, Any]:
 
 
 def _finished(workdir: Path) -> dict[str, Any] | None:
-    """The results of a finished run whose exports are all still there, else None."""
-    results = report.read_results(workdir)
+    """The results of a finished run whose exports are all still there, else None.
+
+    A `results.json` that fails its checksum (cut, edited, or from before checksums) is
+    said in one line and counts as absent: the run then rebuilds it from its store,
+    which holds every figure, rather than return a damaged record as its result."""
+    try:
+        results = report.read_results(workdir)
+    except Damaged as damaged:
+        warn(f"{damaged}; rebuilding it from the stored generations.")
+        return None
     if results is None or not results.get("finished"):
         return None
     if not all(Path(path).is_dir() for path in results.get("exports", {}).values()):

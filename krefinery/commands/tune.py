@@ -27,7 +27,7 @@ from krefinery.chain.store import GenerationStore
 from krefinery.commands.search_space import TuneConfig
 from krefinery.config import Config, Refinement
 from krefinery.data.feed import DataInfo
-from krefinery.errors import DiskFull, SearchDiverged, UserError
+from krefinery.errors import Damaged, DiskFull, SearchDiverged, UserError
 from krefinery.outputs import report, summaries, workdirs
 from krefinery.outputs.export import export_once, prepare_export_dir
 
@@ -235,7 +235,10 @@ def check_some_trial_completed(tuner: ChainTuner, runner: ChainRunner, workdir: 
     if any(t.status == kt.engine.trial.TrialStatus.COMPLETED for t in trials):
         return
     first = runner.keys(Refinement(1))[0]
-    stored = runner.store.lookup(first)
+    try:
+        stored = runner.store.lookup(first)
+    except Damaged:  # Not known to have diverged.
+        stored = None
     if stored is not None and stored.get("diverged"):
         raise SearchDiverged(workdir, len(trials))
     raise RuntimeError(

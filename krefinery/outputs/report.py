@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import keras
 
+from krefinery import files
 from krefinery.chain.runner import best_generation
 from krefinery.config import Architecture, Config
 from krefinery.data.feed import DataInfo
@@ -17,7 +18,9 @@ RESULTS = workdirs.RUN.record
 
 
 def read_results(folder: Path) -> dict[str, Any] | None:
-    return workdirs.read_record(Path(folder) / RESULTS)
+    """`results.json` in `folder`, its checksum checked (and left out), or None if there
+    is none; `Damaged` if it fails: it is rebuilt from the store, never trusted."""
+    return files.read_sealed(Path(folder) / RESULTS)
 
 
 def tensorboard_callback(workdir: Path, generation: int) -> keras.callbacks.Callback:
@@ -58,7 +61,8 @@ def results_record(
 
 
 def write_results(folder: Path, record: dict[str, Any]) -> Path:
-    return workdirs.write_record(Path(folder) / RESULTS, record)
+    """`record` as `results.json`, sealed with the checksum `read_results` checks."""
+    return files.write_sealed(Path(folder) / RESULTS, record)
 
 
 def format_table(record: dict[str, Any]) -> str:

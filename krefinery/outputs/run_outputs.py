@@ -27,6 +27,7 @@ from krefinery.chain.runner import best_generation
 from krefinery.chain.store import GenerationStore
 from krefinery.core.refinement import generation_seed
 from krefinery.core.trainer import Trainer
+from krefinery.errors import Damaged
 from krefinery.outputs import charts, report, summaries, workdirs
 from krefinery.outputs.export import export_once
 
@@ -47,7 +48,10 @@ class RunOutputs:
         self.generations: list[dict[str, Any]] = []
         self.control: dict[str, Any] | None = None
         self.fit_check = underfit.FitCheck(self.config)
-        previous = report.read_results(workdir) or {}
+        try:
+            previous = report.read_results(workdir) or {}
+        except Damaged:  # Said by `train._finished`; rebuilt here.
+            previous = {}
         # Exports that landed before an interruption are kept, not made again.
         self.exports: dict[str, str] = {
             name: path for name, path in previous.get("exports", {}).items() if Path(path).is_dir()
