@@ -237,8 +237,14 @@ def test_two_default_workdirs_made_in_the_same_second_differ(tmp_path):
     from krefinery.config import Config
     from krefinery.outputs import workdirs
 
-    # Three in a row take well under a second, so at least two share a time stamp.
-    made = [workdirs.claim(Config(), workdirs.RUN, None, None) for _ in range(3)]
+    # Three in a row take well under a second, so at least two share a time stamp; each
+    # is held (and marked) as a run would, so none is given back as unused.
+    made = []
+    with contextlib.ExitStack() as held:
+        for _ in range(3):
+            claim = held.enter_context(workdirs.claim(Config(), workdirs.RUN, None))
+            claim.mark({"config": Config().settings()})
+            made.append(claim.path)
     assert len(set(made)) == 3 and all(path.is_dir() for path in made)
     stamps = [path.name.split("-")[1] + path.name.split("-")[2] for path in made]
     assert len(set(stamps)) < 3
