@@ -1,4 +1,4 @@
-"""Shared fixtures: small real and mocked data, and a way to call run.py in-process."""
+"""Shared fixtures (the helpers they use live in helpers.py)."""
 
 from __future__ import annotations
 
@@ -6,60 +6,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import contextlib
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
-import tensorflow as tf
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str) -> None:
-    """Runs run.py's entry point in this process, as `python run.py ARGS` would."""
-    import run
-
-    run.FLAGS.unparse_flags()
-    run.main(run.FLAGS(["run.py", *args]))
-
-
-def run_subprocess(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs `python run.py ARGS` in a fresh process, for exit codes and stderr."""
-    return subprocess.run(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@contextlib.contextmanager
-def mocked_tfds(num_examples: int):
-    """TFDS's own mock data, with the network probe told that the network is up."""
-    import tensorflow_datasets as tfds
-
-    from krefinery.data import sources as datasets
-
-    with pytest.MonkeyPatch.context() as patch, tfds.testing.mock_data(num_examples=num_examples):
-        patch.setattr(datasets, "unreachable_download_hosts", lambda builder: [])
-        yield
-
-
-def write_images(root: Path, classes: dict[str, int], size=(12, 12), seed=0) -> None:
-    """`root/<class>/<i>.png` images, each class a different brightness."""
-    rng = np.random.default_rng(seed)
-    for index, (name, count) in enumerate(classes.items()):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            image = rng.integers(0, 40, (*size, 3)) + 60 * index
-            png = tf.io.encode_png(tf.constant(image.astype(np.uint8)))
-            (folder / f"{i}.png").write_bytes(png.numpy())
-
+from helpers import run_cli
 
 TINY_RUN = ("--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0")
 

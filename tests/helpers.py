@@ -1,21 +1,181 @@
-"""Small in-memory sources with known content, for pipeline and refinery tests."""
+"""What the tests share: running run.py (in this process or a fresh one), small in-memory
+sources with known content, and readers of what a run leaves behind.
+
+Fixtures live in conftest.py; everything else shared lives here, once.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from krefinery.core.resnet import build_resnet
-from krefinery.data.sources import Source
+ROOT = Path(__file__).resolve().parents[1]
+
+# run.py's entry point.
 
 
-def constant_images(num: int = 60, classes: int = 4, shape=(16, 16, 1)) -> Source:
+def run_cli(*args: str) -> None:
+    """`python run.py ARGS` in this process: absl's flag parsing as `app.run` does it
+    (`run.parse_flags`, so a bad flag is one line and exit 2), then `run.main`.
+    Raises SystemExit where the command would exit non-zero."""
+    import run
+
+    run.FLAGS.unparse_flags()
+    run.main(run.parse_flags(["run.py", *args]))
+
+
+def refusal(capsys, *args: str, code: int = 2) -> str:
+    """The one line that `python run.py ARGS`, run in this process, ends with: it exits
+    with `code` and writes exactly one line to stderr, `error: ...`, and no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(*args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def run_subprocess(
+    *args: str, cwd: Path = ROOT, root: Path = ROOT, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` in a fresh process, from `cwd`, with the checkout in `root`:
+    what only a real process shows (its exit status, stderr as the shell sees it)."""
+    return subprocess.run(
+        [sys.executable, os.fspath(root / "run.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": os.fspath(root), **(env or {})},
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def python_stderr(stderr: str) -> list[str]:
+    """A process's stderr less TensorFlow's C++ log lines (`I0000 ...`, `W...`, `E...`):
+    what Python wrote."""
+    return [line for line in stderr.splitlines() if line[:1] not in "IWE" or line.startswith("error")]
+
+
+def listing(folder: Path) -> list[str]:
+    """Every path under `folder`, relative to it, sorted: to show that nothing was written."""
+    return sorted(os.fspath(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# What a run leaves behind.
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def read_results(workdir: Path) -> dict:
+    return read_json(Path(workdir) / "results.json")
+
+
+def trained_generations(workdir: Path) -> list[dict]:
+    """The store's log of what was trained (`generations/trained.jsonl`), in order."""
+    lines = (Path(workdir) / "generations" / "trained.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+# The figures of a generation that depend on whether it relabelled for a next one (its
+# chain's last does not): they differ between a generation that ends a chain and the same
+# generation inside a longer one.
+RELABEL_FIGURES = ("refined_label_disagreement", "train_accuracy_unaugmented")
+
+
+def comparable_generation(generation: dict, *also: str) -> dict:
+    """A results.json generation without its timing (and the keys `also`)."""
+    return {k: v for k, v in generation.items() if k not in ("seconds", *also)}
+
+
+def comparable(results: dict) -> dict:
+    """results.json without what differs between two runs of the same chain: the folders
+    they write to, and timings."""
+    results = json.loads(json.dumps(results))
+    results.pop("checksum", None)  # A digest of all the rest, folders and timings included.
+    for key in ("workdir", "exports"):
+        results.pop(key)
+    for key in ("workdir", "export_dir"):
+        results["config"].pop(key)
+    results["generations"] = [comparable_generation(g) for g in results["generations"]]
+    return results
+
+
+def read_weights(path) -> dict[str, np.ndarray]:
+    """Every array of a Keras `.weights.h5` file, by its path in the file."""
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as weights:
+        weights.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
+    return arrays
+
+
+def digits_test_batch(count: int) -> dict[str, np.ndarray]:
+    """The first `count` examples of the digits test split: `{"image", "label"}` arrays."""
+    from krefinery.data.sources import load_source
+
+    test = load_source("digits").test  # Arrays, read without TensorFlow.
+    return {"image": test.images[:count], "label": test.labels[:count]}
+
+
+def serve(export, images: np.ndarray) -> dict[str, np.ndarray]:
+    """What a SavedModel's serving signature returns for `images` (uint8)."""
+    signature = tf.saved_model.load(os.fspath(export)).signatures["serving_default"]
+    return {key: value.numpy() for key, value in signature(images=tf.constant(images)).items()}
+
+
+# Data.
+
+
+@contextlib.contextmanager
+def mocked_tfds(num_examples: int):
+    """TFDS's own mock data, with the network probe told that the network is up."""
+    import tensorflow_datasets as tfds
+
+    from krefinery.data import sources as datasets
+
+    with pytest.MonkeyPatch.context() as patch, tfds.testing.mock_data(num_examples=num_examples):
+        patch.setattr(datasets, "unreachable_download_hosts", lambda builder: [])
+        yield
+
+
+def write_images(root: Path, classes: dict[str, int], size=(12, 12), seed=0) -> None:
+    """`root/<class>/<i>.png` images, each class a different brightness."""
+    rng = np.random.default_rng(seed)
+    for index, (name, count) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image = rng.integers(0, 40, (*size, 3)) + 60 * index
+            png = tf.io.encode_png(tf.constant(image.astype(np.uint8)))
+            (folder / f"{i}.png").write_bytes(png.numpy())
+
+
+def constant_images(num: int = 60, classes: int = 4, shape=(16, 16, 1)):
     """Example i is an image filled with the value 4i+3 (distinct, non-zero); label i % classes."""
+    from krefinery.data.sources import Source
+
     values = np.arange(num) * 4 + 3
     images = np.broadcast_to(values[:, None, None, None], (num, *shape)).astype(np.uint8)
     labels = np.arange(num) % classes
@@ -23,13 +183,18 @@ def constant_images(num: int = 60, classes: int = 4, shape=(16, 16, 1)) -> Sourc
     return Source("constant", data, None, tuple(map(str, range(classes))), shape)
 
 
-def random_images(num: int = 96, classes: int = 4, shape=(8, 8, 1), seed: int = 0) -> Source:
+def random_images(num: int = 96, classes: int = 4, shape=(8, 8, 1), seed: int = 0):
+    from krefinery.data.sources import Source
+
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, num)
     images = (rng.integers(0, 60, (num, *shape)) + 50 * labels[:, None, None, None]).astype(np.uint8)
     data = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
     test = tf.data.Dataset.from_tensor_slices({"image": images[:16], "label": labels[:16]})
     return Source("random", data, test, tuple(map(str, range(classes))), shape)
+
+
+# Models.
 
 
 class KnownFunction(keras.Model):
@@ -49,6 +214,8 @@ class KnownFunction(keras.Model):
 
 
 def classifier_builder(shape, classes, precision="float32", depth=8):
+    from krefinery.core.resnet import build_resnet
+
     def build(seed: int) -> keras.Model:
         keras.utils.set_random_seed(seed)
         return build_resnet(shape, classes, depth=depth, precision=precision)
@@ -60,6 +227,9 @@ def every_generation(build):
     """`LabelRefinery`'s `build_classifier(generation, seed)` from a `build(seed)`: one
     architecture for every generation."""
     return lambda generation, seed: build(seed)
+
+
+# TensorBoard.
 
 
 @contextlib.contextmanager
@@ -93,3 +263,18 @@ def get_json(url: str, body: dict | None = None):
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=20) as response:
         return json.loads(response.read())
+
+
+def hparams_table(logdir: Path) -> tuple[dict, dict[str, dict]]:
+    """What the HParams dashboard reads from TensorBoard's server: the experiment (domains,
+    metrics) and `{row name: session group}`, over every status."""
+    from tensorboard.plugins.hparams import api_pb2
+
+    statuses = list(api_pb2.Status.keys())
+    with tensorboard_server(logdir) as url:
+        experiment = get_json(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""})
+        groups = get_json(
+            f"{url}/data/plugin/hparams/session_groups",
+            {"experimentName": "", "allowedStatuses": statuses, "colParams": [], "startIndex": 0, "sliceSize": 100},
+        )
+    return experiment, {group["name"]: group for group in groups["sessionGroups"]}

@@ -1,6 +1,5 @@
 """The project on the other Keras backends: the digits chain under JAX, and what PyTorch refuses."""
 
-import json
 import os
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT
+from helpers import ROOT, read_results, serve
 
 from krefinery.core.resnet import build_resnet
 
@@ -35,10 +34,11 @@ def run_on_backend(backend: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.heavy
 def test_online_digits_chain_on_jax_reaches_the_tensorflow_bar_and_serves_from_tensorflow(tmp_path):
     result = run_on_backend("jax", *JAX_RUN, f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}")
     assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    results = read_results(tmp_path / "run")
     assert results["runtime"]["precision"] == "float32"
     assert results["runtime"]["jit_compile"] is True  # Keras jits JAX steps.
     for g in results["generations"]:
@@ -52,10 +52,10 @@ def test_online_digits_chain_on_jax_reaches_the_tensorflow_bar_and_serves_from_t
     classifier = build_resnet(tuple(data["image_shape"]), data["num_classes"], depth=8)
     classifier.load_weights(tmp_path / "run" / f"gen_{results['best_generation']}.weights.h5")
     images = np.random.default_rng(0).integers(0, 256, (16, *data["image_shape"])).astype(np.uint8)
-    served = tf.saved_model.load(results["exports"]["best"]).signatures["serving_default"](images=tf.constant(images))
+    served = serve(results["exports"]["best"], images)
     expected = tf.nn.softmax(classifier(images, training=False))
     np.testing.assert_allclose(served["probabilities"], expected, atol=1e-5)
-    assert served["class_names"].numpy().tolist() == [str(c).encode() for c in expected.numpy().argmax(-1)]
+    assert served["class_names"].tolist() == [str(c).encode() for c in expected.numpy().argmax(-1)]
 
 
 def test_pytorch_backend_is_refused_before_training_as_it_cannot_export(tmp_path):

@@ -2,10 +2,14 @@
 is trained on, or is accepted with what was decided said out loud; nothing is written.
 
 Each `Case` is a `run.py` command line (and, for `folder:` cases, a folder it builds).
-The tests run the cases in-process up to the point where training would start
-(`check_before_training`), and a few end to end. `python tests/test_bad_input.py
---survey [--root DIR]` runs every case end to end against the checkout in DIR and counts
-tracebacks and silent conversions (docs/bad-input.md lists them).
+`test_bad_input_table` runs each through run.py's own entry point in this process
+(`helpers.run_cli`: absl's parsing, then `main`), so the order of checks is the
+product's: a refused case must exit 2 with one `error:` line and, where marked
+`before_data`, must not have called any reader of data; an accepted case runs until its
+data is loaded and checked, and stops there (`DataLoaded`) instead of training. One case
+also runs in a real process. `python tests/test_bad_input.py --survey [--root DIR]` runs
+every case end to end against the checkout in DIR and counts tracebacks and silent
+conversions (docs/bad-input.md lists them).
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
+if __name__ == "__main__":  # The survey, as a script: this checkout's helpers and package.
+    sys.path[:0] = [os.fspath(Path(__file__).resolve().parents[1])]
+
 import numpy as np
 import pytest
+from helpers import ROOT, listing, python_stderr, refusal, run_cli, run_subprocess
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
 # Enough to run a chain end to end in seconds, for the survey's accepted cases.
 TINY = ("--depth=8", "--epochs=2", "--generations=1", "--batch_size=4", "--verbose=0")
 
@@ -299,38 +306,73 @@ def build(case: Case, tmp: Path) -> list[str]:
     return [arg.replace("{data}", os.fspath(data)) for arg in case.args]
 
 
-def snapshot(folder: Path) -> list[str]:
-    return sorted(os.fspath(p.relative_to(folder)) for p in folder.rglob("*"))
+class DataLoaded(Exception):
+    """Raised where an accepted run has loaded and checked its data, so that the table
+    stops there instead of training: `splits` is what the run records of its data."""
+
+    def __init__(self, splits):
+        super().__init__("data loaded")
+        self.splits = splits
 
 
-def check_before_training(*args: str):
-    """What `python run.py ARGS` does before it trains: flags, search flags, export folder,
-    data (every file read, split, checked). Returns the splits; a refusal raises
-    `SystemExit(2)` (flag errors, printed) or `UserError`.
+class DataRead(BaseException):
+    """A reader of data was called by a case that must be refused before any data is
+    read. A BaseException, so that no `except Exception` in the product can hide it."""
+
+
+@pytest.fixture
+def data_readers(monkeypatch):
+    """Guards on what reads data (`guard()`), and a stop right after the data is loaded.
+
+    `guard(opens_source)` makes every reader of image data fail the test: the digits
+    arrays, TFDS's records (and downloads), an image file's header or pixels; with
+    `opens_source=False`, `load_source` itself too. Every call is listed in the
+    returned list, even where the product would catch the exception.
     """
-    import run
-    from krefinery.data.pipeline import load_splits
-    from krefinery.outputs.export import prepare_export_dir
+    import tensorflow_datasets as tfds
 
-    run.FLAGS.unparse_flags()
-    argv = run.parse_flags(["run.py", *args])
-    if len(argv) > 1:
-        run.main(argv)  # Refuses stray arguments before anything else.
-    config = run.config_from_flags()
-    if run.FLAGS.tune:
-        run.tune_config_from_flags()
-    prepare_export_dir(config)
-    return load_splits(config)
+    from krefinery.chain import experiment
+    from krefinery.data import images, sources
+
+    load_feed = experiment.load_feed
+
+    def stop_after_loading(config, replication):
+        raise DataLoaded(load_feed(config, replication).info)
+
+    # The product's own order up to here: flags, search flags, work and export folders,
+    # devices, then `load_feed` (the data read, split and checked against the batch size).
+    monkeypatch.setattr(experiment, "load_feed", stop_after_loading)
+    calls = []
+
+    def guard(opens_source: bool) -> list[str]:
+        def refuse(name):
+            def reader(*args, **kwargs):
+                calls.append(name)
+                raise DataRead(f"{name} was called: data was read before the run was refused")
+
+            return reader
+
+        for module, name in ((sources, "digits"), (sources, "_download"), (images, "read_header"), (images, "read_pixels")):
+            monkeypatch.setattr(module, name, refuse(f"{module.__name__}.{name}"))
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", refuse("tfds as_dataset"))
+        if not opens_source:
+            monkeypatch.setattr(sources, "load_source", refuse("load_source"))
+        return calls
+
+    return guard
 
 
 @pytest.mark.parametrize("case", TABLE, ids=case_ids())
-def test_bad_input_table(case, tmp_path, capsys):
-    from krefinery.errors import UserError
-
+def test_bad_input_table(case, tmp_path, capsys, data_readers):
+    """Each case through run.py's own entry point (absl's parsing, then `main`), in this
+    process: refused with exit 2 and one line, or accepted up to where training would
+    start; either way nothing is written."""
     args = build(case, tmp_path)
-    before = snapshot(tmp_path)
+    before = listing(tmp_path)  # The working folder: default runs/ and saved_models/ land here.
     if case.message is None:
-        splits = check_before_training(*args)
+        with pytest.raises(DataLoaded) as loaded:
+            run_cli(*args)
+        splits = loaded.value.splits
         out = capsys.readouterr().out
         for note in case.notes:
             assert note in out, out
@@ -339,36 +381,14 @@ def test_bad_input_table(case, tmp_path, capsys):
         if case.check is not None:
             assert case.check(splits), splits
     else:
-        with pytest.raises((UserError, SystemExit)) as raised:
-            check_before_training(*args)
-        err = capsys.readouterr().err
-        if raised.type is SystemExit:
-            assert raised.value.code == 2
-            lines = err.strip().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("error: "), err
-            message = lines[0]
-        else:
-            message = str(raised.value)
-            assert "\n" not in message
-        assert case.message in message, message
-    assert snapshot(tmp_path) == before  # Nothing written, nothing lost.
-
-
-def test_cases_refused_before_data_never_read_an_image(tmp_path, monkeypatch):
-    """Cheap checks come first: no refusal of a flag or folder waits for image decoding."""
-    from krefinery.data import images
-
-    def no_reading(*args, **kwargs):
-        raise AssertionError("an image was read before a cheap check refused the run")
-
-    monkeypatch.setattr(images, "read_pixels", no_reading)
-    for case in TABLE:
-        if case.message is not None and case.before_data and case.folder is not None:
-            root = tmp_path / case.id.replace(" ", "_").replace("/", "_")
-            root.mkdir()
-            with pytest.raises(Exception) as raised:
-                check_before_training(*build(case, root))
-            assert "an image was read" not in str(raised.value), case.id
+        reads = None
+        if case.before_data:
+            # A case that names no dataset is refused by the flags alone: no source is opened.
+            reads = data_readers(opens_source=any(arg.startswith("--dataset") for arg in args))
+        line = refusal(capsys, *args)
+        assert case.message in line, line
+        assert reads in (None, []), reads
+    assert listing(tmp_path) == before  # Nothing written, nothing lost.
 
 
 def test_pixels_follow_the_stated_rules(tmp_path):
@@ -396,32 +416,21 @@ def test_pixels_follow_the_stated_rules(tmp_path):
     assert np.array_equal(read_pixels(tmp_path / "a.gif", (12, 12, 3)), first)
 
 
-def run_py(*args: str, cwd: Path, root: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, os.fspath(root / "run.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": os.fspath(root)},
-    )
-
-
-END_TO_END = ["bad file in test/ only", "unknown flag", "stray argument"]
-
-
-@pytest.mark.parametrize("case_id", END_TO_END)
-def test_end_to_end_refusals_exit_2_with_one_line_and_write_nothing(case_id, tmp_path):
-    (case,) = [c for c in TABLE if c.id == case_id]
+def test_exit_2_smoke_test_in_a_real_process(tmp_path):
+    """The process boundary for exit code 2 (the table runs in this process): `python
+    run.py` with a bad file in test/, as a shell runs it. It reads the folder before it
+    refuses, so TensorFlow and the data readers are loaded, and still it exits 2 with one
+    line, no traceback, and writes nothing (no runs/, no saved_models/<name>/)."""
+    (case,) = [c for c in TABLE if c.id == "bad file in test/ only"]
     args = build(case, tmp_path)
-    before = snapshot(tmp_path)
-    result = run_py(*args, *TINY, cwd=tmp_path)
+    before = listing(tmp_path)
+    result = run_subprocess(*args, *TINY, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if not line[:1] in "IWE" or line.startswith("error")]
-    assert error_lines == [line for line in error_lines if line.startswith("error: ")] and len(error_lines) == 1, result.stderr
-    assert case.message in error_lines[0]
+    lines = python_stderr(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert case.message in lines[0]
     assert "Traceback" not in result.stderr and "Epoch" not in result.stdout
-    assert snapshot(tmp_path) == before  # No runs/, no saved_models/<name>/.
+    assert listing(tmp_path) == before
 
 
 def survey(root: Path, scratch: Path) -> dict:
@@ -432,7 +441,7 @@ def survey(root: Path, scratch: Path) -> dict:
         tmp.mkdir(parents=True)
         args = build(case, tmp)
         try:
-            result = run_py(*TINY, *args, cwd=tmp, root=root, timeout=180)
+            result = run_subprocess(*TINY, *args, cwd=tmp, root=root, timeout=180)
         except subprocess.TimeoutExpired:
             outcomes[case.id] = "hangs"
             print(f"{'hangs':22} {case.id}", flush=True)

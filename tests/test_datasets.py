@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import mocked_tfds, write_images
+from helpers import mocked_tfds, write_images
 
 from krefinery.data import sources as datasets
 from krefinery.data.pipeline import make_splits

@@ -22,11 +22,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, run_cli, write_images
+from helpers import ROOT, read_results, read_weights, refusal, serve, write_images
 
 from krefinery.core.resnet import build_resnet
 
@@ -72,19 +71,10 @@ def two_devices(images, tmp_path_factory):
             process.wait()
 
 
-def read_weights(path) -> dict[str, np.ndarray]:
-    arrays = {}
-    with h5py.File(path, "r") as weights:
-        weights.visititems(
-            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
-        )
-    return arrays
-
-
 def assert_same_chain(one, two) -> None:
     """Every generation's weights within TOLERANCE of their tensor's largest value; the
     same records; different chain keys (one device's store never serves two's)."""
-    results = [json.loads((run / "results.json").read_text()) for run in (one, two)]
+    results = [read_results(run) for run in (one, two)]
     for generation in (1, 2):
         a, b = (read_weights(run / f"gen_{generation}.weights.h5") for run in (one, two))
         assert a.keys() == b.keys()
@@ -107,9 +97,9 @@ def test_two_mirrored_replicas_resume_and_export_the_one_device_chain(two_device
     for name in ("none", "mirrored"):
         assert report[name]["code"] == 0, report[name]["stderr"]
     none, mirrored = out / "none", out / "mirrored"
-    results = json.loads((mirrored / "results.json").read_text())
+    results = read_results(mirrored)
     assert results["runtime"]["distribute"] == "mirrored" and results["runtime"]["replicas"] == 2
-    assert json.loads((none / "results.json").read_text())["runtime"]["replicas"] == 1
+    assert read_results(none)["runtime"]["replicas"] == 1
     assert_same_chain(none, mirrored)  # Offline: generation 2 trains on the relabelled table.
 
     # The SavedModel written under the strategy serves what its weights compute.
@@ -117,7 +107,7 @@ def test_two_mirrored_replicas_resume_and_export_the_one_device_chain(two_device
     classifier = build_resnet(tuple(data["image_shape"]), data["num_classes"], depth=8)
     classifier.load_weights(mirrored / f"gen_{results['best_generation']}.weights.h5")
     pixels = np.random.default_rng(0).integers(0, 256, (8, *data["image_shape"])).astype(np.uint8)
-    served = tf.saved_model.load(results["exports"]["best"]).signatures["serving_default"](images=tf.constant(pixels))
+    served = serve(results["exports"]["best"], pixels)
     np.testing.assert_allclose(served["probabilities"], tf.nn.softmax(classifier(pixels)), atol=1e-5)
 
     odd = report["odd_batch"]
@@ -130,7 +120,7 @@ def test_jax_data_parallel_trains_the_one_device_online_chain(two_devices):
     report, out = two_devices("jax")
     for name in ("none", "data_parallel"):
         assert report[name]["code"] == 0, report[name]["stderr"]
-    results = json.loads((out / "data_parallel" / "results.json").read_text())
+    results = read_results(out / "data_parallel")
     assert results["runtime"]["distribute"] == "data_parallel" and results["runtime"]["replicas"] == 2
     # Online: the frozen teacher labels every batch inside the SPMD step.
     assert_same_chain(out / "none", out / "data_parallel")
@@ -142,12 +132,7 @@ def test_jax_data_parallel_trains_the_one_device_online_chain(two_devices):
 
 def exit_line(capsys, *flags: str) -> str:
     """run.py's exit code 2 and its one line on stderr."""
-    with pytest.raises(SystemExit) as exit_:
-        run_cli("--depth=8", "--epochs=1", "--generations=1", "--verbose=0", *flags)
-    assert exit_.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
+    return refusal(capsys, "--depth=8", "--epochs=1", "--generations=1", "--verbose=0", *flags)
 
 
 CLUSTER = {"worker": ["localhost:12345", "localhost:23456"]}

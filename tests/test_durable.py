@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from helpers import (
+    RELABEL_FIGURES,
+    comparable,
+    error_lines,
+    listing,
+    python_stderr,
+    read_results,
+    refusal,
+    run_cli,
+    run_subprocess,
+    trained_generations,
+)
+
+from krefinery import faults
 
 CHAIN = (
     "--depth=8", "--epochs=2", "--generations=3", "--batch_size=32", "--warmup_epochs=0",
@@ -23,10 +34,9 @@ CHAIN = (
 
 def killed_at(point: str, workdir: Path, models: Path) -> None:
     """`python run.py` in a fresh process that SIGKILLs itself at a named point."""
-    env = {**os.environ, "KREFINERY_KILL_AT": point}
-    result = subprocess.run(
-        [sys.executable, "run.py", *CHAIN, f"--workdir={workdir}", f"--export_dir={models}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    result = run_subprocess(
+        *CHAIN, f"--workdir={workdir}", f"--export_dir={models}",
+        cwd=workdir.parent, env={faults.KILL_AT: point}, timeout=600,
     )
     assert result.returncode == -9, result.stderr[-3000:]
 
@@ -38,28 +48,6 @@ def run_here(workdir: Path, models: Path, *extra: str) -> int:
     except SystemExit as exit_:
         return exit_.code
     return 0
-
-
-def comparable(results: dict) -> dict:
-    """results.json without what differs between two runs of the same chain: the folders
-    they write to, and timings."""
-    results = json.loads(json.dumps(results))
-    results.pop("checksum", None)  # A digest of all the rest, folders and timings included.
-    for key in ("workdir", "exports"):
-        results.pop(key)
-    for key in ("workdir", "export_dir"):
-        results["config"].pop(key)
-    for generation in results["generations"]:
-        generation.pop("seconds")
-    return results
-
-
-def read_results(workdir: Path) -> dict:
-    return json.loads((workdir / "results.json").read_text())
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +81,7 @@ def test_killed_anywhere_the_same_command_finishes_the_same_run(reference, tmp_p
     # Exactly one version; the killed export's temporary folder is gone.
     assert [p.name for p in (models / "digits").iterdir()] == ["1"]
     assert results["exports"] == {"best": str(models / "digits" / "1")}
-    trained = [json.loads(line) for line in (store / "trained.jsonl").read_text().splitlines()]
-    assert [entry["generation"] for entry in trained] == [1, 2, 3]
+    assert [entry["generation"] for entry in trained_generations(workdir)] == [1, 2, 3]
     assert not list(store.glob("*.ckpt*")), "checkpoints of stored generations are removed"
 
     # A finished run, rerun: its table again, nothing trained or exported.
@@ -128,20 +115,22 @@ def small_disk(path: Path, size: str):
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def test_out_of_disk_space_is_one_line_and_the_same_command_resumes(
-    reference, tmp_path, monkeypatch, capsys
-):
+def test_out_of_disk_space_is_one_line_and_the_same_command_resumes(reference, tmp_path):
     """A 1 MB tmpfs fills up as generation 1 writes its second checkpoint (or, where
     mounting is not allowed, ENOSPC is injected at that write); a one-generation chain,
-    whose generation 1 is the reference's."""
+    whose generation 1 is the reference's. The run that fills the disk is the exit 4
+    smoke test: a real process, as a shell runs it; the rerun runs in this one."""
     disk, models = tmp_path / "disk", tmp_path / "models"
     workdir = disk / "run"
     store = workdir / "generations"
     with small_disk(disk, "1m") as real:
-        if not real:
-            monkeypatch.setenv("KREFINERY_ENOSPC_AT", "ckpt-2.npz")
-        assert run_here(workdir, models, "--generations=1") == 4
-        (line,) = error_lines(capsys.readouterr().err)
+        result = run_subprocess(
+            *CHAIN, "--generations=1", f"--workdir={workdir}", f"--export_dir={models}",
+            cwd=tmp_path, env={} if real else {faults.ENOSPC_AT: "ckpt-2.npz"}, timeout=600,
+        )
+        assert result.returncode == 4, result.stderr[-3000:]
+        (line,) = python_stderr(result.stderr)
+        assert line.startswith("error: ") and "Traceback" not in result.stderr
         assert "no space left" in line and str(workdir) in line and "rerun the same command" in line
         assert not list(store.glob(".tmp-*")), "a temporary file was left behind"
         for path in [*store.glob("*.json"), *workdir.glob("*.json")]:
@@ -156,16 +145,22 @@ def test_out_of_disk_space_is_one_line_and_the_same_command_resumes(
         results = comparable(read_results(workdir))
     (alone,), first = results["generations"], comparable(reference)["generations"][0]
     # The last generation hands no labels on: its fit is evaluated, not read off a relabel.
-    assert (alone.pop("refined_label_disagreement"), first.pop("refined_label_disagreement")) == (None, pytest.approx(1 - first["train_accuracy_unaugmented"]))
-    assert alone.pop("train_accuracy_unaugmented") == pytest.approx(first.pop("train_accuracy_unaugmented"), abs=1e-6)
+    disagreement, fit = RELABEL_FIGURES
+    assert (alone.pop(disagreement), first.pop(disagreement)) == (None, pytest.approx(1 - first[fit]))
+    assert alone.pop(fit) == pytest.approx(first.pop(fit), abs=1e-6)
     assert alone == first
     assert results["finished"] is True
 
 
-def test_a_diverging_chain_stops_with_one_line_and_exports_nothing_of_it(tmp_path, capsys):
+def test_a_diverging_chain_stops_with_one_line_and_exports_nothing_of_it(tmp_path):
+    """Also the exit 3 smoke test: a real process, as a shell runs it."""
     workdir, models = tmp_path / "run", tmp_path / "models"
-    assert run_here(workdir, models, "--learning_rate=1e4") == 3
-    (line,) = error_lines(capsys.readouterr().err)
+    result = run_subprocess(
+        *CHAIN, "--learning_rate=1e4", f"--workdir={workdir}", f"--export_dir={models}", cwd=tmp_path, timeout=600
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    (line,) = python_stderr(result.stderr)
+    assert line.startswith("error: ") and "Traceback" not in result.stderr
     assert "generation 1 diverged in epoch 1" in line and "--learning_rate" in line
     results = read_results(workdir)
     assert results["diverged"] == {"generation": 1, "epoch": 1}
@@ -224,13 +219,10 @@ def test_label_figures_of_non_finite_labels_do_not_read_as_clean():
 
 def test_a_workdir_holding_a_run_with_other_settings_is_refused_naming_the_flags(reference, capsys):
     workdir = Path(reference["workdir"])
-    before = sorted(p.name for p in workdir.rglob("*"))
-    with pytest.raises(SystemExit) as exit_:
-        run_cli(*CHAIN, "--epochs=3", "--seed=1", f"--workdir={workdir}")
-    assert exit_.value.code == 2
-    (line,) = error_lines(capsys.readouterr().err)
+    before = listing(workdir)
+    line = refusal(capsys, *CHAIN, "--epochs=3", "--seed=1", f"--workdir={workdir}")
     assert "--epochs=2 there, --epochs=3 here" in line and "--seed=0 there, --seed=1 here" in line
-    assert sorted(p.name for p in workdir.rglob("*")) == before
+    assert listing(workdir) == before
 
 
 def test_two_default_workdirs_made_in_the_same_second_differ(tmp_path):

@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
-from test_durable import comparable, read_results
+from helpers import ROOT, comparable, read_results, run_cli
 
 from krefinery import files
 from krefinery.errors import Damaged

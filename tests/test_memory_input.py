@@ -17,9 +17,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from helpers import ROOT, comparable, read_results, run_cli
 from test_arrays import BLOCK_TENSORFLOW
-from test_durable import comparable, read_results
 
 # Enough epochs for ResNet-8 to reach the digits bar (95% of the held-out images).
 BAR = ("--depth=8", "--epochs=4", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0", "--precision=float32")

@@ -4,9 +4,6 @@ offline and online, through the store, a kill -9, the export, predict and a sear
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -14,11 +11,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, run_cli
+from helpers import (
+    RELABEL_FIGURES,
+    comparable_generation,
+    digits_test_batch,
+    hparams_table,
+    read_results,
+    run_cli,
+    run_subprocess,
+    serve,
+    trained_generations,
+)
 
+from krefinery import faults
 from krefinery.config import Architecture, Config, Refinement
 from krefinery.core.resnet import build_resnet
-from krefinery.data.sources import load_source
 from krefinery.outputs import report
 
 REFINERY, STUDENT = Architecture(14, 1, 1), Architecture(8, 1, 1)
@@ -29,20 +36,6 @@ ONLINE = (
     "--batch_size=128", "--val_fraction=0.5", "--warmup_epochs=0", "--verbose=0",
     "--precision=float32",
 )
-
-
-def read_results(workdir: Path) -> dict:
-    return json.loads((workdir / "results.json").read_text())
-
-
-def comparable(generation: dict) -> dict:
-    """A results.json generation without its timing and the figures that depend on whether
-    it relabelled for a next generation (its chain's last does not)."""
-    return {
-        k: v
-        for k, v in generation.items()
-        if k not in ("seconds", "refined_label_disagreement", "train_accuracy_unaugmented")
-    }
 
 
 def model(architecture: Architecture, weights: Path | None = None) -> keras.Model:
@@ -65,12 +58,9 @@ def assert_holds(weights: Path, architecture: Architecture, other: Architecture)
 
 def assert_serves(export: Path, architecture: Architecture, weights: Path) -> None:
     """The SavedModel gives the probabilities of a model of `architecture` holding `weights`."""
-    batch = {"image": load_source("digits").test.images[:16]}
-    served = tf.saved_model.load(os.fspath(export)).signatures["serving_default"](
-        images=tf.constant(batch["image"])
-    )
-    expected = keras.ops.softmax(model(architecture, weights)(batch["image"], training=False))
-    np.testing.assert_allclose(served["probabilities"].numpy(), np.asarray(expected), atol=1e-5)
+    images = digits_test_batch(16)["image"]
+    expected = keras.ops.softmax(model(architecture, weights)(images, training=False))
+    np.testing.assert_allclose(serve(export, images)["probabilities"], np.asarray(expected), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +98,7 @@ def test_killed_in_generation_2_the_same_command_finishes_the_same_run(online_ru
     the same store keys)."""
     workdir, models = tmp_path / "run", tmp_path / "models"
     args = (*ONLINE, "--generations=2", f"--workdir={workdir}", f"--export_dir={models}")
-    env = {**os.environ, "KREFINERY_KILL_AT": "gen2.epoch2.batch2"}
-    killed = subprocess.run(
-        [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    killed = run_subprocess(*args, cwd=tmp_path, env={faults.KILL_AT: "gen2.epoch2.batch2"}, timeout=600)
     assert killed.returncode == -9, killed.stderr[-3000:]
     store = workdir / "generations"
     (state,) = [json.loads(p.read_text()) for p in store.glob("*.ckpt.json")]
@@ -120,13 +107,12 @@ def test_killed_in_generation_2_the_same_command_finishes_the_same_run(online_ru
 
     run_cli(*args)
     resumed, reference = read_results(workdir), online_run["results"]
-    assert [comparable(g) for g in resumed["generations"]] == [
-        comparable(g) for g in reference["generations"][:2]
+    assert [comparable_generation(g, *RELABEL_FIGURES) for g in resumed["generations"]] == [
+        comparable_generation(g, *RELABEL_FIGURES) for g in reference["generations"][:2]
     ]
     last, same = resumed["generations"][1], reference["generations"][1]
     assert last["train_accuracy_unaugmented"] == pytest.approx(same["train_accuracy_unaugmented"], abs=1e-6)
-    trained = [json.loads(line) for line in (store / "trained.jsonl").read_text().splitlines()]
-    assert [entry["generation"] for entry in trained] == [1, 2]
+    assert [entry["generation"] for entry in trained_generations(workdir)] == [1, 2]
     assert resumed["finished"] and resumed["best_generation"] == 1
 
 
@@ -141,18 +127,13 @@ def test_offline_search_shares_one_refinery_and_exports_it_when_it_is_best(tmp_p
         f"--export_dir={tmp_path / 'models'}",
     )
     record = json.loads((tmp_path / "search" / "tuning.json").read_text())
-    trained = [
-        json.loads(line)
-        for line in (tmp_path / "search" / "generations" / "trained.jsonl").read_text().splitlines()
-    ]
+    trained = trained_generations(tmp_path / "search")
     assert sorted((g["generation"], g["temperature"]) for g in trained) == [(1, None), (2, 50.0), (2, 100.0)]
     assert record["best"]["generations"] == 1, record["trials"]
     weights = tmp_path / "search" / record["best"]["weights"]
     assert_holds(weights, REFINERY, STUDENT)
     assert_serves(Path(record["best"]["export"]), REFINERY, weights)
     # The HParams dashboard shows each trial's refinery with its T and alpha.
-    from test_tuning import hparams_table
-
     experiment, groups = hparams_table(tmp_path / "search" / "tensorboard")
     refinery = {"refinery_depth": 14, "refinery_width": 1, "refinery_version": 1}
     for t in record["trials"]:
@@ -165,7 +146,7 @@ def test_offline_search_shares_one_refinery_and_exports_it_when_it_is_best(tmp_p
     from krefinery.commands.predict import predict_files
 
     image = tmp_path / "digit.png"
-    batch = {"image": load_source("digits").test.images[:1]}
+    batch = digits_test_batch(1)
     image.write_bytes(tf.io.encode_png(batch["image"][0]).numpy())
     (name, top), = predict_files(record["best"]["export"], [image], top_k=1)
     logits = model(REFINERY, weights)(batch["image"], training=False)

@@ -4,8 +4,8 @@ such line too, never a traceback. Nothing here reads data or trains."""
 
 from __future__ import annotations
 
+import helpers
 import pytest
-from conftest import run_cli
 
 TINY = ("--depth=8", "--epochs=1", "--generations=2", "--batch_size=32", "--verbose=0")
 COMMANDS = {
@@ -16,15 +16,8 @@ COMMANDS = {
 
 
 def refusal(capsys, *args: str) -> str:
-    """The one error line of a command that exits 2, having written nothing."""
-    with pytest.raises(SystemExit) as exit_:
-        run_cli(*TINY, *args)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
+    """The one error line of a tiny command with `args`, which exits 2."""
+    return helpers.refusal(capsys, *TINY, *args)
 
 
 @pytest.mark.parametrize("kind", COMMANDS)
@@ -66,7 +59,7 @@ def test_a_folder_in_use_is_refused_naming_the_holder_and_a_killed_holder_is_tak
     import sys
     import time
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     from krefinery.config import Config
     from krefinery.outputs import workdirs

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import tensorflow as tf
 
-from krefinery.config import Config
 from krefinery.core.relabel import INFERENCE_BATCH_SIZE
 from krefinery.data.feed import DataInfo
-from krefinery.data.sources import Arrays, Source, load_source
+from krefinery.data.sources import Arrays, Source
 from krefinery.data.splits import TEST, TRAIN, VAL, source_roles, steps_per_epoch
 
 if TYPE_CHECKING:
@@ -45,18 +44,6 @@ class Splits(DataInfo):
     train: tf.data.Dataset
     val: tf.data.Dataset
     test: tf.data.Dataset
-
-
-def load_splits(config: Config) -> Splits:
-    """The run's data: `--dataset` loaded, every file checked, split, and checked against
-    the batch size. Bad data raises `UserError` here, before anything trains.
-    """
-    source = load_source(
-        config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw
-    )
-    splits = make_splits(source, config.val_fraction, config.resolved_split_seed)
-    config.check_batch_size(splits.num_train)
-    return splits
 
 
 def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:

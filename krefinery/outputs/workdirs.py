@@ -136,14 +136,20 @@ def claim(config: Config, kind: Kind, workdir: Path | None, exclusive: bool = Tr
     read: a second process that claims it is refused at once with one line naming the
     holder, on this host or another that shares the folder where the file system's
     locks reach it. The lock goes with its process, so a killed run leaves nothing to
-    clear: the next claim takes it. A command refused before it `mark`s the folder
-    leaves it as it found it (a folder it made is removed). `exclusive=False` (the
-    processes of one distributed search) shares the folder.
+    clear: the next claim takes it. A command that ends before it `mark`s the folder
+    (refused, say) leaves it as it found it: the folders it made are removed.
+    `exclusive=False` (the processes of one distributed search) shares the folder.
     """
-    made = workdir is None or not workdir.exists()
+    # The folders this claim makes (the work directory and any missing parents), deepest
+    # first: what a command that ends before it marks its folder takes away again.
+    target = workdir if workdir is not None else _default_path(config, kind.prefix)
+    made = [folder for folder in target.parents if not folder.exists()]
     if workdir is None:
-        workdir = _create_default(config, kind.prefix)
+        workdir = _create_default(target)  # Always new: `target`, or `target-<n>`.
+        made.insert(0, workdir)
     else:
+        if not workdir.exists():
+            made.insert(0, workdir)
         try:
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -156,20 +162,22 @@ def claim(config: Config, kind: Kind, workdir: Path | None, exclusive: bool = Tr
             stack.enter_context(_locked(lock, workdir))
         try:
             yield held
-        except UserError:
+        except BaseException:  # Refused, failed or stopped before it was this work's.
             if not held.marked:
-                _unmake(workdir, made, lock if exclusive and not had_lock else None)
+                _unmake(made, lock if exclusive and not had_lock else None)
             raise
 
 
-def _unmake(workdir: Path, made: bool, lock: Path | None) -> None:
-    """Leaves a refused command's folder as it was: gone if it was made here and holds
-    nothing else, else without the lock file made here."""
+def _unmake(made: list[Path], lock: Path | None) -> None:
+    """Takes away what a claim made (the lock file, then the folders, deepest first),
+    where nothing else has been put there since."""
     if lock is not None:
         lock.unlink(missing_ok=True)
-    if made:
-        with contextlib.suppress(OSError):
-            workdir.rmdir()
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @contextlib.contextmanager
@@ -229,12 +237,16 @@ def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[s
     ]
 
 
-def _create_default(config: Config, prefix: str) -> Path:
-    """A new folder `runs/<prefix><dataset>-<time>[-<n>]`, made exclusively: two runs
-    started in the same second get two folders."""
+def _default_path(config: Config, prefix: str) -> Path:
+    """`runs/<prefix><dataset>-<time>`: where a default work directory goes."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.dataset.split(":")[0])
-    base = Path("runs") / f"{prefix}{name}-{stamp}"
+    return Path("runs") / f"{prefix}{name}-{stamp}"
+
+
+def _create_default(base: Path) -> Path:
+    """`base`, or `base-<n>` if it is taken, made exclusively: two runs started in the same
+    second get two folders."""
     base.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, 10_000):
         path = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
