@@ -29,14 +29,14 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
-from krefinery import faults
+from krefinery import faults, stops
 from krefinery.analysis import underfit
 from krefinery.chain.experiment import Experiment, prepare_experiment
 from krefinery.chain.store import GenerationStore, chain_keys
 from krefinery.config import Config, Refinement
 from krefinery.core.trainer import Trainer
 from krefinery.data.memory import InMemoryData, MemoryFeed
-from krefinery.errors import Diverged
+from krefinery.errors import Diverged, Interrupted
 
 Record = dict[str, Any]
 # Sees each relabel a run observes: (generation, the labels it trained on, those it hands on).
@@ -103,25 +103,40 @@ class ChainRunner:
         keys = self.keys(refinement)
         records = []
         for generation, key in enumerate(keys, start=1):
-            record = self.store.lookup(key)
-            trained = False
-            if record is None:
-                with self.store.lock(key):
-                    record = self.store.lookup(key)
-                    if record is None:
-                        self._give_labels(generation, keys, refinement)
-                        extra = list(callbacks(generation)) if callbacks else []
-                        record = self._train(generation, keys, refinement, extra)
-                        trained = True
-                        faults.reached(f"gen{generation}.stored")
-            record = {**record, "generation": generation, "key": key, "trained": trained}
-            records.append(record)
-            if on_generation is not None:
-                on_generation(record)
-            if record.get("diverged"):
-                break
-            faults.reached(f"gen{generation}.relabelled")
+            try:
+                stops.check()
+                record = self.store.lookup(key)
+                trained = False
+                if record is None:
+                    with self.store.lock(key):
+                        record = self.store.lookup(key)
+                        if record is None:
+                            self._give_labels(generation, keys, refinement)
+                            extra = list(callbacks(generation)) if callbacks else []
+                            record = self._train(generation, keys, refinement, extra)
+                            trained = True
+                            faults.reached(f"gen{generation}.stored")
+            except Interrupted as stop:
+                if self.store.lookup(key) is None:
+                    raise stop.locate(f"before generation {generation}", f"resumes at generation {generation}")
+                raise self._after(stop, generation, len(keys))
+            try:
+                record = {**record, "generation": generation, "key": key, "trained": trained}
+                records.append(record)
+                if on_generation is not None:
+                    on_generation(record)
+                if record.get("diverged"):
+                    break
+                faults.reached(f"gen{generation}.relabelled")
+            except Interrupted as stop:
+                raise self._after(stop, generation, len(keys))
         return records
+
+    @staticmethod
+    def _after(stop: Interrupted, generation: int, generations: int) -> Interrupted:
+        """A stop that hit once `generation` was stored."""
+        following = f"resumes at generation {generation + 1}" if generation < generations else "goes on from there"
+        return stop.locate(f"after generation {generation}", following)
 
     def stored(self, key: str, generation: int) -> Trainer:
         """A model of `generation`'s architecture holding the stored generation `key`,
@@ -165,6 +180,7 @@ class ChainRunner:
                 trainer.restore(self.store.checkpoint_arrays(key))
         initial_epoch = state["epoch"] if state else 0
         checkpoint = EpochCheckpoint(self.store, key, state)
+        guard = DivergenceGuard(generation)
         points = [FaultPoints(generation)] if faults.active() else []
         record: Record = {
             "generation": generation,
@@ -176,46 +192,63 @@ class ChainRunner:
         if config.verbose:
             resumed = f", resumed after epoch {initial_epoch}" if initial_epoch else ""
             print(f"Generation {generation}/{refinement.generations}{resumed}", flush=True)
-        try:
-            trainer.fit(
-                experiment.training_batches(generation, initial_epoch),
-                epochs=config.epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=experiment.steps_per_epoch,
-                validation_data=experiment.validation,
-                shuffle=False,  # The batches are shuffled, seeded.
-                # The guard before the checkpoint: a diverged epoch is never saved.
-                callbacks=[DivergenceGuard(generation), checkpoint, *points, *extra],
-                verbose=config.verbose,
+        with self._stops_located(generation, key, guard, initial_epoch):
+            try:
+                trainer.fit(
+                    experiment.training_batches(generation, initial_epoch),
+                    epochs=config.epochs,
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=experiment.steps_per_epoch,
+                    validation_data=experiment.validation,
+                    shuffle=False,  # The batches are shuffled, seeded.
+                    # The guard before the checkpoint: a diverged epoch is never saved.
+                    callbacks=[guard, checkpoint, StopCheck(), *points, *extra],
+                    verbose=config.verbose,
+                )
+            except Diverged as diverged:
+                record.update(diverged=True, epoch=diverged.epoch, seconds=checkpoint.elapsed())
+                self.store.store(key, None, record)
+                return record
+            figures = {}
+            if generation < refinement.generations:
+                figures = self._hand_on(generation, keys, refinement)
+            logs = checkpoint.logs
+            record.update(
+                val_accuracy=logs["val_accuracy"],
+                train_accuracy=logs["accuracy"],
+                train_label_agreement=logs["label_agreement"],
+                train_label_entropy=logs["label_entropy"],
+                seconds=checkpoint.elapsed(),
+                **figures,
             )
-        except Diverged as diverged:
-            record.update(diverged=True, epoch=diverged.epoch, seconds=checkpoint.elapsed())
-            self.store.store(key, None, record)
+            self.store.store(key, trainer.classifier, record)
+            self.store.log_training(
+                {
+                    "key": key,
+                    "generation": generation,
+                    "temperature": record["temperature"],
+                    "alpha": record["alpha"],
+                    "epochs": config.epochs - initial_epoch,
+                    "worker": self.worker,
+                }
+            )
             return record
-        figures = {}
-        if generation < refinement.generations:
-            figures = self._hand_on(generation, keys, refinement)
-        logs = checkpoint.logs
-        record.update(
-            val_accuracy=logs["val_accuracy"],
-            train_accuracy=logs["accuracy"],
-            train_label_agreement=logs["label_agreement"],
-            train_label_entropy=logs["label_entropy"],
-            seconds=checkpoint.elapsed(),
-            **figures,
-        )
-        self.store.store(key, trainer.classifier, record)
-        self.store.log_training(
-            {
-                "key": key,
-                "generation": generation,
-                "temperature": record["temperature"],
-                "alpha": record["alpha"],
-                "epochs": config.epochs - initial_epoch,
-                "worker": self.worker,
-            }
-        )
-        return record
+
+    @contextlib.contextmanager
+    def _stops_located(self, generation: int, key: str, guard: DivergenceGuard, initial_epoch: int):
+        """Says where a stop hit the generation in training: the epoch in flight, which
+        is abandoned (the same command redoes it from the last checkpoint, already on
+        disk: each one lands by rename), and the last epoch kept."""
+        try:
+            yield
+        except Interrupted as stop:
+            if self.store.lookup(key) is not None:
+                raise  # Stored already: `run` says so.
+            saved = self.store.checkpoint(key)
+            done = saved["epoch"] if saved else 0
+            epoch = min(max(guard.epoch, initial_epoch + 1), self.experiment.config.epochs)
+            resume = f"resumes from the end of epoch {done}" if done else f"starts generation {generation} again"
+            raise stop.locate(f"in generation {generation}, epoch {epoch}", resume)
 
     def _hand_on(self, generation: int, keys: list[str], refinement: Refinement) -> dict[str, Any]:
         """Labels for `generation + 1` from the model `generation` just trained; the
@@ -341,6 +374,14 @@ class DivergenceGuard(_InGeneration):
         weights = self.model.classifier.get_weights()
         if not all(np.isfinite(w).all() for w in weights):
             raise Diverged(self.generation, epoch + 1)
+
+
+class StopCheck(keras.callbacks.Callback):
+    """Raises a stop that a signal asked for and that did not get through, after every
+    batch (`stops.check`)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        stops.check()
 
 
 class FaultPoints(_InGeneration):

@@ -135,10 +135,11 @@ class GenerationStore:
             return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
     def drop_checkpoint(self, key: str) -> None:
-        state = self.checkpoint(key)
+        """The generation's checkpoint, and any array file of it that a stopped or
+        killed process left without its state (between the two writes)."""
         _remove(self._checkpoint_state(key))
-        if state is not None:
-            _remove(self.folder / state["weights"])
+        for arrays in self.folder.glob(f"{key}.ckpt-*.npz"):
+            _remove(arrays)
 
     def _checkpoint_state(self, key: str) -> Path:
         return self.folder / f"{key}.ckpt.json"

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping
 from krefinery import files
 from krefinery.chain.store import DEFAULT_RUNTIME
 from krefinery.config import Config, settings_of
-from krefinery.errors import UserError
+from krefinery.errors import Interrupted, UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +137,9 @@ def claim(config: Config, kind: Kind, workdir: Path | None, exclusive: bool = Tr
     holder, on this host or another that shares the folder where the file system's
     locks reach it. The lock goes with its process, so a killed run leaves nothing to
     clear: the next claim takes it. A command refused before it `mark`s the folder
-    leaves it as it found it (a folder it made is removed). `exclusive=False` (the
-    processes of one distributed search) shares the folder.
+    leaves it as it found it (a folder it made is removed), and so does one stopped by a
+    signal before then. `exclusive=False` (the processes of one distributed search)
+    shares the folder.
     """
     made = workdir is None or not workdir.exists()
     if workdir is None:
@@ -156,7 +157,7 @@ def claim(config: Config, kind: Kind, workdir: Path | None, exclusive: bool = Tr
             stack.enter_context(_locked(lock, workdir))
         try:
             yield held
-        except UserError:
+        except (UserError, Interrupted):
             if not held.marked:
                 _unmake(workdir, made, lock if exclusive and not had_lock else None)
             raise
