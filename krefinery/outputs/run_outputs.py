@@ -28,7 +28,7 @@ from krefinery.chain.store import GenerationStore
 from krefinery.core.refinement import generation_seed
 from krefinery.core.trainer import Trainer
 from krefinery.outputs import charts, report, summaries, workdirs
-from krefinery.outputs.export import export_once
+from krefinery.outputs.export import export_once, intact
 
 # The control mirrors generation 2: its seed and batches, the ground truth for labels.
 CONTROL_OF = 2
@@ -48,9 +48,9 @@ class RunOutputs:
         self.control: dict[str, Any] | None = None
         self.fit_check = underfit.FitCheck(self.config)
         previous = report.read_results(workdir) or {}
-        # Exports that landed before an interruption are kept, not made again.
+        # Exports that landed before an interruption are kept, not made again, if whole.
         self.exports: dict[str, str] = {
-            name: path for name, path in previous.get("exports", {}).items() if Path(path).is_dir()
+            name: path for name, path in previous.get("exports", {}).items() if intact(path)
         }
         tensorboard = workdir / "tensorboard"
         feed = experiment.feed
