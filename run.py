@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
+from krefinery import files, stops  # noqa: E402
 from krefinery.commands.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
 from krefinery.config import (  # noqa: E402
     DISTRIBUTES,
@@ -28,7 +29,7 @@ from krefinery.config import (  # noqa: E402
     RELABEL_MODES,
     Config,
 )
-from krefinery.errors import DiskFull, Diverged, SearchDiverged, UserError  # noqa: E402
+from krefinery.errors import DiskFull, Diverged, Interrupted, SearchDiverged, UserError  # noqa: E402
 
 _DEFAULTS = Config()
 
@@ -229,7 +230,28 @@ def fail(message: str) -> NoReturn:
 def main(argv: list[str]) -> None:
     """Exit codes: 0 done, 2 bad input (nothing written), 3 a generation diverged (with
     --tune: generation 1, so no trial produced a model),
-    4 out of disk space (rerun the same command to resume once space is freed)."""
+    4 out of disk space (rerun the same command to resume once space is freed),
+    130 and 143 stopped by SIGINT (Ctrl-C) or SIGTERM (rerun the same command to resume).
+
+    A signal stops the command cleanly: the epoch in flight is abandoned (the last
+    epoch's checkpoint is on disk), an export in flight leaves no version, and one line
+    says where it stopped. The handlers are this function's alone, restored on return.
+    """
+    with stops.on_signals():
+        try:
+            command(argv)
+            try:
+                stops.check()  # A stop swallowed on the way (see krefinery/stops.py).
+            except Interrupted as stop:
+                raise stop.locate("as the command finished", "prints its results again")
+        except Interrupted as stop:
+            print(stop, file=sys.stderr)
+            sys.exit(stop.exit_code)
+
+
+def command(argv: list[str]) -> None:
+    """What `main` runs: --predict, a study, a search or a run, with their errors as one
+    line and an exit code."""
     if not FLAGS["verbosity"].present:
         # absl's INFO default would print TensorFlow's SavedModel-writing chatter.
         absl_logging.set_verbosity(absl_logging.WARNING)
@@ -242,6 +264,8 @@ def main(argv: list[str]) -> None:
             predict(argv[1:])
         except UserError as error:
             fail(str(error))
+        except Interrupted as stop:
+            raise stop.locate("while predicting", "predicts again")
         return
     if len(argv) > 1:
         fail(
@@ -288,6 +312,13 @@ def main(argv: list[str]) -> None:
     except (UserError, DiskFull, SearchDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except Exception as error:
+        # A full disk that a writer reported its own way (TensorBoard's, say): exit 4 too.
+        full = files.disk_full(error)
+        if full is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
+        sys.exit(full.exit_code)
     print(report.format_table(results))
 
 

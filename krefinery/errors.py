@@ -3,6 +3,8 @@ and `Damaged`, a file that fails its check, which its reader handles without end
 
 from __future__ import annotations
 
+import signal
+
 
 class UserError(ValueError):
     """A mistake in the user's input: reported as one line, never as a traceback.
@@ -82,3 +84,50 @@ class SearchDiverged(RuntimeError):
         )
         self.workdir = workdir
         self.trials = trials
+
+
+class Interrupted(BaseException):
+    """A stop asked for by a signal (SIGINT: Ctrl-C; SIGTERM: Slurm, Kubernetes, a
+    preempted machine). `run.py` installs the handlers that raise it (`krefinery.stops`).
+
+    A `BaseException`, like `KeyboardInterrupt`, so that `except Exception` (keras-tuner's
+    failed trial, cleanup code) lets it through. Each layer it passes says where it was
+    (`locate`: the innermost wins; `within`: a trial, a repeat); `run.py` prints the
+    message and exits 128 + the signal's number, as a shell reports a signal.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.where: str | None = None
+        self.resume: str | None = None
+        self._within: list[str] = []
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    def locate(self, where: str, resume: str) -> Interrupted:
+        """Where the stop hit (`in generation 2, epoch 3`) and what the same command does
+        next (`resumes from the end of epoch 2`), unless an inner layer said so first."""
+        if self.where is None:
+            self.where, self.resume = where, resume
+        return self
+
+    def within(self, context: str) -> Interrupted:
+        """The work that was stopped (`trial 03`, `repeat 2`), outermost last."""
+        self._within.append(context)
+        return self
+
+    def __str__(self) -> str:
+        where = f" {self.where}" if self.where else ""
+        if self._within:
+            where += f" ({', '.join(self._within)})"
+        return f"interrupted by {self.signal_name}{where}; the same command {self.resume or 'resumes'}"

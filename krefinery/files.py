@@ -46,7 +46,7 @@ def atomic_write(path: os.PathLike | str, write: Callable[[Path], None]) -> Path
         os.replace(temporary, path)
     except OSError as error:
         _remove(temporary)
-        if _is_no_space(error):
+        if is_no_space(error):
             raise DiskFull(path) from None
         raise
     except BaseException:
@@ -159,7 +159,7 @@ def link_or_copy(source: Path, target: Path) -> Path:
         try:
             os.link(source, temporary)
         except OSError as error:
-            if _is_no_space(error):
+            if is_no_space(error):
                 raise
             shutil.copyfile(source, temporary)
 
@@ -221,7 +221,24 @@ def _plain_name(name: str) -> bool:
     return name not in ("", ".", "..") and not any(s in name for s in separators)
 
 
-def _is_no_space(error: OSError) -> bool:
+def disk_full(error: BaseException) -> DiskFull | None:
+    """`error` as `DiskFull` if it says the disk is full, whatever raised it: an OSError,
+    or TensorFlow's `ResourceExhaustedError` (`<path>; No space left on device`), as
+    its writers (SavedModel, TensorBoard) report it; else None."""
+    if isinstance(error, DiskFull):
+        return error
+    if isinstance(error, OSError) and is_no_space(error):
+        return DiskFull(error.filename or error)
+    text = str(getattr(error, "message", None) or error)
+    if type(error).__name__ == "ResourceExhaustedError" and (
+        "No space left" in text or "quota exceeded" in text
+    ):
+        return DiskFull(text.split("; ")[0] if "; " in text else text)
+    return None
+
+
+def is_no_space(error: OSError) -> bool:
+    """Whether `error` says the disk is full (ENOSPC) or a quota is reached (EDQUOT)."""
     # h5py reports a full disk as an OSError whose text carries the errno.
     return error.errno in _NO_SPACE or "No space left" in str(error) or "errno = 28" in str(error)
 

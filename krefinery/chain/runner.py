@@ -31,19 +31,19 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import numpy as np
 
-from krefinery import faults
+from krefinery import faults, stops
 from krefinery.analysis import underfit
 from krefinery.chain.experiment import Experiment, prepare_experiment
 from krefinery.chain.store import GenerationStore, chain_keys
 from krefinery.config import Config, Refinement
 from krefinery.core.trainer import Trainer
 from krefinery.data.memory import InMemoryData, MemoryFeed
-from krefinery.errors import Damaged, Diverged
+from krefinery.errors import Damaged, Diverged, Interrupted
 
 Record = dict[str, Any]
 # Sees each relabel a run observes: (generation, the labels it trained on, those it hands on).
@@ -112,25 +112,40 @@ class ChainRunner:
         keys = self.keys(refinement)
         records = []
         for generation, key in enumerate(keys, start=1):
-            record = self._lookup(generation, key)
-            trained = False
-            if record is None:
-                with self.store.lock(key):
-                    record = self._lookup(generation, key, repair=True)
-                    if record is None:
-                        self._give_labels(generation, keys, refinement)
-                        extra = list(callbacks(generation)) if callbacks else []
-                        record = self._train(generation, keys, refinement, extra)
-                        trained = True
-                        faults.reached(f"gen{generation}.stored")
-            record = {**record, "generation": generation, "key": key, "trained": trained}
-            records.append(record)
-            if on_generation is not None:
-                on_generation(record)
-            if record.get("diverged"):
-                break
-            faults.reached(f"gen{generation}.relabelled")
+            try:
+                stops.check()
+                record = self._lookup(generation, key)
+                trained = False
+                if record is None:
+                    with self.store.lock(key):
+                        record = self._lookup(generation, key, repair=True)
+                        if record is None:
+                            self._give_labels(generation, keys, refinement)
+                            extra = list(callbacks(generation)) if callbacks else []
+                            record = self._train(generation, keys, refinement, extra)
+                            trained = True
+                            faults.reached(f"gen{generation}.stored")
+            except Interrupted as stop:
+                if self._lookup(generation, key) is None:
+                    raise stop.locate(f"before generation {generation}", f"resumes at generation {generation}")
+                raise self._after(stop, generation, len(keys))
+            try:
+                record = {**record, "generation": generation, "key": key, "trained": trained}
+                records.append(record)
+                if on_generation is not None:
+                    on_generation(record)
+                if record.get("diverged"):
+                    break
+                faults.reached(f"gen{generation}.relabelled")
+            except Interrupted as stop:
+                raise self._after(stop, generation, len(keys))
         return records
+
+    @staticmethod
+    def _after(stop: Interrupted, generation: int, generations: int) -> Interrupted:
+        """A stop that hit once `generation` was stored."""
+        following = f"resumes at generation {generation + 1}" if generation < generations else "goes on from there"
+        return stop.locate(f"after generation {generation}", following)
 
     def _lookup(self, generation: int, key: str, repair: bool = False) -> Record | None:
         """`generation`'s stored record, or None: not trained, or damaged. With `repair`
@@ -198,6 +213,7 @@ class ChainRunner:
                 trainer.restore(arrays)
         initial_epoch = state["epoch"] if state else 0
         checkpoint = EpochCheckpoint(self.store, key, state)
+        guard = DivergenceGuard(generation)
         points = [FaultPoints(generation)] if faults.active() else []
         record: Record = {
             "generation": generation,
@@ -209,48 +225,68 @@ class ChainRunner:
         if config.verbose:
             resumed = f", resumed after epoch {initial_epoch}" if initial_epoch else ""
             print(f"Generation {generation}/{refinement.generations}{resumed}", flush=True)
-        try:
-            trainer.fit(
-                experiment.training_batches(generation, initial_epoch),
-                epochs=config.epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=experiment.steps_per_epoch,
-                validation_data=experiment.validation,
-                shuffle=False,  # The batches are shuffled, seeded.
-                # The guard before the checkpoint: a diverged epoch is never saved.
-                callbacks=[DivergenceGuard(generation), checkpoint, *points, *extra],
-                verbose=config.verbose,
+        with self._stops_located(generation, key, guard, initial_epoch):
+            try:
+                trainer.fit(
+                    experiment.training_batches(generation, initial_epoch),
+                    epochs=config.epochs,
+                    initial_epoch=initial_epoch,
+                    steps_per_epoch=experiment.steps_per_epoch,
+                    validation_data=experiment.validation,
+                    shuffle=False,  # The batches are shuffled, seeded.
+                    # The guard before the checkpoint: a diverged epoch is never saved.
+                    callbacks=[guard, checkpoint, StopCheck(), *points, *extra],
+                    verbose=config.verbose,
+                )
+            except Diverged as diverged:
+                record.update(diverged=True, epoch=diverged.epoch, seconds=checkpoint.elapsed())
+                if generation > 1 and not self._labels_finite(trainer):
+                    record["labels_not_finite"] = True
+                self.store.store(key, None, record)
+                return record
+            figures = {}
+            if generation < refinement.generations:
+                figures = self._hand_on(generation, keys, refinement)
+            logs = checkpoint.logs
+            record.update(
+                val_accuracy=logs["val_accuracy"],
+                train_accuracy=logs["accuracy"],
+                train_label_agreement=logs["label_agreement"],
+                train_label_entropy=logs["label_entropy"],
+                seconds=checkpoint.elapsed(),
+                **figures,
             )
-        except Diverged as diverged:
-            record.update(diverged=True, epoch=diverged.epoch, seconds=checkpoint.elapsed())
-            if generation > 1 and not self._labels_finite(trainer):
-                record["labels_not_finite"] = True
-            self.store.store(key, None, record)
+            self.store.store(key, trainer.classifier, record)
+            self.store.log_training(
+                {
+                    "key": key,
+                    "generation": generation,
+                    "temperature": record["temperature"],
+                    "alpha": record["alpha"],
+                    "epochs": config.epochs - initial_epoch,
+                    "worker": self.worker,
+                }
+            )
             return record
-        figures = {}
-        if generation < refinement.generations:
-            figures = self._hand_on(generation, keys, refinement)
-        logs = checkpoint.logs
-        record.update(
-            val_accuracy=logs["val_accuracy"],
-            train_accuracy=logs["accuracy"],
-            train_label_agreement=logs["label_agreement"],
-            train_label_entropy=logs["label_entropy"],
-            seconds=checkpoint.elapsed(),
-            **figures,
-        )
-        self.store.store(key, trainer.classifier, record)
-        self.store.log_training(
-            {
-                "key": key,
-                "generation": generation,
-                "temperature": record["temperature"],
-                "alpha": record["alpha"],
-                "epochs": config.epochs - initial_epoch,
-                "worker": self.worker,
-            }
-        )
-        return record
+
+    @contextlib.contextmanager
+    def _stops_located(self, generation: int, key: str, guard: DivergenceGuard, initial_epoch: int) -> Iterator[None]:
+        """Says where a stop hit the generation in training: the epoch in flight, which
+        is abandoned (the same command redoes it from the last checkpoint, already on
+        disk: each one lands by rename), and the last epoch kept."""
+        try:
+            yield
+        except Interrupted as stop:
+            if self._lookup(generation, key) is not None:
+                raise  # Stored already: `run` says so.
+            try:
+                saved, _ = self.store.checkpoint(key) or (None, None)
+            except Damaged:
+                saved = None
+            done = saved["epoch"] if saved else 0
+            epoch = min(max(guard.epoch, initial_epoch + 1), self.experiment.config.epochs)
+            resume = f"resumes from the end of epoch {done}" if done else f"starts generation {generation} again"
+            raise stop.locate(f"in generation {generation}, epoch {epoch}", resume)
 
     def _labels_finite(self, trainer: Trainer) -> bool:
         """Whether the labels `trainer` trained on are finite for every training example:
@@ -362,6 +398,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
             [keras.ops.convert_to_numpy(v) for v in self.model.training_state()],
             {"epoch": epoch + 1, "logs": self.logs, "seconds": self.elapsed()},
         )
+
+
+class StopCheck(keras.callbacks.Callback):
+    """Raises a stop that a signal asked for and that did not get through, after every
+    batch (`stops.check`)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        stops.check()
 
 
 class _InGeneration(keras.callbacks.Callback):

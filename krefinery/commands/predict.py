@@ -28,14 +28,20 @@ def load_serving(
     """The loaded export (call `.signatures["serving_default"]`), class names and image shape.
 
     The loaded object is returned, not just its signature, because the signature's
-    variables are only kept alive by it. `on_note` hears of incomplete versions skipped.
+    variables are only kept alive by it. `on_note` hears of incomplete or damaged
+    versions skipped.
     """
     path, skipped = resolve_model_path(model)
     if skipped and on_note is not None:
-        on_note(
-            f"--model={model}: skipped incomplete version(s) {', '.join(skipped)} "
-            f"(no saved_model.pb or variables); using version {path.name}."
-        )
+        # Versions with the same problem together: "incomplete version(s) 3, 2 (no ...)".
+        problems: dict[str, list[str]] = {}
+        for name, problem in skipped:
+            problems.setdefault(problem, []).append(name)
+        listed = []
+        for problem, names in problems.items():
+            kind, _, detail = problem.partition(": ")
+            listed.append(f"{kind} version(s) {', '.join(names)} ({detail})")
+        on_note(f"--model={model}: skipped {', '.join(listed)}; using version {path.name}.")
     try:
         loaded = tf.saved_model.load(os.fspath(path))
     # TensorFlow's checkpoint reader reports a cut variables file as an IndexError.

@@ -35,6 +35,7 @@ from typing import Any
 from krefinery.chain.experiment import check_data
 from krefinery.commands import train
 from krefinery.config import Config
+from krefinery.errors import Interrupted
 from krefinery.outputs import export, report, study_report, workdirs
 
 REPEAT_DIR = "repeat_{}"
@@ -75,7 +76,10 @@ def _study(config: Config, root: Path) -> dict[str, Any]:
         own = repeat_config(config, repeat, root)
         if config.verbose:
             print(f"Repeat {repeat + 1}/{config.repeats} (seed {own.seed})", flush=True)
-        results = train.train_and_evaluate(own)
+        try:
+            results = train.train_and_evaluate(own)
+        except Interrupted as stop:
+            raise stop.within(f"repeat {repeat + 1} of {config.repeats}")
         runs.append(results)
         if config.verbose:
             print(report.format_table(results), flush=True)

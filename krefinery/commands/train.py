@@ -20,7 +20,7 @@ from krefinery.chain.store import GenerationStore
 from krefinery.config import Config
 from krefinery.errors import Damaged, Diverged
 from krefinery.outputs import report, workdirs
-from krefinery.outputs.export import prepare_export_dir
+from krefinery.outputs.export import intact, prepare_export_dir
 from krefinery.outputs.run_outputs import CONTROL_OF, RunOutputs
 
 STORE = "generations"
@@ -74,7 +74,8 @@ def _run(experiment: Experiment, workdir: Path) -> dict[str, Any]:
 
 
 def _finished(workdir: Path) -> dict[str, Any] | None:
-    """The results of a finished run whose exports are all still there, else None.
+    """The results of a finished run whose exports are all still there and whole (their
+    files match their manifests), else None: the run then exports again what is not.
 
     A `results.json` that fails its checksum (cut, edited, or from before checksums) is
     said in one line and counts as absent: the run then rebuilds it from its store,
@@ -86,7 +87,7 @@ def _finished(workdir: Path) -> dict[str, Any] | None:
         return None
     if results is None or not results.get("finished"):
         return None
-    if not all(Path(path).is_dir() for path in results.get("exports", {}).values()):
+    if not all(intact(path) for path in results.get("exports", {}).values()):
         return None
     return results
 

@@ -27,7 +27,7 @@ from krefinery.chain.store import GenerationStore
 from krefinery.commands.search_space import TuneConfig
 from krefinery.config import Config, Refinement
 from krefinery.data.feed import DataInfo
-from krefinery.errors import Damaged, DiskFull, SearchDiverged, UserError
+from krefinery.errors import Damaged, DiskFull, Interrupted, SearchDiverged, UserError
 from krefinery.outputs import report, summaries, workdirs
 from krefinery.outputs.export import export_once, prepare_export_dir
 
@@ -107,6 +107,10 @@ class ChainTuner(kt.Tuner):
             records = self.runner.run(refinement)
         except (DiskFull, UserError) as error:
             raise kt.errors.FatalError(str(error)) from error  # Not a failed trial: stop.
+        except Interrupted as stop:
+            # Not an Exception, so keras-tuner records nothing: the trial stays in flight,
+            # and the oracle gives it again when the search is resumed.
+            raise stop.within(f"trial {trial.trial_id}")
         finished = [r for r in records if not r.get("diverged")]
         diverged = [r["generation"] for r in records if r.get("diverged")]
         trained = sum(self.config.epochs for r in records if r["trained"])

@@ -6,26 +6,38 @@ a server watching `<export_dir>/<name>/` sees a whole model or none: TF Serving 
 loads folders whose name is an integer. A version holds a SavedModel with its serving
 signature (`savedmodel.py`); where TensorFlow is not installed, it holds the model as
 `model.keras` instead (Keras's own format), since only TensorFlow writes SavedModels.
+
+Each version carries a manifest, written last into the temporary folder:
+`assets.extra/krefinery.json` holds the `source` the version was exported from (a run's
+work directory and stored generation) and the size and SHA-256 of every other file of
+the version. A version whose files no longer match it (a lost `variables/`, a file cut
+short) is damaged: it is never reused, and never overwritten or deleted (a server may
+hold it); the model is exported again as the next version (`export_once`), and
+`--predict` passes it over (`resolve_model_path`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
 import socket
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import keras
 
-from krefinery import faults
+from krefinery import faults, stops
 from krefinery.config import EXPORT_NAME, Config
-from krefinery.errors import DiskFull, UserError
-from krefinery.files import pid_alive
+from krefinery.errors import DiskFull, Interrupted, UserError
+from krefinery.files import is_no_space, pid_alive
 from krefinery.runtime.device import tensorflow_installed
 
 SIGNATURE = "serving_default"
@@ -33,6 +45,9 @@ INPUT_NAME = "images"
 KERAS_MODEL = "model.keras"  # A version's model where TensorFlow is not installed.
 TEMP_PREFIX = ".tmp-export-"
 SOURCE_FILE = "krefinery.json"
+# A version's manifest (its source, and every other file's size and SHA-256), in the
+# folder TF Serving leaves alone.
+MANIFEST = f"assets.extra/{SOURCE_FILE}"
 
 
 def default_export_name(dataset: str) -> str:
@@ -70,52 +85,68 @@ def export_classifier(
 ) -> Path:
     """Writes the next version of model `name`; returns `<export_dir>/<name>/<version>`.
 
-    On any failure the temporary folder is removed and no version appears; temporary
-    folders that killed processes left behind are removed first. If another process
-    takes the chosen version first, the next free one is used. `source` (say, the run
-    and generation exported) is kept in the version's `assets.extra/krefinery.json`, so
-    `find_export` can tell whether that model already landed.
+    On any failure the temporary folder is removed and no version appears (a full disk
+    is `DiskFull`); temporary folders that killed processes left behind are removed
+    first. If another process takes the chosen version first, the next free one is
+    used. `source` (say, the run and generation exported) is kept in the version's
+    manifest, so `find_export` can tell whether that model already landed.
     """
     model_dir = Path(export_dir) / check_export_name(name)
+    with _exporting(model_dir):
+        try:
+            model_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            if is_no_space(error):
+                raise DiskFull(model_dir) from None
+            raise UserError(f"cannot create export folder {model_dir}: {error.strerror}.") from None
+        if tensorflow_installed():
+            from krefinery.outputs.savedmodel import saved_model_writer
+
+            save = saved_model_writer(classifier, class_names, image_shape)
+        else:
+
+            def save(temp: Path) -> None:
+                classifier.save(temp / KERAS_MODEL)
+
+        def write(temp: Path) -> None:
+            temp.mkdir()
+            save(temp)
+
+        return land_version(model_dir, write, source)
+
+
+@contextlib.contextmanager
+def _exporting(model_dir: Path):
+    """Says where a stop (a signal) hit: during the export, which left no version."""
     try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create export folder {model_dir}: {error.strerror}.") from None
-    if tensorflow_installed():
-        from krefinery.outputs.savedmodel import saved_model_writer
-
-        save = saved_model_writer(classifier, class_names, image_shape)
-    else:
-
-        def save(temp: Path) -> None:
-            classifier.save(temp / KERAS_MODEL)
-
-    def write(temp: Path) -> None:
-        temp.mkdir()
-        save(temp)
-        if source is not None:
-            (temp / "assets.extra").mkdir(exist_ok=True)
-            (temp / "assets.extra" / SOURCE_FILE).write_text(json.dumps(dict(source)) + "\n")
-        faults.reached("export")
-
-    return land_version(model_dir, write)
+        yield
+    except Interrupted as stop:
+        raise stop.locate(f"during the export to {model_dir}", "exports the model")
 
 
-def land_version(model_dir: Path, write: Callable[[Path], None]) -> Path:
+def land_version(
+    model_dir: Path, write: Callable[[Path], None], source: Mapping[str, Any] | None = None
+) -> Path:
     """The next integer version of `model_dir`, filled by `write(temp)` in a hidden
     temporary folder beside the versions and renamed into place, so a server watching
     the folder never sees half a model; returns the version folder.
 
-    On any failure the temporary folder is removed and no version appears; temporary
-    folders that killed processes left behind are removed first. If another process
-    takes the chosen version first, the next free one is used. `write` makes the folder
-    itself: `mkdir` (not `mkdtemp`, whose 0700 would hide the model from a server's
-    user) honours the umask.
+    The manifest (`source` and every file's size and SHA-256) is written last, before
+    the rename. On any failure, a stop included, the temporary folder is removed and no
+    version appears; a full disk (TensorFlow's `ResourceExhaustedError` becomes ENOSPC
+    in `savedmodel.py`) is `DiskFull` naming `model_dir`. Temporary folders that killed
+    processes left behind are removed first. If another process takes the chosen
+    version first, the next free one is used. `write` makes the folder itself: `mkdir`
+    (not `mkdtemp`, whose 0700 would hide the model from a server's user) honours the
+    umask.
     """
     remove_stale_exports(model_dir)
     temp = model_dir / f"{TEMP_PREFIX}{socket.gethostname()}.{os.getpid()}-{secrets.token_hex(4)}"
     try:
         write(temp)
+        write_manifest(temp, source)
+        faults.reached("export")
+        stops.check()  # A stop whose raise was swallowed mid-write lands no version.
         while True:
             target = model_dir / str(max(versions(model_dir), default=0) + 1)
             try:
@@ -125,28 +156,124 @@ def land_version(model_dir: Path, write: Callable[[Path], None]) -> Path:
                 if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(temp) from None
+        if is_no_space(error):
+            raise DiskFull(model_dir) from None
         raise
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def find_export(model_dir: Path, source: Mapping[str, Any]) -> Path | None:
-    """The version of `model_dir` that was exported from `source`, if one landed."""
-    wanted = json.loads(json.dumps(dict(source)))
-    for version in reversed(versions(model_dir)):
-        if _read_source(model_dir / str(version)) == wanted:
-            return model_dir / str(version)
+def write_manifest(version_dir: Path, source: Mapping[str, Any] | None) -> None:
+    """`assets.extra/krefinery.json`: `source` and the size and SHA-256 of every other
+    file of the version, by path relative to it."""
+    manifest = version_dir / MANIFEST
+    listed = {}
+    for path in sorted(version_dir.rglob("*")):
+        if path.is_file() and path != manifest:
+            listed[path.relative_to(version_dir).as_posix()] = {
+                "size": path.stat().st_size,
+                "sha256": _sha256(path),
+            }
+    manifest.parent.mkdir(exist_ok=True)
+    record = {"source": None if source is None else dict(source), "files": listed}
+    manifest.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def version_problem(version_dir: Path) -> str | None:
+    """What is wrong with a version folder, or None if it is whole.
+
+    A version with a manifest is checked against it, file by file (size, then SHA-256);
+    one without (from an earlier krefinery, or another tool) must hold a SavedModel's
+    `saved_model.pb` and `variables/variables.index`, or a `model.keras`.
+    """
+    manifest = _read_manifest(version_dir)
+    if manifest is None:
+        if complete(version_dir) or (version_dir / KERAS_MODEL).is_file():
+            return None
+        return "incomplete: no saved_model.pb or variables"
+    for name, expected in manifest["files"].items():
+        path = version_dir / name
+        try:
+            size = path.stat().st_size if path.is_file() else None
+        except OSError:
+            size = None
+        if size is None:
+            return f"damaged: {name} is missing"
+        if size != expected.get("size") or _sha256(path) != expected.get("sha256"):
+            return f"damaged: {name} differs from the version's manifest"
     return None
 
 
-def _read_source(version_dir: Path) -> Any:
-    """What a version was exported from (its `assets.extra` marker), or None."""
+def intact(version_dir: str | os.PathLike) -> bool:
+    """Whether a landed version is there and whole (`version_problem`)."""
+    path = Path(version_dir)
+    return path.is_dir() and version_problem(path) is None
+
+
+def find_export(model_dir: Path, source: Mapping[str, Any]) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The whole version of `model_dir` exported from `source`, if one landed, and the
+    damaged versions exported from it (newest first) with what is wrong with them."""
+    wanted = json.loads(json.dumps(dict(source)))
+    damaged = []
+    for version in reversed(versions(model_dir)):
+        path = model_dir / str(version)
+        if _read_source(path) == wanted:
+            problem = version_problem(path)
+            if problem is None:
+                return path, damaged
+            damaged.append((path, problem))
+    return None, damaged
+
+
+def _land_once(
+    model_dir: Path, source: Mapping[str, Any], export: Callable[[], Path]
+) -> Path:
+    """The whole version of `model_dir` exported from `source`, else `export()`'s new one,
+    with one line on stderr if the newest version from `source` was damaged (left in place:
+    a server may hold it)."""
+    landed, damaged = find_export(model_dir, source)
+    if landed is not None:
+        return landed
+    path = export()
+    if damaged:
+        old, problem = damaged[0]
+        print(
+            f"warning: {old} is {problem}; it is left in place, and the model was exported "
+            f"again as {path}.",
+            file=sys.stderr,
+        )
+    return path
+
+
+def _read_manifest(version_dir: Path) -> dict[str, Any] | None:
+    """A version's manifest, or None if it has none (or one of an earlier krefinery, which
+    held the source alone)."""
+    record = _read_marker(version_dir)
+    if isinstance(record, dict) and isinstance(record.get("files"), dict) and "source" in record:
+        return record
+    return None
+
+
+def _read_marker(version_dir: Path) -> Any:
     try:
-        return json.loads((version_dir / "assets.extra" / SOURCE_FILE).read_text())
+        return json.loads((version_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+
+
+def _read_source(version_dir: Path) -> Any:
+    """What a version was exported from (its manifest's `source`; an earlier krefinery's
+    marker held the source alone), or None."""
+    manifest = _read_manifest(version_dir)
+    return manifest["source"] if manifest is not None else _read_marker(version_dir)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def remove_stale_exports(model_dir: Path) -> None:
@@ -170,27 +297,34 @@ def complete(version_dir: Path) -> bool:
     ).is_file()
 
 
-def resolve_model_path(path: str | os.PathLike) -> tuple[Path, list[str]]:
-    """A version folder as given, or, for a model folder, its highest complete version.
+def resolve_model_path(path: str | os.PathLike) -> tuple[Path, list[tuple[str, str]]]:
+    """A version folder as given, or, for a model folder, its highest whole version.
 
     Like a server, a model folder's incomplete versions (copied or written half-way by
-    another tool) are passed over; their names come back so the caller can say so.
+    another tool) are passed over, and so are damaged ones (`version_problem`: files
+    that no longer match the version's manifest); (name, problem) of each comes back so
+    the caller can say so. A version folder given itself is refused only if its files
+    do not match its manifest.
     """
     path = Path(path)
     if (path / "saved_model.pb").is_file():
+        problem = version_problem(path) if _read_manifest(path) is not None else None
+        if problem is not None:
+            raise UserError(f"--model={path} is {problem}; use another version.")
         return path, []
     if not path.exists():
         raise UserError(f"--model={path}: no such file or folder.")
     found = versions(path)
     skipped = []
     for version in reversed(found):
-        if complete(path / str(version)):
+        problem = version_problem(path / str(version))
+        if problem is None and complete(path / str(version)):
             return path / str(version), skipped
-        skipped.append(str(version))
+        skipped.append((str(version), problem or "incomplete: no saved_model.pb or variables"))
     if found:
         raise UserError(
             f"--model={path}: none of its versions ({', '.join(map(str, found))}) is a complete "
-            "SavedModel (saved_model.pb and variables/)."
+            "SavedModel (saved_model.pb and variables/) that matches its manifest."
         )
     raise UserError(
         f"--model={path} is not a SavedModel: expected a version folder holding saved_model.pb, "
@@ -234,10 +368,11 @@ def export_once(
     kill, finds it by its `source` marker), else a new one. So a run, a search or a study
     adds one version, however often it is run."""
     source = {"workdir": os.fspath(Path(workdir).resolve()), "key": key}
-    landed = find_export(model_folder(config, generation), source)
-    if landed is not None:
-        return landed
-    return export_generation(classifier, class_names, image_shape, config, generation, source)
+    return _land_once(
+        model_folder(config, generation),
+        source,
+        lambda: export_generation(classifier, class_names, image_shape, config, generation, source),
+    )
 
 
 def export_model_name(config: Config, generation: int | None = None) -> str:
@@ -259,8 +394,10 @@ def check_backend_exports() -> None:
 
 def prepare_export_dir(config: Config) -> Path:
     """`<export_dir>/<name>`, checked up front so that an unusable folder fails before
-    any data is read; nothing is created (export makes the folder), so a refused run
-    leaves nothing behind.
+    any data is read: a temporary folder is really created in the nearest existing
+    ancestor and removed (a permission check passes for root on `/proc`, where nothing
+    can be created). Nothing is left (export makes the folder), so a refused run leaves
+    nothing behind.
     """
     check_backend_exports()
     model_dir = model_folder(config)
@@ -275,9 +412,18 @@ def prepare_export_dir(config: Config) -> Path:
         raise UserError(f"{where}: {existing} is a file, so {model_dir} cannot be created.")
     if not existing.exists():
         raise UserError(f"{where}: cannot create {model_dir}: {existing} is a broken link.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == model_dir else f"cannot be created: {existing} is not writable"
-        raise UserError(f"{where}: {model_dir} {what}.")
+    try:
+        probe = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{socket.gethostname()}.{os.getpid()}-", dir=existing)
+        os.rmdir(probe)
+    except OSError as error:
+        if is_no_space(error):
+            raise DiskFull(model_dir) from None
+        if existing == model_dir:
+            raise UserError(f"{where}: {model_dir} is not writable ({error.strerror}).") from None
+        raise UserError(
+            f"{where}: {model_dir} cannot be created: a folder cannot be made in {existing} "
+            f"({error.strerror})."
+        ) from None
     return model_dir
 
 
@@ -290,8 +436,18 @@ def copy_export(version_dir: Path, config: Config) -> Path:
     """
     model_dir = model_folder(config)
     source = _read_source(version_dir)
-    landed = find_export(model_dir, source) if source is not None and model_dir.is_dir() else None
-    if landed is not None:
-        return landed
-    model_dir.mkdir(parents=True, exist_ok=True)
-    return land_version(model_dir, lambda temp: shutil.copytree(version_dir, temp))
+
+    def copy() -> Path:
+        with _exporting(model_dir):
+            try:
+                model_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                if is_no_space(error):
+                    raise DiskFull(model_dir) from None
+                raise
+            # The copy's manifest is made anew (the same, if the copied version is whole).
+            return land_version(model_dir, lambda temp: shutil.copytree(version_dir, temp), source)
+
+    if source is None:
+        return copy()
+    return _land_once(model_dir, source, copy)

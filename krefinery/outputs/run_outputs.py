@@ -29,7 +29,7 @@ from krefinery.core.refinement import generation_seed
 from krefinery.core.trainer import Trainer
 from krefinery.errors import Damaged
 from krefinery.outputs import charts, report, summaries, workdirs
-from krefinery.outputs.export import export_once
+from krefinery.outputs.export import export_once, intact
 
 # The control mirrors generation 2: its seed and batches, the ground truth for labels.
 CONTROL_OF = 2
@@ -52,9 +52,9 @@ class RunOutputs:
             previous = report.read_results(workdir) or {}
         except Damaged:  # Said by `train._finished`; rebuilt here.
             previous = {}
-        # Exports that landed before an interruption are kept, not made again.
+        # Exports that landed before an interruption are kept, not made again, if whole.
         self.exports: dict[str, str] = {
-            name: path for name, path in previous.get("exports", {}).items() if Path(path).is_dir()
+            name: path for name, path in previous.get("exports", {}).items() if intact(path)
         }
         tensorboard = workdir / "tensorboard"
         feed = experiment.feed

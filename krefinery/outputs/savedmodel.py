@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -63,6 +64,12 @@ def saved_model_writer(
     module = ServingModule(classifier, class_names, image_shape)
 
     def save(folder: Path) -> None:
-        tf.saved_model.save(module, os.fspath(folder), signatures={SIGNATURE: module.serve})
+        try:
+            tf.saved_model.save(module, os.fspath(folder), signatures={SIGNATURE: module.serve})
+        except tf.errors.ResourceExhaustedError as error:
+            # TensorFlow's writers report a full disk (or a quota) so, not as an OSError.
+            if "OOM" in str(error):
+                raise  # Out of memory, not of disk.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(folder)) from error
 
     return save
