@@ -278,3 +278,22 @@ def hparams_table(logdir: Path) -> tuple[dict, dict[str, dict]]:
             {"experimentName": "", "allowedStatuses": statuses, "colParams": [], "startIndex": 0, "sliceSize": 100},
         )
     return experiment, {group["name"]: group for group in groups["sessionGroups"]}
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):
+    """A tmpfs of `size` at `path` where this user may mount one (yields True), else a
+    plain folder (yields False)."""
+    path.mkdir()
+    try:
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        )
+        mounted = mount.returncode == 0
+    except OSError:  # No mount command here.
+        mounted = False
+    try:
+        yield mounted
+    finally:
+        if mounted:  # Lazily: TensorBoard may still hold a file open in this process.
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -21,6 +21,7 @@ from helpers import (
     refusal,
     run_cli,
     run_subprocess,
+    small_disk,
     trained_generations,
 )
 
@@ -94,25 +95,6 @@ def test_killed_anywhere_the_same_command_finishes_the_same_run(reference, tmp_p
     assert run_here(workdir, models) == 0
     assert [p.name for p in (models / "digits").iterdir()] == ["1"]
     assert comparable(read_results(workdir)) == comparable(reference)
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str):
-    """A tmpfs of `size` at `path` where this user may mount one (yields True), else a
-    plain folder (yields False)."""
-    path.mkdir()
-    try:
-        mount = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-        )
-        mounted = mount.returncode == 0
-    except OSError:  # No mount command here.
-        mounted = False
-    try:
-        yield mounted
-    finally:
-        if mounted:  # Lazily: TensorBoard may still hold a file open in this process.
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def test_out_of_disk_space_is_one_line_and_the_same_command_resumes(reference, tmp_path):

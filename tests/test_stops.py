@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
-from test_durable import comparable, read_results, small_disk
+from helpers import ROOT, comparable, read_results, run_cli, small_disk
 
 CHAIN = (
     "--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0",
