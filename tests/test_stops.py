@@ -86,7 +86,7 @@ def test_signals_anywhere_stop_with_one_line_and_the_same_command_finishes(refer
     ], result.stderr[-3000:]
     assert not leftovers(workdir, models)
     state = json.loads(next(store.glob("*.ckpt.json")).read_text())
-    assert state["epoch"] == 1 and [p.name for p in store.glob("*.npz")] == [state["weights"]]
+    assert state["epoch"] == 1 and [p.name for p in store.glob("*.npz")] == [state["weights"]["name"]]
     assert not (workdir / "results.json").exists() and not models.exists()
 
     # The same handlers in this process (cheaper than a fresh one), at the other points.
