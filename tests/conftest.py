@@ -25,9 +25,6 @@ def digits_run(tmp_path_factory) -> dict:
 
     It runs in mixed_bfloat16 on every machine (test_cli's chains run in float32), so
     both precisions are exercised whatever `--precision=auto` resolves to here."""
-    import json
-
     root = tmp_path_factory.mktemp("digits_run")
     run_cli(*TINY_RUN, "--precision=mixed_bfloat16", "--export_all_generations", f"--workdir={root / 'run'}", f"--export_dir={root / 'models'}")
-    results = json.loads((root / "run" / "results.json").read_text())
-    return {"workdir": root / "run", "export_dir": root / "models", "results": results}
+    return {"workdir": root / "run", "export_dir": root / "models", "results": read_results(root / "run")}

@@ -34,17 +34,31 @@ def run_cli(*args: str) -> None:
     run.main(run.parse_flags(["run.py", *args]))
 
 
-def refusal(capsys, *args: str, code: int = 2) -> str:
-    """The one line that `python run.py ARGS`, run in this process, ends with: it exits
-    with `code` and writes exactly one line to stderr, `error: ...`, and no traceback."""
+def _stderr_of_exit(capsys, *args: str, code: int) -> str:
+    """What `python run.py ARGS`, run in this process, writes to stderr; it must exit
+    with `code`, without a traceback."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         run_cli(*args)
     err = capsys.readouterr().err
     assert exit_.value.code == code, err
+    assert "Traceback" not in err
+    return err
+
+
+def failure(capsys, *args: str, code: int) -> str:
+    """The error line of `python run.py ARGS`, run in this process: it exits with `code`
+    and writes one line `error: ...` to stderr (warnings may come before it)."""
+    (line,) = error_lines(_stderr_of_exit(capsys, *args, code=code))
+    return line
+
+
+def refusal(capsys, *args: str) -> str:
+    """The one line of bad input: `python run.py ARGS`, run in this process, exits with
+    2 and writes nothing to stderr but one line, `error: ...`."""
+    err = _stderr_of_exit(capsys, *args, code=2)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
     return lines[0]
 
 
@@ -67,10 +81,15 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def python_stderr(stderr: str) -> list[str]:
-    """A process's stderr less TensorFlow's C++ log lines (`I0000 ...`, `W...`, `E...`):
-    what Python wrote."""
-    return [line for line in stderr.splitlines() if line[:1] not in "IWE" or line.startswith("error")]
+def exit_line(result: subprocess.CompletedProcess, code: int) -> str:
+    """The one line a `python run.py` process ended with: it exited with `code`, wrote
+    one line `error: ...` to stderr besides TensorFlow's C++ log lines (`I0000 ...`,
+    `W...`, `E...`), and no traceback."""
+    assert result.returncode == code, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line[:1] not in "IWE" or line.startswith("error")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return lines[0]
 
 
 def listing(folder: Path) -> list[str]:

@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import ROOT, read_results, read_weights, refusal, serve, write_images
+from helpers import (
+    ROOT,
+    read_json,
+    read_results,
+    read_weights,
+    refusal,
+    serve,
+    write_images,
+)
 
 from krefinery.core.resnet import build_resnet
 
@@ -62,7 +70,7 @@ def two_devices(images, tmp_path_factory):
         process, out = started[backend]
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
-        return json.loads((out / "report.json").read_text()), out
+        return read_json(out / "report.json"), out
 
     yield finished
     for process, _ in started.values():

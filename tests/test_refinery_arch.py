@@ -16,6 +16,7 @@ from helpers import (
     comparable_generation,
     digits_test_batch,
     hparams_table,
+    read_json,
     read_results,
     run_cli,
     run_subprocess,
@@ -126,7 +127,7 @@ def test_offline_search_shares_one_refinery_and_exports_it_when_it_is_best(tmp_p
         "--tune_temperature=50,100", "--max_trials=2", f"--workdir={tmp_path / 'search'}",
         f"--export_dir={tmp_path / 'models'}",
     )
-    record = json.loads((tmp_path / "search" / "tuning.json").read_text())
+    record = read_json(tmp_path / "search" / "tuning.json")
     trained = trained_generations(tmp_path / "search")
     assert sorted((g["generation"], g["temperature"]) for g in trained) == [(1, None), (2, 50.0), (2, 100.0)]
     assert record["best"]["generations"] == 1, record["trials"]

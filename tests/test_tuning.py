@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from helpers import (
     ROOT,
-    error_lines,
+    failure,
     hparams_table,
     read_json,
+    read_results,
     refusal,
     run_cli,
     trained_generations,
@@ -89,7 +90,7 @@ def test_a_chain_continued_from_the_cache_equals_one_trained_in_one_go(tmp_path)
 
     config = Config(depth=8, epochs=1, warmup_epochs=0, verbose=0, temperature=2.0, generations=2)
     train_and_evaluate(Config(**{**config.to_dict(), "workdir": os.fspath(tmp_path / "run")}))
-    normal = json.loads((tmp_path / "run" / "results.json").read_text())["generations"]
+    normal = read_results(tmp_path / "run")["generations"]
 
     runner = ChainRunner(prepare_experiment(config), GenerationStore(tmp_path / "store"))
     runner.run(Refinement(2, temperature=4.0))  # Trains generation 1, shared...
@@ -201,12 +202,7 @@ def test_a_search_whose_generation_one_diverges_ends_with_one_line_and_keeps_its
     workdir, models = tmp_path / "search", tmp_path / "models"
     args = ("--tune", *TINY, "--learning_rate=1e4", "--tune_generations=1,2", "--max_trials=4", f"--workdir={workdir}", f"--export_dir={models}")
     for attempt in range(2):
-        with pytest.raises(SystemExit) as exit_:
-            run_cli(*args)
-        assert exit_.value.code == 3
-        err = capsys.readouterr().err
-        assert "Traceback" not in err
-        (line,) = error_lines(err)
+        line = failure(capsys, *args, code=3)
         assert "no trial of the search" in line and "produced a model" in line
         assert "generation 1" in line and "diverged" in line and "--learning_rate" in line
         statuses = [json.loads(path.read_text())["status"] for path in sorted((workdir / "search").glob("trial_*/trial.json"))]
