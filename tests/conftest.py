@@ -9,6 +9,49 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 from helpers import run_cli
 
+# Test files whose tests share a fixture that costs a chain or a process (a session- or
+# module-scoped run). Under xdist each worker makes its own copy of a fixture it needs,
+# so each group of files goes to one worker as a whole and its fixture is made once.
+# (xdist's `--dist loadgroup` would group tests by `xdist_group` marks, but under pytest
+# 9.2 it silently stops grouping: pytest-dev/pytest-xdist#1386.)
+SHARED_FIXTURE_FILES = {
+    "tests/test_tensorboard.py": "digits_run",
+    "tests/test_export.py": "digits_run",
+    "tests/test_predict.py": "digits_run",
+    "tests/test_durable.py": "reference",
+    "tests/test_refinery_arch.py": "online_run",
+    "tests/test_arrays.py": "jax_chains",
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`-n N` (xdist's `--dist load`): every test is its own unit of work, in collection
+    order, but for the groups of SHARED_FIXTURE_FILES, which go first (xdist sends the
+    units with the most tests first). Another `--dist` is left to xdist."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return SHARED_FIXTURE_FILES.get(nodeid.split("::", 1)[0], nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "heavy: a test that takes a minute or more; collected first, so that xdist starts it early"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    # The longest tests first (a stable sort): a long one started last keeps one worker
+    # busy while the other idles.
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 TINY_RUN = ("--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0")
 
 

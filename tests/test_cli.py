@@ -33,6 +33,7 @@ def check_results(results: dict, generations: int) -> None:
     assert results["best_generation"] == best["generation"]
 
 
+@pytest.mark.heavy
 def test_default_digits_chain_reaches_95_percent_every_generation(tmp_path, capsys):
     run_cli(f"--workdir={tmp_path}")
     results = read_results(tmp_path)

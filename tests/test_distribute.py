@@ -51,10 +51,13 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_devices(images, tmp_path_factory):
     """`two_devices(backend)`: the report and output folder of tests/distributed_runs.py
-    under that backend. Both backends' runs start at once and run side by side (much
-    of their time is compilation, on one core each)."""
+    under that backend. Run serially, both backends' runs start at once and run side by
+    side (much of their time is compilation, on one core each); under xdist each starts
+    when its test asks for it, as the other worker keeps the other core busy (and a
+    worker never runs a process whose test the other worker has)."""
     started = {}
-    for backend in ("tensorflow", "jax"):
+
+    def start(backend: str) -> None:
         out = tmp_path_factory.mktemp(backend)
         process = subprocess.Popen(
             [sys.executable, "tests/distributed_runs.py", str(images), str(out)],
@@ -66,7 +69,13 @@ def two_devices(images, tmp_path_factory):
         )
         started[backend] = (process, out)
 
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        for backend in ("tensorflow", "jax"):
+            start(backend)
+
     def finished(backend: str) -> tuple[dict, Path]:
+        if backend not in started:
+            start(backend)
         process, out = started[backend]
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
@@ -97,6 +106,7 @@ def assert_same_chain(one, two) -> None:
     assert keys[0] and keys[1] and not keys[0] & keys[1]
 
 
+@pytest.mark.heavy
 def test_two_mirrored_replicas_resume_and_export_the_one_device_chain(two_devices):
     report, out = two_devices("tensorflow")
     # Stopped in generation 2's second epoch, the same command resumed it from its
@@ -124,6 +134,7 @@ def test_two_mirrored_replicas_resume_and_export_the_one_device_chain(two_device
     assert not (out / "odd_batch").exists()
 
 
+@pytest.mark.heavy
 def test_jax_data_parallel_trains_the_one_device_online_chain(two_devices):
     report, out = two_devices("jax")
     for name in ("none", "data_parallel"):

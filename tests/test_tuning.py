@@ -144,6 +144,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.heavy
 def test_chief_and_two_workers_complete_a_search_together(tmp_path):
     args = ["--tune", *TINY, "--tune_generations=1,2", "--tune_temperature=1,2", "--max_trials=3", f"--workdir={tmp_path}"]
     port = str(_free_port())
