@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
-from helpers import run_cli
+from helpers import read_results, run_cli
 
 # Test files whose tests share a fixture that costs a chain or a process (a session- or
 # module-scoped run). Under xdist each worker makes its own copy of a fixture it needs,
