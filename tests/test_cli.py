@@ -1,12 +1,16 @@
 """run.py end to end: real digits, mocked TFDS datasets, and every kind of bad input."""
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import (
     ROOT,
+    comparable,
     mocked_tfds,
     read_results,
+    read_weights,
     refusal,
     run_cli,
     trained_generations,
@@ -15,7 +19,8 @@ from helpers import (
 
 from krefinery.runtime.device import resolve_precision
 
-TINY = ("--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0", "--precision=float32")
+# One epoch a generation: no assertion made with it depends on how well a chain fits.
+TINY = ("--depth=8", "--epochs=1", "--generations=2", "--batch_size=32", "--warmup_epochs=0", "--verbose=0", "--precision=float32")
 
 
 def check_results(results: dict, generations: int) -> None:
@@ -35,7 +40,12 @@ def check_results(results: dict, generations: int) -> None:
 
 @pytest.mark.heavy
 def test_default_digits_chain_reaches_95_percent_every_generation(tmp_path, capsys):
-    run_cli(f"--workdir={tmp_path}")
+    """The default job with 12 epochs a generation instead of 15, to save a fifth of the
+    suite's longest run. Measured on this machine kind (cpu-avx2) with seeds 0 to 3, 12
+    epochs kept every generation at 96.9% test accuracy or more, fitting 97.9% or more
+    of its training images, with at most 1.55% of refined labels wrong (the under-fit
+    warning fires above 2%); 10 epochs did not (seed 2: 2.01%), 8 neither."""
+    run_cli("--epochs=12", f"--workdir={tmp_path}")
     results = read_results(tmp_path)
     check_results(results, generations=3)
     assert results["dataset"] == "digits" and results["config"]["generations"] == 3
@@ -81,18 +91,22 @@ def test_precision_and_xla_flags_reach_the_run(tmp_path):
     assert results["config"]["precision"] == "mixed_bfloat16"
 
 
-def test_same_seed_gives_the_same_results(tmp_path):
-    runs = []
-    for name in ("a", "b", "c"):
-        seed = "--seed=7" if name != "c" else "--seed=8"
-        run_cli(*TINY, seed, f"--workdir={tmp_path / name}")
-        runs.append([(g["val_accuracy"], g["test_accuracy"]) for g in read_results(tmp_path / name)["generations"]])
-    assert runs[0] == runs[1]
-    assert runs[0] != runs[2]
+def assert_same_weights(one: Path, two: Path) -> None:
+    a, b = read_weights(one), read_weights(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_an_interrupted_run_keeps_its_finished_generations_and_resumes(tmp_path, monkeypatch):
+def test_same_seed_gives_the_same_results_and_an_interrupted_run_resumes_to_them(tmp_path, monkeypatch):
+    """Run a: seed 7. Run b: the same command, interrupted (Ctrl-C) as generation 2
+    starts: it keeps its finished generation 1, and the same command again finishes it
+    with a's results and weights exactly. Run c: seed 8 (its generation 1 is that of a
+    longer chain): other weights and other figures."""
     from krefinery.outputs import report
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    run_cli(*TINY, "--seed=7", f"--workdir={a}")
 
     make_callback = report.tensorboard_callback
 
@@ -103,26 +117,36 @@ def test_an_interrupted_run_keeps_its_finished_generations_and_resumes(tmp_path,
 
     monkeypatch.setattr(report, "tensorboard_callback", interrupt_generation_two)
     with pytest.raises(KeyboardInterrupt):
-        run_cli(*TINY, f"--workdir={tmp_path}")
-    results = read_results(tmp_path)
-    assert results["finished"] is False
-    assert [g["generation"] for g in results["generations"]] == [1]
-    assert (tmp_path / "gen_1.weights.h5").exists()
+        run_cli(*TINY, "--seed=7", f"--workdir={b}")
+    interrupted = read_results(b)
+    assert interrupted["finished"] is False
+    assert [g["generation"] for g in interrupted["generations"]] == [1]
+    assert (b / "gen_1.weights.h5").exists()
 
     monkeypatch.setattr(report, "tensorboard_callback", make_callback)
-    run_cli(*TINY, f"--workdir={tmp_path}")  # The same command continues the run.
-    resumed = read_results(tmp_path)
+    run_cli(*TINY, "--seed=7", f"--workdir={b}")  # The same command continues the run.
+    resumed = read_results(b)
     assert resumed["finished"] is True
-    assert resumed["generations"][0] == results["generations"][0]
-    assert [entry["generation"] for entry in trained_generations(tmp_path)] == [1, 2]
+    assert resumed["generations"][0] == interrupted["generations"][0]
+    assert [entry["generation"] for entry in trained_generations(b)] == [1, 2]
+    # The same seed: the same results and weights, interrupted or not.
+    assert comparable(resumed) == comparable(read_results(a))
+    for generation in (1, 2):
+        assert_same_weights(a / f"gen_{generation}.weights.h5", b / f"gen_{generation}.weights.h5")
+
+    run_cli(*TINY, "--seed=8", "--generations=1", f"--workdir={c}")
+    other = read_weights(c / "gen_1.weights.h5")
+    first = read_weights(a / "gen_1.weights.h5")
+    assert any(not np.array_equal(other[key], first[key]) for key in first)
+    figures = ("val_accuracy", "test_accuracy", "train_accuracy", "train_accuracy_unaugmented")
+    assert [read_results(a)["generations"][0][f] for f in figures] != [read_results(c)["generations"][0][f] for f in figures]
 
 
 @pytest.mark.parametrize(
     "dataset, extra, sizes",
-    [
-        ("svhn", (), (36, 4, 40)),
-        ("cifar10", ("--relabel=online", "--temperature=2"), (36, 4, 40)),
-    ],
+    # svhn's source is tested on mock data in test_datasets; past the source, a run does
+    # not know which TFDS dataset it reads.
+    [("cifar10", ("--relabel=online", "--temperature=2"), (36, 4, 40))],
 )
 def test_tfds_datasets_end_to_end_on_mock_data(tmp_path, dataset, extra, sizes):
     with mocked_tfds(num_examples=40):
