@@ -21,6 +21,9 @@ SHARED_FIXTURE_FILES = {
     "tests/test_durable.py": "reference",
     "tests/test_refinery_arch.py": "online_run",
     "tests/test_arrays.py": "jax_chains",
+    "tests/test_memory_input.py": "runs",
+    "tests/test_integrity.py": "reference",
+    "tests/test_stops.py": "reference",
 }
 
 

@@ -53,11 +53,13 @@ def test_default_digits_chain_reaches_95_percent_every_generation(tmp_path, caps
     # What ran: op determinism is on, and under it Keras compiles without XLA, whatever
     # `resolve_jit_compile` asked for.
     assert results["runtime"] == {
+        "backend": "tensorflow",
         "precision": resolve_precision("auto"),
         "jit_compile": False,
         "deterministic": True,
         "distribute": "none",  # auto: one CPU is one device.
         "replicas": 1,
+        "input": "tfdata",  # auto, on a CPU.
     }
     assert results["data"]["num_train"] + results["data"]["num_val"] == 1437
     for g in results["generations"]:
@@ -85,8 +87,8 @@ def test_precision_and_xla_flags_reach_the_run(tmp_path):
     # XLA asked for alone turns op determinism off (Keras allows one or the other), and
     # the record says what Keras really compiled with.
     assert results["runtime"] == {
-        "precision": "mixed_bfloat16", "jit_compile": True, "deterministic": False,
-        "distribute": "none", "replicas": 1,
+        "backend": "tensorflow", "precision": "mixed_bfloat16", "jit_compile": True,
+        "deterministic": False, "distribute": "none", "replicas": 1, "input": "tfdata",
     }
     assert results["config"]["precision"] == "mixed_bfloat16"
 

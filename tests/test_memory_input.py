@@ -75,6 +75,7 @@ def test_killed_on_tensorflow_the_same_command_finishes_the_same_run(runs, tmp_p
     assert [json.loads(line)["epochs"] for line in trained] == [4, 3]
 
 
+@pytest.mark.heavy
 def test_killed_on_jax_without_tensorflow_the_same_command_finishes_the_same_run(tmp_path):
     def run(name: str, kill_at: str | None = None) -> None:
         args = (*QUICK, "--input=memory", f"--workdir={tmp_path / name}", f"--export_dir={tmp_path / name / 'models'}")
