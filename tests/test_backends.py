@@ -34,6 +34,7 @@ def run_on_backend(backend: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.heavy
 def test_online_digits_chain_on_jax_reaches_the_tensorflow_bar_and_serves_from_tensorflow(tmp_path):
     result = run_on_backend("jax", *JAX_RUN, f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}")
     assert result.returncode == 0, result.stderr[-3000:]
