@@ -179,6 +179,16 @@ def test_a_later_generation_that_diverges_keeps_the_earlier_ones(tmp_path, monke
     assert [p.name for p in (tmp_path / "models" / "digits").iterdir()] == ["1"]
 
 
+def test_a_temperature_that_breaks_the_labels_is_named(tmp_path, capsys):
+    """At T = 1e-300 the logits divided by T overflow: generation 2's labels are not
+    finite, it diverges at once, and the line names the temperature, not the step."""
+    args = (*CHAIN, "--generations=2", "--epochs=1", "--temperature=1e-300", f"--workdir={tmp_path / 'run'}")
+    line = failure(capsys, *args, f"--export_dir={tmp_path / 'models'}", code=3)
+    assert "generation 2 diverged in epoch 1" in line
+    assert "refined at --temperature=1e-300, were not finite" in line and "--learning_rate" not in line
+    assert read_results(tmp_path / "run")["diverged"] == {"generation": 2, "epoch": 1, "labels_not_finite": True}
+
+
 def test_label_figures_of_non_finite_labels_do_not_read_as_clean():
     from krefinery.analysis.diagnostics import label_stats
     from krefinery.core.losses import entropy

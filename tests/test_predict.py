@@ -1,5 +1,7 @@
 """`run.py --predict`: image files in, top classes out, from the SavedModel alone."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -65,6 +67,34 @@ def test_predict_bad_input_is_one_clear_error(digits_run, tmp_path, capsys, case
         "no_images": [f"--model={model}"],
     }[case]
     assert message in refusal(capsys, "--predict", *args)
+
+
+def test_predict_refuses_probabilities_that_are_not_finite(tmp_path, capsys):
+    """A model whose weights are NaN (a diverged one, exported by hand) answers NaN: that
+    is no prediction, and the line names the model."""
+    from krefinery.outputs.export import export_classifier
+
+    classifier = build_resnet((8, 8, 1), 10, depth=8)
+    classifier.set_weights([np.full_like(w, np.nan) for w in classifier.get_weights()])
+    version = export_classifier(classifier, [str(c) for c in range(10)], (8, 8, 1), tmp_path / "models", "nan")
+    image = tmp_path / "ok.png"
+    image.write_bytes(tf.io.encode_png(np.zeros((8, 8, 1), np.uint8)).numpy())
+    line = refusal(capsys, "--predict", f"--model={version}", str(image))
+    assert f"--model={version}: its probabilities for 1 image(s)" in line and "not finite" in line
+
+
+def test_a_backend_that_is_not_installed_is_one_line():
+    """KERAS_BACKEND names a backend whose package is missing (PyTorch is not installed in
+    the project's test environment, or an unknown name): one line, exit 2, before Keras
+    can fail with a traceback."""
+    for backend, message in (("torch", "needs the Python package 'torch'"), ("nope", "is not a Keras backend")):
+        if backend == "torch" and importlib.util.find_spec("torch") is not None:
+            continue  # Installed here: nothing is missing.
+        result = run_subprocess("--predict", env={"KERAS_BACKEND": backend}, timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert lines == [lines[0]] and f"KERAS_BACKEND={backend} " in lines[0] and message in lines[0]
+        assert "Traceback" not in result.stderr
 
 
 def test_predict_resizes_other_sizes_as_training_does_and_says_so(digits_run, tmp_path, capsys):

@@ -37,7 +37,9 @@ def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, cap
         assert len(t["val_accuracy"]) == t["generations"]
         assert t["objective"] == max(t["val_accuracy"])
         assert t["val_accuracy"][t["chosen_generation"] - 1] == t["objective"]
-    best = max(trials, key=lambda t: t["objective"])
+    # The best trial: the highest objective, the first trial of ties.
+    best = max(trials, key=lambda t: (t["objective"], -int(t["trial_id"])))
+    assert record["best"]["trial_id"] == best["trial_id"]
     assert record["best"]["val_accuracy"] == best["objective"]
     assert record["best"]["generations"] == trials[int(record["best"]["trial_id"])]["chosen_generation"]
     # The test split is evaluated once, for the best trial: a count over its images.
@@ -50,6 +52,11 @@ def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, cap
     # The best model is exported like a normal run's: the next SavedModel version.
     export = Path(record["best"]["export"])
     assert export.name == "1" and (export / "saved_model.pb").exists()
+    # Once: the same command on the finished search reports it again, and adds no version.
+    run_cli("--tune", *TINY, "--tune_generations=1,2", "--tune_temperature=1,4", "--max_trials=4", f"--workdir={tmp_path}")
+    again = read_tuning(tmp_path)
+    assert again["best"] == record["best"] and again["trials"] == record["trials"]
+    assert sorted(p.name for p in export.parent.iterdir()) == ["1"]
 
     trained = record["epochs"]["generations_trained"]
     assert [g["generation"] for g in trained].count(1) == 1

@@ -47,7 +47,10 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
             results = _run(experiment, held.path)
     if results["diverged"] is not None:
         diverged = results["diverged"]
-        temperature = config.temperature if diverged.get("labels_not_finite") else None
+        # Labels that are not finite, refined below T = 1, say the temperature overflowed
+        # the logits; at T >= 1 only logits that were not finite could, the model's fault.
+        blame = diverged.get("labels_not_finite") and config.temperature < 1
+        temperature = config.temperature if blame else None
         raise Diverged(diverged["generation"], diverged["epoch"], results, temperature)
     return results
 
