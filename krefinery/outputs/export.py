@@ -93,12 +93,7 @@ def export_classifier(
     """
     model_dir = Path(export_dir) / check_export_name(name)
     with _exporting(model_dir):
-        try:
-            model_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            if is_no_space(error):
-                raise DiskFull(model_dir) from None
-            raise UserError(f"cannot create export folder {model_dir}: {error.strerror}.") from None
+        _make_model_dir(model_dir)
         if tensorflow_installed():
             from krefinery.outputs.savedmodel import saved_model_writer
 
@@ -427,6 +422,16 @@ def prepare_export_dir(config: Config) -> Path:
     return model_dir
 
 
+def _make_model_dir(model_dir: Path) -> None:
+    """`<export_dir>/<name>`, made if it is not there (a full disk is `DiskFull`)."""
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if is_no_space(error):
+            raise DiskFull(model_dir) from None
+        raise UserError(f"cannot create export folder {model_dir}: {error.strerror}.") from None
+
+
 def copy_export(version_dir: Path, config: Config) -> Path:
     """A copy of an exported version as the next version of `<export_dir>/<name>`, once:
     a copy that landed before (same `assets.extra` source marker) is returned instead.
@@ -439,12 +444,7 @@ def copy_export(version_dir: Path, config: Config) -> Path:
 
     def copy() -> Path:
         with _exporting(model_dir):
-            try:
-                model_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                if is_no_space(error):
-                    raise DiskFull(model_dir) from None
-                raise
+            _make_model_dir(model_dir)
             # The copy's manifest is made anew (the same, if the copied version is whole).
             return land_version(model_dir, lambda temp: shutil.copytree(version_dir, temp), source)
 
