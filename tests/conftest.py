@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
-from helpers import read_results, run_cli
+from helpers import read_results, run_chain, run_cli
 
 # Test files whose tests share a fixture that costs a chain or a process (a session- or
 # module-scoped run). Under xdist each worker makes its own copy of a fixture it needs,
@@ -18,12 +20,13 @@ SHARED_FIXTURE_FILES = {
     "tests/test_tensorboard.py": "digits_run",
     "tests/test_export.py": "digits_run",
     "tests/test_predict.py": "digits_run",
-    "tests/test_durable.py": "reference",
+    "tests/test_durable.py": "chain_reference",
     "tests/test_refinery_arch.py": "online_run",
     "tests/test_arrays.py": "jax_chains",
     "tests/test_memory_input.py": "runs",
-    "tests/test_integrity.py": "reference",
-    "tests/test_stops.py": "reference",
+    "tests/test_backends.py": "jax_run",
+    "tests/test_integrity.py": "chain_reference",
+    "tests/test_stops.py": "chain_reference",
 }
 
 
@@ -44,9 +47,22 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_configure(config):
+    if not os.environ.get("PYTEST_XDIST_WORKER") and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        # One JAX compilation cache for the session, shared by the workers and every JAX
+        # process they start (they inherit this environment): a step that an earlier
+        # process compiled for the same model is read back, not compiled again.
+        config.jax_cache = tempfile.mkdtemp(prefix="krefinery-jax-cache-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = config.jax_cache
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
     config.addinivalue_line(
         "markers", "heavy: a test that takes a minute or more; collected first, so that xdist starts it early"
     )
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "jax_cache", None):
+        shutil.rmtree(config.jax_cache, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -74,3 +90,13 @@ def digits_run(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("digits_run")
     run_cli(*TINY_RUN, "--precision=mixed_bfloat16", "--export_all_generations", f"--workdir={root / 'run'}", f"--export_dir={root / 'models'}")
     return {"workdir": root / "run", "export_dir": root / "models", "results": read_results(root / "run")}
+
+
+@pytest.fixture(scope="session")
+def chain_reference(tmp_path_factory) -> dict:
+    """helpers.CHAIN run once, never interrupted, for the durable, integrity and stop tests
+    to compare with: `{"results", "workdir", "models"}`. Read only: a test that changes a
+    finished run's files makes its own (`helpers.finished_copy`)."""
+    root = tmp_path_factory.mktemp("chain_reference")
+    assert run_chain(root / "run", root / "models") == 0
+    return {"results": read_results(root / "run"), "workdir": root / "run", "models": root / "models"}

@@ -34,6 +34,35 @@ def run_cli(*args: str) -> None:
     run.main(run.parse_flags(["run.py", *args]))
 
 
+# The chain that the durable, integrity and stop tests kill, damage and stop: ResNet-8, two
+# generations of two epochs (a checkpoint mid-generation), in float32 on every machine.
+CHAIN = (
+    "--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0",
+    "--verbose=0", "--precision=float32",
+)
+
+
+def run_chain(workdir: Path, models: Path, *extra: str) -> int:
+    """CHAIN (with `extra` flags) in this process, cheaper than a fresh one; its exit code."""
+    try:
+        run_cli(*CHAIN, *extra, f"--workdir={workdir}", f"--export_dir={models}")
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def finished_copy(reference: dict, root: Path) -> tuple[Path, Path]:
+    """A finished run of CHAIN of its own under `root` (`run/`, `models/`), for a test that
+    changes files: the reference's store copied, then the same command, which trains
+    nothing, reports and exports. Returns (workdir, models)."""
+    import shutil
+
+    workdir, models = root / "run", root / "models"
+    shutil.copytree(reference["workdir"] / "generations", workdir / "generations")
+    assert run_chain(workdir, models) == 0
+    return workdir, models
+
+
 def _stderr_of_exit(capsys, *args: str, code: int) -> str:
     """What `python run.py ARGS`, run in this process, writes to stderr; it must exit
     with `code`, without a traceback."""

@@ -1,6 +1,6 @@
 """The in-memory path (krefinery/data/memory.py) from the library: the README's chain on
 JAX with TensorFlow absent, batches made on the device, and epochs that the seed alone
-fixes, on every backend. `run.py --input=memory` is tested in test_memory_input.py."""
+fixes, on every backend. `run.py --input=memory` is tested in test_memory_input.py and test_backends.py."""
 
 import json
 import os
@@ -16,16 +16,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
-# Imports of tensorflow (and TFDS) fail, as on a machine without them. (A module put in
-# sys.modules as None would not do: Keras reads "tensorflow" in sys.modules as TensorFlow
-# loaded. Raising here is stricter than absence for code that probes with find_spec.)
+# TensorFlow (and TFDS) absent, as on a machine without them: the finder of installed
+# packages does not find them, so `import tensorflow` raises ModuleNotFoundError and
+# `importlib.util.find_spec` returns None. (A module put in sys.modules as None would not
+# do: Keras reads "tensorflow" in sys.modules as TensorFlow loaded.)
 BLOCK_TENSORFLOW = """
 import sys
-class _NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
+from importlib.machinery import PathFinder
+class _WithoutTensorFlow(PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
         if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
-            raise ImportError(name + " is blocked: this must run without TensorFlow")
-sys.meta_path.insert(0, _NoTensorFlow())
+            return None
+        return super().find_spec(name, path, target)
+sys.meta_path[sys.meta_path.index(PathFinder)] = _WithoutTensorFlow
 """
 
 

@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 from helpers import (
     ROOT,
-    comparable,
     mocked_tfds,
     read_results,
     read_weights,
     refusal,
     run_cli,
-    trained_generations,
     write_images,
 )
 
@@ -100,43 +98,12 @@ def assert_same_weights(one: Path, two: Path) -> None:
         np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_same_seed_gives_the_same_results_and_an_interrupted_run_resumes_to_them(tmp_path, monkeypatch):
-    """Run a: seed 7. Run b: the same command, interrupted (Ctrl-C) as generation 2
-    starts: it keeps its finished generation 1, and the same command again finishes it
-    with a's results and weights exactly. Run c: seed 8 (its generation 1 is that of a
-    longer chain): other weights and other figures."""
-    from krefinery.outputs import report
-
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    run_cli(*TINY, "--seed=7", f"--workdir={a}")
-
-    make_callback = report.tensorboard_callback
-
-    def interrupt_generation_two(workdir, generation):
-        if generation == 2:
-            raise KeyboardInterrupt
-        return make_callback(workdir, generation)
-
-    monkeypatch.setattr(report, "tensorboard_callback", interrupt_generation_two)
-    with pytest.raises(KeyboardInterrupt):
-        run_cli(*TINY, "--seed=7", f"--workdir={b}")
-    interrupted = read_results(b)
-    assert interrupted["finished"] is False
-    assert [g["generation"] for g in interrupted["generations"]] == [1]
-    assert (b / "gen_1.weights.h5").exists()
-
-    monkeypatch.setattr(report, "tensorboard_callback", make_callback)
-    run_cli(*TINY, "--seed=7", f"--workdir={b}")  # The same command continues the run.
-    resumed = read_results(b)
-    assert resumed["finished"] is True
-    assert resumed["generations"][0] == interrupted["generations"][0]
-    assert [entry["generation"] for entry in trained_generations(b)] == [1, 2]
-    # The same seed: the same results and weights, interrupted or not.
-    assert comparable(resumed) == comparable(read_results(a))
-    for generation in (1, 2):
-        assert_same_weights(a / f"gen_{generation}.weights.h5", b / f"gen_{generation}.weights.h5")
-
-    run_cli(*TINY, "--seed=8", "--generations=1", f"--workdir={c}")
+def test_another_seed_gives_other_weights_and_figures(tmp_path):
+    """The seed reaches the weights and the data order. (The same seed gives the same
+    results and weights, interrupted or not: test_durable, test_integrity, test_stops.)"""
+    a, c = tmp_path / "a", tmp_path / "c"
+    for seed, workdir in ((7, a), (8, c)):
+        run_cli(*TINY, f"--seed={seed}", "--generations=1", f"--workdir={workdir}")
     other = read_weights(c / "gen_1.weights.h5")
     first = read_weights(a / "gen_1.weights.h5")
     assert any(not np.array_equal(other[key], first[key]) for key in first)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import (
+    CHAIN,
     RELABEL_FIGURES,
     comparable,
     exit_line,
@@ -19,18 +20,13 @@ from helpers import (
     listing,
     read_results,
     refusal,
-    run_cli,
+    run_chain,
     run_subprocess,
     small_disk,
     trained_generations,
 )
 
 from krefinery import faults
-
-CHAIN = (
-    "--depth=8", "--epochs=2", "--generations=3", "--batch_size=32", "--warmup_epochs=0",
-    "--verbose=0", "--precision=float32",
-)
 
 
 def killed_at(point: str, workdir: Path, models: Path) -> None:
@@ -42,21 +38,10 @@ def killed_at(point: str, workdir: Path, models: Path) -> None:
     assert result.returncode == -9, result.stderr[-3000:]
 
 
-def run_here(workdir: Path, models: Path, *extra: str) -> int:
-    """`python run.py` in this process (cheaper than a fresh one); its exit code."""
-    try:
-        run_cli(*CHAIN, *extra, f"--workdir={workdir}", f"--export_dir={models}")
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    """The chain run once, never interrupted."""
-    root = tmp_path_factory.mktemp("reference")
-    assert run_here(root / "run", root / "models") == 0
-    return read_results(root / "run")
+def reference(chain_reference) -> dict:
+    """The chain's results, run once (in conftest) and never interrupted."""
+    return chain_reference["results"]
 
 
 def test_killed_anywhere_the_same_command_finishes_the_same_run(reference, tmp_path, capsys):
@@ -68,31 +53,31 @@ def test_killed_anywhere_the_same_command_finishes_the_same_run(reference, tmp_p
     # ...between generation 1's relabel and generation 2...
     killed_at("gen1.relabelled", workdir, models)
     assert [g["generation"] for g in read_results(workdir)["generations"]] == [1]
-    # ...during an epoch of generation 3...
-    killed_at("gen3.epoch1.batch10", workdir, models)
+    # ...during an epoch of generation 2...
+    killed_at("gen2.epoch1.batch10", workdir, models)
     # ...and during the export, once the SavedModel is written but not yet in place.
     killed_at("export", workdir, models)
     assert read_results(workdir)["finished"] is False
     assert [p.name for p in (models / "digits").iterdir()][0].startswith(".tmp-export-")
 
-    assert run_here(workdir, models) == 0
+    assert run_chain(workdir, models) == 0
     results = read_results(workdir)
     assert comparable(results) == comparable(reference)
     assert results["finished"] is True
     # Exactly one version; the killed export's temporary folder is gone.
     assert [p.name for p in (models / "digits").iterdir()] == ["1"]
     assert results["exports"] == {"best": str(models / "digits" / "1")}
-    assert [entry["generation"] for entry in trained_generations(workdir)] == [1, 2, 3]
+    assert [entry["generation"] for entry in trained_generations(workdir)] == [1, 2]
     assert not list(store.glob("*.ckpt*")), "checkpoints of stored generations are removed"
 
     # A finished run, rerun: its table again, nothing trained or exported.
     capsys.readouterr()
-    assert run_here(workdir, models) == 0
+    assert run_chain(workdir, models) == 0
     assert "best generation" in capsys.readouterr().out
     assert read_results(workdir) == results
     # With its export gone, the rerun exports it again and the results stay the same.
     shutil.rmtree(models / "digits" / "1")
-    assert run_here(workdir, models) == 0
+    assert run_chain(workdir, models) == 0
     assert [p.name for p in (models / "digits").iterdir()] == ["1"]
     assert comparable(read_results(workdir)) == comparable(reference)
 
@@ -121,7 +106,7 @@ def test_out_of_disk_space_is_one_line_and_the_same_command_resumes(reference, t
 
         if real:  # Free space: the tmpfs grows.
             subprocess.run(["mount", "-o", "remount,size=8m", "tmpfs", str(disk)], check=True)
-        assert run_here(workdir, models, "--generations=1") == 0  # The same command.
+        assert run_chain(workdir, models, "--generations=1") == 0  # The same command.
         results = comparable(read_results(workdir))
     (alone,), first = results["generations"], comparable(reference)["generations"][0]
     # The last generation hands no labels on: its fit is evaluated, not read off a relabel.
@@ -160,7 +145,7 @@ def test_a_later_generation_that_diverges_keeps_the_earlier_ones(tmp_path, monke
         relabel, "refined_labels", lambda logits, *_: tf.fill(tf.shape(logits), float("nan"))
     )
     args = (
-        *CHAIN, "--generations=2", "--epochs=1",
+        *CHAIN, "--epochs=1",
         f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}",
     )
     assert "generation 2 diverged in epoch 1" in failure(capsys, *args, code=3)
@@ -182,7 +167,7 @@ def test_a_later_generation_that_diverges_keeps_the_earlier_ones(tmp_path, monke
 def test_a_temperature_that_breaks_the_labels_is_named(tmp_path, capsys):
     """At T = 1e-300 the logits divided by T overflow: generation 2's labels are not
     finite, it diverges at once, and the line names the temperature, not the step."""
-    args = (*CHAIN, "--generations=2", "--epochs=1", "--temperature=1e-300", f"--workdir={tmp_path / 'run'}")
+    args = (*CHAIN, "--epochs=1", "--temperature=1e-300", f"--workdir={tmp_path / 'run'}")
     line = failure(capsys, *args, f"--export_dir={tmp_path / 'models'}", code=3)
     assert "generation 2 diverged in epoch 1" in line
     assert "refined at --temperature=1e-300, were not finite" in line and "--learning_rate" not in line

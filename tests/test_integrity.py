@@ -21,35 +21,24 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, comparable, read_results, run_cli
+from helpers import (
+    CHAIN,
+    ROOT,
+    comparable,
+    finished_copy,
+    read_results,
+    run_chain,
+    run_cli,
+)
 
 from krefinery import files
 from krefinery.errors import Damaged
 
-CHAIN = (
-    "--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0",
-    "--verbose=0", "--precision=float32",
-)
-
-
-def run_here(workdir: Path, models: Path) -> int:
-    """The chain's command in this process (cheaper than a fresh one); its exit code."""
-    try:
-        run_cli(*CHAIN, f"--workdir={workdir}", f"--export_dir={models}")
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
-
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    """The chain run once, never interrupted: its results, its exported model, and the
-    `Run` itself (for the one test that goes on in its folder)."""
-    root = tmp_path_factory.mktemp("reference")
-    assert run_here(root / "run", root / "models") == 0
-    results = read_results(root / "run")
-    run = Run(root, [g["key"] for g in results["generations"]])
-    return {"results": results, "export": exported(root / "models"), "run": run}
+def reference(chain_reference) -> dict:
+    """The chain run once (in conftest), never interrupted: its results and its exported model."""
+    return {"results": chain_reference["results"], "export": exported(chain_reference["models"])}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +92,7 @@ class Run:
         """The same command, in this process: exit 0, no traceback; the warning lines it
         printed (but the under-fit warning of this short chain)."""
         capsys.readouterr()
-        assert run_here(self.workdir, self.models) == 0
+        assert run_chain(self.workdir, self.models) == 0
         err = capsys.readouterr().err
         assert "Traceback" not in err
         return [line for line in err.splitlines() if line.startswith("warning:") and "under-fits" not in line]
@@ -309,13 +298,13 @@ def test_a_damaged_marker_is_still_refused(copy, capsys):
     assert f"{copy.workdir / 'run.json'} cannot be read" in capsys.readouterr().err
 
 
-def test_a_damaged_results_json_of_a_finished_run_is_rebuilt(reference, tmp_path, capsys):
+def test_a_damaged_results_json_of_a_finished_run_is_rebuilt(chain_reference, reference, tmp_path, capsys):
     """A finished run's results.json with an edited figure is not its result: the same
     command rebuilds it from the store, training and exporting nothing. So does a run from
     before checksums (records and results.json without them): its stored generations are
-    checked as far as they can be, and used. (In the reference's own folder, which no
-    other test reads.)"""
-    run = reference["run"]
+    checked as far as they can be, and used. (On a finished copy of the reference.)"""
+    run = Run(tmp_path / "finished", [g["key"] for g in reference["results"]["generations"]])
+    finished_copy(chain_reference, run.root)
     finished = read_results(run.workdir)
     one_digit("test_accuracy")(run.results)
     (line,) = run.rerun(capsys)

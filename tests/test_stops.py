@@ -15,11 +15,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, comparable, read_results, run_cli, small_disk
-
-CHAIN = (
-    "--depth=8", "--epochs=2", "--generations=2", "--batch_size=32", "--warmup_epochs=0",
-    "--verbose=0", "--precision=float32",
+from helpers import (
+    CHAIN,
+    ROOT,
+    comparable,
+    finished_copy,
+    read_results,
+    run_chain,
+    run_cli,
+    small_disk,
 )
 
 
@@ -33,12 +37,9 @@ def run_here(workdir: Path, models: Path, *extra: str, signal_at: str | None = N
     if signal_at:
         os.environ["KREFINERY_SIGNAL_AT"] = signal_at
     try:
-        run_cli(*args(workdir, models, *extra))
-    except SystemExit as exit_:
-        return exit_.code
+        return run_chain(workdir, models, *extra)
     finally:
         os.environ.pop("KREFINERY_SIGNAL_AT", None)
-    return 0
 
 
 def own_lines(stderr: str) -> list[str]:
@@ -63,11 +64,9 @@ def versions(models: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    """The chain run once, never interrupted: `{"results", "workdir", "models"}`."""
-    root = tmp_path_factory.mktemp("reference")
-    assert run_here(root / "run", root / "models") == 0
-    return {"results": read_results(root / "run"), "workdir": root / "run", "models": root / "models"}
+def reference(chain_reference) -> dict:
+    """The chain run once (in conftest), never interrupted: `{"results", "workdir", "models"}`."""
+    return chain_reference
 
 
 def test_signals_anywhere_stop_with_one_line_and_the_same_command_finishes(reference, tmp_path, capsys):
@@ -192,7 +191,7 @@ def test_a_damaged_export_is_exported_again_as_the_next_version(reference, tmp_p
 
     from krefinery.outputs import export
 
-    workdir, models = reference["workdir"], reference["models"]
+    workdir, models = finished_copy(reference, tmp_path / "finished")
     model = models / "digits"
     lost = next((model / "1" / "variables").glob("variables.data-*"))
     lost.unlink()
