@@ -14,6 +14,8 @@ import os
 import sys
 from typing import NoReturn
 
+# TensorFlow's C++ log: errors only, unless the user chose a level (0 or 1 also shows its
+# start-up notices: krefinery/runtime/console.py).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
@@ -30,6 +32,7 @@ from krefinery.config import (  # noqa: E402
     Config,
 )
 from krefinery.errors import DiskFull, Diverged, Interrupted, SearchDiverged, UserError  # noqa: E402
+from krefinery.runtime import console  # noqa: E402
 
 _DEFAULTS = Config()
 
@@ -140,7 +143,12 @@ flags.DEFINE_bool(
     "to tell the refined labels' effect from a new seed's.",
 )
 flags.DEFINE_string("workdir", _DEFAULTS.workdir, "Output folder (default: runs/<dataset>-<time>).")
-flags.DEFINE_integer("verbose", _DEFAULTS.verbose, "Keras verbosity: 0 silent, 1 bars, 2 lines.")
+flags.DEFINE_integer(
+    "verbose",
+    _DEFAULTS.verbose,
+    "Keras verbosity: 0 silent, 1 progress bars, 2 a line an epoch (the default where the "
+    "output is not a terminal).",
+)
 flags.DEFINE_string("export_dir", _DEFAULTS.export_dir, "Models go to <export_dir>/<name>/<version>/.")
 flags.DEFINE_string("export_name", _DEFAULTS.export_name, "Exported model name (default: the dataset).")
 flags.DEFINE_bool(
@@ -165,7 +173,10 @@ FLAGS = flags.FLAGS
 
 def config_from_flags() -> Config:
     """The only place that reads flags: every Config field has a flag of the same name."""
-    return Config(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)})
+    values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)}
+    if not FLAGS["verbose"].present and not sys.stdout.isatty():
+        values["verbose"] = 2  # In a log file, a line an epoch, not every update of a bar.
+    return Config(**values)
 
 
 def tune_config_from_flags() -> TuneConfig:
@@ -210,6 +221,9 @@ def import_keras() -> None:
     Keras's, is one line, not the traceback of Keras's import."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     try:
+        # Keras loads TensorFlow wherever it is installed, on every backend (its
+        # set_random_seed seeds TensorFlow too): here first, with its start-up notices hidden.
+        console.load_tensorflow()
         import keras  # noqa: F401
     except ImportError as error:
         raise UserError(

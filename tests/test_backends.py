@@ -14,6 +14,7 @@ from helpers import ROOT, comparable, read_results, serve
 from test_arrays import BLOCK_TENSORFLOW
 
 from krefinery.core.resnet import build_resnet
+from krefinery.runtime.console import STARTUP_NOTICES
 
 # As test_cli's TINY chain, with 4 epochs a generation: enough for its 95% bar. Online, so
 # the frozen teacher labels batches inside the jitted JAX step, and the relabel summaries
@@ -56,6 +57,8 @@ def jax_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("jax")
     result = run_on_backend("jax", *JAX_RUN, f"--workdir={root / 'run'}", f"--export_dir={root / 'models'}")
     assert result.returncode == 0, result.stderr[-3000:]
+    # TensorFlow, loaded here as well (Keras seeds it), kept its start-up notices to itself.
+    assert not [line for line in result.stderr.splitlines() if any(n in line for n in STARTUP_NOTICES)]
     return root / "run"
 
 

@@ -98,6 +98,18 @@ def assert_same_weights(one: Path, two: Path) -> None:
         np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_progress_is_a_line_an_epoch_where_the_output_is_not_a_terminal():
+    import sys
+
+    import run
+
+    assert not sys.stdout.isatty()  # pytest captures it.
+    for args, verbose in (((), 2), (("--verbose=1",), 1), (("--verbose=0",), 0)):
+        run.FLAGS.unparse_flags()
+        run.parse_flags(["run.py", *args])
+        assert run.config_from_flags().verbose == verbose, args
+
+
 def test_another_seed_gives_other_weights_and_figures(tmp_path):
     """The seed reaches the weights and the data order. (The same seed gives the same
     results and weights, interrupted or not: test_durable, test_integrity, test_stops.)"""

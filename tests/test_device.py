@@ -1,3 +1,5 @@
+import os
+
 import keras
 import pytest
 import tensorflow as tf
@@ -109,3 +111,20 @@ def test_a_run_compiles_what_it_resolved(determinism, jit_compile):
 def test_unknown_precision_is_a_user_error():
     with pytest.raises(UserError, match="--precision=half must be one of auto, float32"):
         Config(precision="half")
+
+
+def test_tensorflows_start_up_notices_are_kept_off_the_console_and_nothing_else(capfd):
+    """What TensorFlow's C++ code writes to fd 2 as it loads on a machine without a GPU is
+    dropped; every other line written to fd 2 meanwhile comes out, in order."""
+    from krefinery.runtime import console
+
+    with console.startup_notices_hidden():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1.2 1 cudart_stub.cc:31] Could not find cuda drivers on your machine.\n")
+        os.write(2, b"a line of C++\n")
+        os.write(2, b"E0000 00:00:1.3 1 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n")
+        os.write(2, b"another line\n")
+    assert capfd.readouterr().err == "a line of C++\nanother line\n"
+    with console.startup_notices_hidden(enabled=False):  # TF_CPP_MIN_LOG_LEVEL=0 or 1.
+        os.write(2, b"E0000 failed call to cuInit\n")
+    assert capfd.readouterr().err == "E0000 failed call to cuInit\n"
