@@ -37,9 +37,9 @@ runpy.run_path("run.py", run_name="__main__")
 def run_on_backend(
     backend: str, *args: str, tensorflow: bool = True, kill_at: str | None = None
 ) -> subprocess.CompletedProcess:
-    """`KERAS_BACKEND=<backend> python run.py ARGS` in a fresh process; with TensorFlow's
-    imports made to fail if `tensorflow` is False; SIGKILLed at the fault point `kill_at`
-    if given."""
+    """`KERAS_BACKEND=<backend> python run.py ARGS` in a fresh process; without TensorFlow
+    (as where it is not installed) if `tensorflow` is False; SIGKILLed at the fault point
+    `kill_at` if given."""
     env = {**os.environ, "KERAS_BACKEND": backend}
     env.pop("KREFINERY_KILL_AT", None)
     if kill_at:
@@ -84,7 +84,7 @@ def test_online_digits_chain_on_jax_reaches_the_tensorflow_bar_and_serves_from_t
 
 
 def test_killed_on_jax_without_tensorflow_the_same_command_finishes_the_same_run(jax_run, tmp_path):
-    """Without TensorFlow (its imports made to fail), killed with SIGKILL in generation 1,
+    """Without TensorFlow (as where it is not installed), killed with SIGKILL in generation 1,
     the same command finishes the run with the results of the one above; it leaves a Keras
     model where TensorFlow would write a SavedModel."""
     args = (*JAX_RUN, f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}")

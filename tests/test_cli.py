@@ -91,13 +91,6 @@ def test_precision_and_xla_flags_reach_the_run(tmp_path):
     assert results["config"]["precision"] == "mixed_bfloat16"
 
 
-def assert_same_weights(one: Path, two: Path) -> None:
-    a, b = read_weights(one), read_weights(two)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key])
-
-
 def test_progress_is_a_line_an_epoch_where_the_output_is_not_a_terminal():
     import sys
 
