@@ -1,7 +1,6 @@
 """run.py end to end: real digits, mocked TFDS datasets, and every kind of bad input."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
