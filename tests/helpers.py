@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -55,8 +56,6 @@ def finished_copy(reference: dict, root: Path) -> tuple[Path, Path]:
     """A finished run of CHAIN of its own under `root` (`run/`, `models/`), for a test that
     changes files: the reference's store copied, then the same command, which trains
     nothing, reports and exports. Returns (workdir, models)."""
-    import shutil
-
     workdir, models = root / "run", root / "models"
     shutil.copytree(reference["workdir"] / "generations", workdir / "generations")
     assert run_chain(workdir, models) == 0

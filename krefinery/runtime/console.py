@@ -12,11 +12,12 @@ them all.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import sys
 import tempfile
 from typing import Iterator
+
+from krefinery.runtime.device import tensorflow_installed
 
 # Substrings of the lines TensorFlow and XLA write while loading on a machine without a
 # GPU, whatever TF_CPP_MIN_LOG_LEVEL says.
@@ -55,7 +56,7 @@ def load_tensorflow() -> None:
     """Imports TensorFlow, if it is installed and not yet loaded, and lets it find its
     devices, with its start-up notices hidden (unless TF_CPP_MIN_LOG_LEVEL asks for its
     info or warning lines)."""
-    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+    if "tensorflow" in sys.modules or not tensorflow_installed():
         return
     with startup_notices_hidden(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("0", "1")):
         import tensorflow as tf

@@ -29,8 +29,6 @@ import functools
 import importlib.util
 import sys
 
-import keras
-
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # The most uint8 training images `--input=auto` holds on an accelerator (a quarter of the
 # smallest GPU the project targets, 16 GB, leaving room for the model and activations).
@@ -78,6 +76,8 @@ def cpu_flags() -> set[str]:
 @functools.cache
 def machine_kind() -> str:
     """One of KINDS: the kind of device a run here trains on, as the backend sees it."""
+    import keras  # Here, not above: run.py reads `tensorflow_installed` before Keras loads.
+
     capability = _gpu_capability(keras.backend.backend())
     if capability is not None:
         return "gpu-bf16" if capability >= (8, 0) else "gpu"
@@ -154,6 +154,8 @@ def resolve_jit_compile(requested: bool | None, deterministic: bool | None = Non
     op determinism does not reach JAX); on PyTorch Keras runs eagerly, its own default."""
     if requested is not None:
         return requested
+    import keras
+
     backend = keras.backend.backend()
     if backend != "tensorflow":
         return backend == "jax"
@@ -180,6 +182,8 @@ def apply_determinism(enabled: bool) -> None:
     possible (not under op determinism) and tf.data reads the setting when a dataset
     is iterated.
     """
+    import keras
+
     if keras.backend.backend() != "tensorflow" and "tensorflow" not in sys.modules:
         return
     import tensorflow as tf
