@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 from typing import NoReturn
@@ -216,24 +217,35 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"{message} (python run.py --helpfull lists every flag).")
 
 
+# The Keras backends krefinery trains on, and the package each needs.
+BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+
+
 def import_keras() -> None:
-    """Keras on the backend KERAS_BACKEND names: a backend that is not installed, or not
-    Keras's, is one line, not the traceback of Keras's import."""
+    """Keras on the backend KERAS_BACKEND names: a backend krefinery does not train on,
+    or one whose package is not installed, is one line, found before TensorFlow's few
+    seconds of loading, not the traceback of Keras's import."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    try:
-        # Keras loads TensorFlow wherever it is installed, on every backend (its
-        # set_random_seed seeds TensorFlow too): here first, with its start-up notices hidden.
-        console.load_tensorflow()
-        import keras  # noqa: F401
-    except ImportError as error:
+    if backend not in BACKEND_PACKAGES:
         raise UserError(
-            f"KERAS_BACKEND={backend} needs the Python package '{error.name}', which is not "
-            "installed: install it, or run with KERAS_BACKEND=tensorflow (the default) or jax."
-        ) from None
-    except ValueError:
-        raise UserError(
-            f"KERAS_BACKEND={backend} is not a Keras backend: use tensorflow (the default), jax or torch."
-        ) from None
+            f"KERAS_BACKEND={backend} is not a Keras backend krefinery trains on: use "
+            "tensorflow (the default), jax or torch."
+        )
+    missing = BACKEND_PACKAGES[backend]
+    if importlib.util.find_spec(missing) is not None:
+        try:
+            # Keras loads TensorFlow wherever it is installed, on every backend (its
+            # set_random_seed seeds TensorFlow too): here first, with its start-up notices hidden.
+            console.load_tensorflow()
+            import keras  # noqa: F401
+
+            return
+        except ImportError as error:  # A package the backend's own imports need.
+            missing = error.name
+    raise UserError(
+        f"KERAS_BACKEND={backend} needs the Python package '{missing}', which is not "
+        "installed: install it, or run with KERAS_BACKEND=tensorflow (the default) or jax."
+    ) from None
 
 
 def fail(message: str) -> NoReturn:

@@ -1,6 +1,7 @@
-"""Runs every benchmark in turn: `python -m bench` (about 45 minutes on 2 CPU cores)."""
+"""Runs every benchmark in turn: `python -m bench` (about 50 minutes on 2 CPU cores)."""
 
 from bench import (
+    default_run,
     input_pipeline,
     memory,
     online,
@@ -10,5 +11,5 @@ from bench import (
     train_step,
 )
 
-for benchmark in (train_step, reproducibility, relabel, online, input_pipeline, scaling, memory):
+for benchmark in (train_step, reproducibility, relabel, online, input_pipeline, scaling, memory, default_run):
     benchmark.main()

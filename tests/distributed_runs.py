@@ -83,7 +83,9 @@ def main() -> None:
         report[TWO] = chain(TWO, out, *tiny, f"--distribute={TWO}")
         report["odd_batch"] = chain("odd_batch", out, *tiny, f"--distribute={TWO}", "--batch_size=15")
     else:
-        online = (*tiny, "--relabel=online", "--epochs=1")
+        # 20 a batch: 5 whole batches an epoch, so XLA compiles each step for one batch
+        # shape, not again for a last, smaller batch (tf.distribute's case above).
+        online = (*tiny, "--relabel=online", "--epochs=1", "--batch_size=20")
         report["none"] = chain("none", out, *online, "--distribute=none")
         report[TWO] = chain(TWO, out, *online, f"--distribute={TWO}")
         report["mirrored_on_jax"] = chain("mirrored_on_jax", out, *tiny, "--distribute=mirrored")

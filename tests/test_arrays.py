@@ -119,7 +119,7 @@ def test_offline_and_online_chains_on_jax_without_tensorflow_reach_the_bar(jax_c
     assert report["backend"] == "jax" and not report["tensorflow_loaded"]
     for mode in ("offline", "online"):
         first, second = report[mode]
-        # The project's digits bar under TensorFlow (test_cli, test_backends): 95% of the
+        # The project's digits bar (test_memory_input, test_backends): 95% of the
         # 360 held-out images; these chains reach 97-99% here, a random one 10%.
         assert first["val_accuracy"] >= 0.95 and second["val_accuracy"] >= 0.95, report
         assert first["train_label_agreement"] == 1.0 and first["train_label_entropy"] == 0.0

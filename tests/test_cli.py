@@ -35,17 +35,15 @@ def check_results(results: dict, generations: int) -> None:
     assert results["best_generation"] == best["generation"]
 
 
-@pytest.mark.heavy
-def test_default_digits_chain_reaches_95_percent_every_generation(tmp_path, capsys):
-    """The default job with 12 epochs a generation instead of 15, to save a fifth of the
-    suite's longest run. Measured on this machine kind (cpu-avx2) with seeds 0 to 3, 12
-    epochs kept every generation at 96.9% test accuracy or more, fitting 97.9% or more
-    of its training images, with at most 1.55% of refined labels wrong (the under-fit
-    warning fires above 2%); 10 epochs did not (seed 2: 2.01%), 8 neither."""
-    run_cli("--epochs=12", f"--workdir={tmp_path}")
+def test_the_default_job_leaves_every_output(tmp_path, capsys):
+    """The default job (`python run.py`), cut to two epochs a generation: what it runs on
+    and what it leaves behind. Whether it learns well enough (95% every generation) is
+    `bench/default_run.py`'s question: an accuracy target is no timed test's."""
+    run_cli("--epochs=2", f"--workdir={tmp_path}")
     results = read_results(tmp_path)
     check_results(results, generations=3)
     assert results["dataset"] == "digits" and results["config"]["generations"] == 3
+    assert results["config"]["depth"] == 20 and results["config"]["batch_size"] == 64
     assert results["finished"] is True
     # What ran: op determinism is on, and under it Keras compiles without XLA, whatever
     # `resolve_jit_compile` asked for.
@@ -60,7 +58,6 @@ def test_default_digits_chain_reaches_95_percent_every_generation(tmp_path, caps
     }
     assert results["data"]["num_train"] + results["data"]["num_val"] == 1437
     for g in results["generations"]:
-        assert g["test_accuracy"] >= 0.95, results["generations"]
         assert (tmp_path / g["weights"]).exists()
     # Later generations trained on refined labels, not one-hot ground truth.
     assert all(g["train_label_entropy"] > 0 for g in results["generations"][1:])
@@ -72,22 +69,29 @@ def test_default_digits_chain_reaches_95_percent_every_generation(tmp_path, caps
     assert results["exports"]["best"].endswith("saved_models/digits/1")
     printed = capsys.readouterr()
     assert "test acc" in printed.out and "results.json" in printed.out
-    # Fitted generations: their labels are right, and no under-fit warning is printed.
-    assert all(g["train_accuracy_unaugmented"] >= 0.95 for g in results["generations"])
-    assert all(g["refined_label_disagreement"] < 0.02 for g in results["generations"][:-1])
-    assert "under-fits" not in printed.err
 
 
-def test_precision_and_xla_flags_reach_the_run(tmp_path):
-    run_cli(*TINY, "--generations=1", "--precision=mixed_bfloat16", "--jit_compile", f"--workdir={tmp_path}")
-    results = read_results(tmp_path)
+def test_precision_and_xla_flags_reach_keras():
+    """What Keras builds and compiles for these flags, read off the experiment a run
+    makes (its `runtime` is what results.json records, as the default job's test shows);
+    a chain trained in mixed_bfloat16 is test_export's `digits_run`."""
+    import run
+    from krefinery.chain.experiment import prepare_experiment
+
+    run.FLAGS.unparse_flags()
+    run.parse_flags(["run.py", *TINY, "--generations=1", "--precision=mixed_bfloat16", "--jit_compile"])
+    experiment = prepare_experiment(run.config_from_flags())
     # XLA asked for alone turns op determinism off (Keras allows one or the other), and
     # the record says what Keras really compiled with.
-    assert results["runtime"] == {
+    assert experiment.runtime == {
         "backend": "tensorflow", "precision": "mixed_bfloat16", "jit_compile": True,
         "deterministic": False, "distribute": "none", "replicas": 1, "input": "tfdata",
     }
-    assert results["config"]["precision"] == "mixed_bfloat16"
+    trainer = experiment.trainer_for(1)
+    assert trainer.jit_compile is True
+    # Every layer with weights computes in bfloat16 but the logits, kept in float32.
+    policies = {layer.name: layer.dtype_policy.name for layer in trainer.classifier.layers if layer.weights}
+    assert policies.pop("logits") == "float32" and set(policies.values()) == {"mixed_bfloat16"}
 
 
 def test_progress_is_a_line_an_epoch_where_the_output_is_not_a_terminal():

@@ -30,6 +30,35 @@ def test_folder_with_train_only_carves_test_from_train(tmp_path):
     assert (splits.num_train, splits.num_val, splits.num_test) == (24, 3, 3)
 
 
+def test_reading_a_folder_shows_counts_and_time_left_in_a_log(tmp_path, monkeypatch, capsys):
+    """Where stdout is a log file (--verbose=2), long reading prints a line with the count
+    and the time left every PROGRESS_INTERVAL seconds (here 0, so at every file) and one
+    at its end; reading that ends sooner prints none, as does --verbose=0."""
+    from krefinery import progress
+
+    write_images(tmp_path / "train", {"a": 3, "b": 3})
+    write_images(tmp_path / "test", {"b": 2})
+    titles = ("checking image files", "reading train/", "reading test/")
+    load_source(f"folder:{tmp_path}", verbose=2)
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith(titles)]
+    monkeypatch.setattr(progress, "PROGRESS_INTERVAL", 0.0)
+    load_source(f"folder:{tmp_path}", verbose=0)
+    assert capsys.readouterr().out == ""
+    load_source(f"folder:{tmp_path}", verbose=2)
+    lines = capsys.readouterr().out.splitlines()
+    for title, unit, total in (("checking image files", "files", 8), ("reading train/", "images", 6), ("reading test/", "images", 2)):
+        mine = [line for line in lines if line.startswith(f"{title}: ")]
+        counts = [line.split(": ", 1)[1].split(f" {unit}")[0] for line in mine]
+        assert counts == [f"{done}/{total}" for done in range(1, total + 1)], mine
+        assert all("s so far, about" in line and line.endswith(" s left") for line in mine[:-1])
+        assert mine[-1].endswith(" s") and f"{total}/{total} {unit} in " in mine[-1]
+    # --verbose=1: Keras's own bar under each title, as fit's epochs have it.
+    load_source(f"folder:{tmp_path}", verbose=1)
+    out = capsys.readouterr().out
+    assert all(f"{title}:\n" in out for title in titles)
+    assert "8/8" in out and "6/6" in out and "2/2" in out
+
+
 def test_folder_test_split_and_resizing(tmp_path):
     write_images(tmp_path / "train", {"a": 3, "b": 3})
     write_images(tmp_path / "test", {"b": 2}, size=(20, 16))

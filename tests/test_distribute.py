@@ -2,13 +2,14 @@
 
 The two-device chains run in fresh processes (tests/distributed_runs.py): TensorFlow's
 logical CPUs and JAX's host devices must be set up before either starts. Both chains of
-a pair train on the same global batches (16 of 124 images: the last batch of each epoch,
-4, splits evenly), so they compute the same sums in another order: tf.distribute adds
-two half-batch gradients, synchronized batch norm takes E[x^2] - E[x]^2 over both where
-one device takes two passes, and JAX's SPMD step reduces in another order. Measured on
-a 2-core Xeon (cpu-bf16), every weight of both generations, batch-norm statistics
-included, agreed within 2e-6 of its tensor's largest value (TensorFlow) and 1e-6 (JAX).
-The bar is 1e-4: float32 rounding over these 7-14 steps a generation stays far below it, while
+a pair train on the same global batches (of the 100 training images, 16 under TensorFlow,
+whose last batch of each epoch, 4, splits evenly; 20 under JAX), so they compute the same
+sums in another order: tf.distribute adds two half-batch gradients, synchronized batch
+norm takes E[x^2] - E[x]^2 over both where one device takes two passes, and JAX's SPMD
+step reduces in another order. Measured on a 2-core Xeon (cpu-bf16), every weight of
+both generations, batch-norm statistics included, agreed within 2e-6 of its tensor's
+largest value (TensorFlow) and 1e-6 (JAX, at 16 a batch). The bar is 1e-4: float32
+rounding over these 5-14 steps a generation stays far below it, while
 the faults it guards against do not (measured over 2 epochs, TensorFlow: a loss not
 divided by the replica count, i.e. doubled gradients, moved some weight by 1.9x its
 tensor's largest value; per-replica batch statistics by 1.1x).

@@ -13,7 +13,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "krefinery"
 # The ground every layer may stand on.
-GROUND = {"krefinery", "krefinery.config", "krefinery.errors", "krefinery.faults", "krefinery.stops"}
+GROUND = {
+    "krefinery", "krefinery.config", "krefinery.errors", "krefinery.faults", "krefinery.progress", "krefinery.stops",
+}
 # What each folder may import of the package besides the ground and itself.
 ALLOWED = {
     "core": set(),

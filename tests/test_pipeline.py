@@ -48,6 +48,33 @@ def test_onehot_table_holds_ground_truth_by_id():
     assert table.sum() == len(train_ids)
 
 
+def test_a_relabel_pass_shows_its_count_and_time_left_in_a_log(monkeypatch, capsys):
+    """--verbose=2 (a log file): a line per PROGRESS_INTERVAL seconds (here 0, so per
+    batch of 7) with the count so far and the time left, and one at the end, whether the
+    pass reads tf.data or slices images held on the device; the default, 0, prints nothing."""
+    from krefinery import progress
+    from krefinery.core.relabel import RefinedLabels
+
+    splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
+    labels = onehot_table(splits.train, splits.num_ids, splits.num_classes, batch_size=7)
+    known = KnownFunction()
+    Relabeller(labels).hand_on(known, Trainer(known), Refinement(2, temperature=2.0))
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(progress, "PROGRESS_INTERVAL", 0.0)
+    Relabeller(labels, verbose=2).hand_on(known, Trainer(known), Refinement(2, temperature=2.0))
+    tfdata = capsys.readouterr().out.splitlines()
+    images = np.stack([e["image"] for e in splits.train.as_numpy_iterator()])
+    shown = progress.Progress("relabelling the training images", 48, verbose=2)
+    RefinedLabels(known, 2.0, 0.0).of_arrays(images, np.arange(48) % 4, batch_size=7, progress=shown)
+    shown.close()
+    memory = capsys.readouterr().out.splitlines()
+    for lines in (tfdata, memory):
+        assert all(line.startswith("relabelling the training images: ") for line in lines), lines
+        assert [int(line.split(": ")[1].split("/")[0]) for line in lines] == [*range(7, 48, 7), 48]
+        assert all(line.endswith(" s left") for line in lines[:-1])
+        assert lines[-1].startswith("relabelling the training images: 48/48 images in ")
+
+
 def test_refined_labels_stay_aligned_under_shuffling_and_augmentation():
     splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes, batch_size=7)

@@ -87,7 +87,7 @@ def test_a_backend_that_is_not_installed_is_one_line():
     """KERAS_BACKEND names a backend whose package is missing (PyTorch is not installed in
     the project's test environment, or an unknown name): one line, exit 2, before Keras
     can fail with a traceback."""
-    for backend, message in (("torch", "needs the Python package 'torch'"), ("nope", "is not a Keras backend")):
+    for backend, message in (("torch", "needs the Python package 'torch'"), ("nope", "is not a Keras backend krefinery trains on")):
         if backend == "torch" and importlib.util.find_spec("torch") is not None:
             continue  # Installed here: nothing is missing.
         result = run_subprocess("--predict", env={"KERAS_BACKEND": backend}, timeout=120)

@@ -179,7 +179,7 @@ def prepare_experiment(config: Config, feed: Feed | None = None) -> Experiment:
         readers=readers,
         # XLA for relabelling if asked for and Keras compiles the training step with it
         # (it does not under TensorFlow's op determinism, for one).
-        relabeller=Relabeller(feed.labels, jit_compile=bool(first.jit_compile)),
+        relabeller=Relabeller(feed.labels, jit_compile=bool(first.jit_compile), verbose=config.verbose),
         build_classifier=build_classifier,
         runtime={
             "backend": keras.backend.backend(),
@@ -198,7 +198,8 @@ def check_data(config: Config) -> None:
     """`config.dataset` read and split as a run would, and let go: bad data, or a batch
     larger than the training split, is a `UserError` before anything is made."""
     source = load_source(
-        config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw
+        config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw,
+        config.verbose,
     )
     config.check_batch_size(num_train(source, config.val_fraction, config.resolved_split_seed))
 
@@ -207,7 +208,8 @@ def load_feed(config: Config, replication: distribute.Replication) -> Feed:
     """`config.dataset` loaded, split and checked, on the `--input` path this machine
     resolves it to."""
     source = load_source(
-        config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw
+        config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw,
+        config.verbose,
     )
     train_bytes = getattr(source.train, "images", np.zeros(0, np.uint8)).nbytes
     path = resolve_input(config.input, train_bytes)

@@ -17,6 +17,7 @@ import numpy as np
 from krefinery.config import Refinement
 from krefinery.core.relabel import RefinedLabels
 from krefinery.core.trainer import Trainer
+from krefinery.progress import Progress
 
 
 class LabelTable(Protocol):
@@ -26,13 +27,18 @@ class LabelTable(Protocol):
     pipeline) and `data.memory.DeviceLabelTable` (a Keras variable beside in-memory images).
     """
 
-    def refine(self, labeller: RefinedLabels) -> None:
-        """Writes `labeller`'s refined labels of every training example, by id."""
+    @property
+    def size(self) -> int:
+        """How many training examples a relabel labels."""
+
+    def refine(self, labeller: RefinedLabels, progress: Progress | None = None) -> None:
+        """Writes `labeller`'s refined labels of every training example, by id, adding
+        each batch's examples to `progress`."""
 
     def values(self) -> np.ndarray:
         """The table as it is now."""
 
-    def labelled(self, labeller: RefinedLabels) -> np.ndarray:
+    def labelled(self, labeller: RefinedLabels, progress: Progress | None = None) -> np.ndarray:
         """`values()` with the training rows replaced by `labeller`'s labels."""
 
     def reset(self) -> None:
@@ -50,12 +56,14 @@ class Relabeller:
     Offline (the student trainer has no teacher slot) the model labels every training
     example once, into the label table; online its weights go into the student's frozen
     teacher, which labels every batch. One compiled labelling pass is kept per (model,
-    refinement), so relabelling traces once however many generations it serves.
+    refinement), so relabelling traces once however many generations it serves. A pass
+    over the training images shows its progress as `verbose` asks (`krefinery.progress`).
     """
 
-    def __init__(self, labels: LabelTable, jit_compile: bool = False):
+    def __init__(self, labels: LabelTable, jit_compile: bool = False, verbose: int = 0):
         self.labels = labels
         self.jit_compile = jit_compile
+        self.verbose = verbose
         self._labellers: dict[tuple[int, Refinement], RefinedLabels] = {}
 
     def ground_truth(self, student: Trainer) -> None:
@@ -69,7 +77,9 @@ class Relabeller:
             student.use_teacher(model, refinement)
         else:
             student.use_teacher(None)
-            self.labels.refine(self.labeller(model, refinement))
+            progress = self._progress()
+            self.labels.refine(self.labeller(model, refinement), progress)
+            progress.close()
 
     def labels_in_use(self, student: Trainer) -> np.ndarray:
         """What `student` trains on as things stand, `[num_ids, classes]`: the table, or,
@@ -77,7 +87,13 @@ class Relabeller:
         augmented ones)."""
         if student.teaching is None:
             return self.labels.values()
-        return self.labels.labelled(self.labeller(student.teacher, student.teaching))
+        progress = self._progress()
+        table = self.labels.labelled(self.labeller(student.teacher, student.teaching), progress)
+        progress.close()
+        return table
+
+    def _progress(self) -> Progress:
+        return Progress("relabelling the training images", self.labels.size, self.verbose)
 
     def labeller(self, model: keras.Model, refinement: Refinement) -> RefinedLabels:
         """The compiled labelling pass of `model` at `refinement`, made once."""

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from krefinery.core.losses import refined_labels
+from krefinery.progress import Progress
 
 # The batch of every inference pass: relabelling here, evaluation in the pipelines.
 INFERENCE_BATCH_SIZE = 1024
@@ -53,17 +54,17 @@ class RefinedLabels(keras.Model):
         return np.asarray(self.predict_on_batch({"image": images, "label": labels}), np.float32)
 
     def of_arrays(
-        self, images: Any, labels: Any, batch_size: int = INFERENCE_BATCH_SIZE
+        self, images: Any, labels: Any, batch_size: int = INFERENCE_BATCH_SIZE, progress: Progress | None = None
     ) -> np.ndarray:
-        """Refined labels of `images` (backend tensors, on the device), row by row.
+        """Refined labels of `images` (backend tensors, on the device), row by row, each
+        chunk's rows added to `progress`.
 
         Chunks are sliced where the images are, so they never pass through the host; only
         the `[n, classes]` labels come back.
         """
-        count = int(images.shape[0])
-        return np.concatenate(
-            [
-                self.of_batch(images[start : start + batch_size], labels[start : start + batch_size])
-                for start in range(0, count, batch_size)
-            ]
-        )
+        chunks = []
+        for start in range(0, int(images.shape[0]), batch_size):
+            chunks.append(self.of_batch(images[start : start + batch_size], labels[start : start + batch_size]))
+            if progress is not None:
+                progress.add(len(chunks[-1]))
+        return np.concatenate(chunks)

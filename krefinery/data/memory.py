@@ -30,6 +30,7 @@ from krefinery.data.feed import DataInfo
 from krefinery.data.sources import Arrays, Source
 from krefinery.data.splits import TEST, TRAIN, VAL, source_roles, steps_per_epoch
 from krefinery.errors import UserError
+from krefinery.progress import Progress
 
 Tensor = Any  # A backend tensor.
 
@@ -48,15 +49,19 @@ class DeviceLabelTable:
         self._truth[ids, ops.convert_to_numpy(labels)] = 1.0
         self.variable = keras.Variable(self._truth, trainable=False, dtype="float32", name="training_labels")
 
-    def refine(self, labeller: RefinedLabels) -> None:
-        self.variable.assign(self.labelled(labeller))
+    @property
+    def size(self) -> int:
+        return len(self._ids)
+
+    def refine(self, labeller: RefinedLabels, progress: Progress | None = None) -> None:
+        self.variable.assign(self.labelled(labeller, progress))
 
     def values(self) -> np.ndarray:
         return np.array(ops.convert_to_numpy(self.variable.value))
 
-    def labelled(self, labeller: RefinedLabels) -> np.ndarray:
+    def labelled(self, labeller: RefinedLabels, progress: Progress | None = None) -> np.ndarray:
         table = self.values()
-        table[self._ids] = labeller.of_arrays(self._images, self._labels)
+        table[self._ids] = labeller.of_arrays(self._images, self._labels, progress=progress)
         return table
 
     def reset(self) -> None:

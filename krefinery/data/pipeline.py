@@ -18,6 +18,7 @@ from krefinery.core.relabel import INFERENCE_BATCH_SIZE
 from krefinery.data.feed import DataInfo
 from krefinery.data.sources import Arrays, Source
 from krefinery.data.splits import TEST, TRAIN, VAL, source_roles, steps_per_epoch
+from krefinery.progress import Progress
 
 if TYPE_CHECKING:
     from krefinery.core.relabel import RefinedLabels
@@ -144,20 +145,28 @@ class TFLabelTable:
     def gather(self, ids: tf.Tensor) -> tf.Tensor:
         return tf.gather(self.variable, ids)
 
-    def refine(self, labeller: RefinedLabels) -> None:
+    @property
+    def size(self) -> int:
+        return int(self._truth.sum())  # One 1 in each training example's row.
+
+    def refine(self, labeller: RefinedLabels, progress: Progress | None = None) -> None:
         """Writes `labeller`'s refined labels of every training example, by id."""
         for batch in self.examples.as_numpy_iterator():
             targets = labeller.of_batch(batch["image"], batch["label"])
             self.variable.scatter_nd_update(batch["id"][:, None], targets)
+            if progress is not None:
+                progress.add(len(targets))
 
     def values(self) -> np.ndarray:
         return self.variable.numpy()
 
-    def labelled(self, labeller: RefinedLabels) -> np.ndarray:
+    def labelled(self, labeller: RefinedLabels, progress: Progress | None = None) -> np.ndarray:
         """`values()` with the training rows replaced by `labeller`'s labels."""
         table = self.values()
         for batch in self.examples.as_numpy_iterator():
             table[batch["id"]] = labeller.of_batch(batch["image"], batch["label"])
+            if progress is not None:
+                progress.add(len(batch["id"]))
         return table
 
     def reset(self) -> None:
