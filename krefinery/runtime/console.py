@@ -62,4 +62,3 @@ def load_tensorflow() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()
-
