@@ -223,6 +223,24 @@ def test_accuracy_chart_is_written(digits_run):
     assert image.shape[0] > 300 and image.shape[1] > 400
 
 
+def test_the_moved_furthest_table_writes_p_truth_as_its_captions_do(tmp_path):
+    """A tail probability (here 5.7e-04) reads the same in the table as in the image
+    captions, not rounded to three decimals (0.001 here; 0.000 below 5e-04)."""
+    truth = np.array([0, 1, 2, 0])
+    refined = np.array(
+        [[0.00057, 0.99943, 0.0], [0.2, 0.7, 0.1], [0.05, 0.05, 0.9], [0.9, 0.05, 0.05]], np.float32
+    )
+    writer = summaries.RelabelSummaries(
+        tmp_path, lambda: (np.arange(4), truth), lambda ids: np.zeros((len(ids), 8, 8, 1), np.uint8),
+        ["a", "b", "c"], num_images=2,
+    )
+    writer(1, np.eye(3, dtype=np.float32)[truth], refined)
+    writer.close()
+    table = read_run(tmp_path)[summaries.MOVED_TABLE][2].item().decode().splitlines()
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table[2:]]
+    assert [row[1:4] for row in rows] == [["0", "a", "5.7e-04"], ["1", "b", "0.700"]]
+
+
 def test_label_tiles_are_upscaled_without_blurring():
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)

@@ -546,7 +546,7 @@ class RelabelSummaries:
                 f"truth {truth}: {_probability(truth_p)}\n"
                 f"top {self.class_names[first]}: {_probability(first_p)}"
             )
-            table.append(f"| {rank} | {self._ids[row]} | {truth} | {truth_p:.3f} | {listed} |")
+            table.append(f"| {rank} | {self._ids[row]} | {truth} | {_probability(truth_p)} | {listed} |")
         png = charts.labelled_tiles(images, captions)
         self._writer.image_png(moved_image_tag(step), png, step, description=moved_image_description(step))
         self._writer.text(MOVED_TABLE, "\n".join(table), step, description=DESCRIPTIONS[MOVED_TABLE])
