@@ -217,8 +217,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"{message} (python run.py --helpfull lists every flag).")
 
 
-# The Keras backends krefinery trains on, and the package each needs.
-BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+# The Keras backends krefinery trains on; each is the Python package of its name.
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def import_keras() -> None:
@@ -226,26 +226,23 @@ def import_keras() -> None:
     or one whose package is not installed, is one line, found before TensorFlow's few
     seconds of loading, not the traceback of Keras's import."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend not in BACKEND_PACKAGES:
+    if backend not in BACKENDS:
         raise UserError(
             f"KERAS_BACKEND={backend} is not a Keras backend krefinery trains on: use "
             "tensorflow (the default), jax or torch."
         )
-    missing = BACKEND_PACKAGES[backend]
-    if importlib.util.find_spec(missing) is not None:
-        try:
-            # Keras loads TensorFlow wherever it is installed, on every backend (its
-            # set_random_seed seeds TensorFlow too): here first, with its start-up notices hidden.
-            console.load_tensorflow()
-            import keras  # noqa: F401
-
-            return
-        except ImportError as error:  # A package the backend's own imports need.
-            missing = error.name
-    raise UserError(
-        f"KERAS_BACKEND={backend} needs the Python package '{missing}', which is not "
-        "installed: install it, or run with KERAS_BACKEND=tensorflow (the default) or jax."
-    ) from None
+    try:
+        if importlib.util.find_spec(backend) is None:
+            raise ModuleNotFoundError(name=backend)
+        # Keras loads TensorFlow wherever it is installed, on every backend (its
+        # set_random_seed seeds TensorFlow too): here first, with its start-up notices hidden.
+        console.load_tensorflow()
+        import keras  # noqa: F401
+    except ImportError as error:  # The backend's package, or one its imports need.
+        raise UserError(
+            f"KERAS_BACKEND={backend} needs the Python package '{error.name}', which is not "
+            "installed: install it, or run with KERAS_BACKEND=tensorflow (the default) or jax."
+        ) from None
 
 
 def fail(message: str) -> NoReturn:

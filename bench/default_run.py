@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console.load_tensorflow()  # machine_kind asks TensorFlow: its start-up notices kept off.
     print(f"machine: {machine_kind()}")
-    print("| seed | generation | test accuracy | fits | labels wrong | seconds |")
+    print("| seed | generation | test accuracy | fits | labels wrong | run seconds |")
     print("|---|---|---|---|---|---|")
     failed = []
     for seed in (int(s) for s in args.seeds.split(",")):

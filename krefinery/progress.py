@@ -15,13 +15,14 @@ PROGRESS_INTERVAL = 10.0
 
 
 class Progress:
-    """`add(n)` as work is done, `close()` when it ends; `total` units in all."""
+    """`add(n)` as work is done, in a `with` block (or `close()` at its end); `total`
+    units in all."""
 
     def __init__(self, title: str, total: int, verbose: int, unit: str = "image"):
         self.title, self.total, self.verbose, self.unit = title, total, verbose, unit
         self.done = 0
         self._start = self._last = time.monotonic()
-        self._lines = 0
+        self._printed = False  # A line so far: then one at the end too.
         self._bar = None
         if verbose == 1 and total:
             import keras  # Only for the bar: this module loads on every layer.
@@ -37,7 +38,7 @@ class Progress:
             now = time.monotonic()
             if now - self._last >= PROGRESS_INTERVAL and self.done < self.total:
                 self._last = now
-                self._lines += 1
+                self._printed = True
                 elapsed = now - self._start
                 left = elapsed * (self.total - self.done) / max(self.done, 1)
                 print(
@@ -46,7 +47,13 @@ class Progress:
                     flush=True,
                 )
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
-        if self._lines:
+        if self._printed:
             elapsed = time.monotonic() - self._start
             print(f"{self.title}: {self.done:,}/{self.total:,} {self.unit}s in {elapsed:.0f} s", flush=True)

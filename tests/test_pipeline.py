@@ -54,6 +54,7 @@ def test_a_relabel_pass_shows_its_count_and_time_left_in_a_log(monkeypatch, caps
     pass reads tf.data or slices images held on the device; the default, 0, prints nothing."""
     from krefinery import progress
     from krefinery.core.relabel import RefinedLabels
+    from krefinery.data.memory import InMemoryData
 
     splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
     labels = onehot_table(splits.train, splits.num_ids, splits.num_classes, batch_size=7)
@@ -64,10 +65,14 @@ def test_a_relabel_pass_shows_its_count_and_time_left_in_a_log(monkeypatch, caps
     Relabeller(labels, verbose=2).hand_on(known, Trainer(known), Refinement(2, temperature=2.0))
     tfdata = capsys.readouterr().out.splitlines()
     images = np.stack([e["image"] for e in splits.train.as_numpy_iterator()])
-    shown = progress.Progress("relabelling the training images", 48, verbose=2)
-    RefinedLabels(known, 2.0, 0.0).of_arrays(images, np.arange(48) % 4, batch_size=7, progress=shown)
-    shown.close()
+    with progress.Progress("relabelling the training images", 48, verbose=2) as shown:
+        RefinedLabels(known, 2.0, 0.0).of_arrays(images, np.arange(48) % 4, batch_size=7, progress=shown)
     memory = capsys.readouterr().out.splitlines()
+    # The device-held table hands its progress on to that pass: every example counted once.
+    table = InMemoryData(images, np.arange(48) % 4, 4).labels
+    with progress.Progress("relabelling the training images", table.size, verbose=0) as counted:
+        table.refine(RefinedLabels(known, 2.0, 0.0), counted)
+    assert counted.done == table.size == 48
     for lines in (tfdata, memory):
         assert all(line.startswith("relabelling the training images: ") for line in lines), lines
         assert [int(line.split(": ")[1].split("/")[0]) for line in lines] == [*range(7, 48, 7), 48]

@@ -77,9 +77,8 @@ class Relabeller:
             student.use_teacher(model, refinement)
         else:
             student.use_teacher(None)
-            progress = self._progress()
-            self.labels.refine(self.labeller(model, refinement), progress)
-            progress.close()
+            with self._progress() as progress:
+                self.labels.refine(self.labeller(model, refinement), progress)
 
     def labels_in_use(self, student: Trainer) -> np.ndarray:
         """What `student` trains on as things stand, `[num_ids, classes]`: the table, or,
@@ -87,10 +86,8 @@ class Relabeller:
         augmented ones)."""
         if student.teaching is None:
             return self.labels.values()
-        progress = self._progress()
-        table = self.labels.labelled(self.labeller(student.teacher, student.teaching), progress)
-        progress.close()
-        return table
+        with self._progress() as progress:
+            return self.labels.labelled(self.labeller(student.teacher, student.teaching), progress)
 
     def _progress(self) -> Progress:
         return Progress("relabelling the training images", self.labels.size, self.verbose)

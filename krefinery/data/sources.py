@@ -237,22 +237,21 @@ def _list_split(root: str, split: str, where: str, not_read: list[str]) -> _Spli
 def _read_headers(root: str, files: list[str], bad: dict[str, str], verbose: int) -> dict[str, images.Header]:
     """Headers of the readable files; the others go into `bad` with what is wrong."""
     headers = {}
-    progress = Progress("checking image files", len(files), verbose, unit="file")
-    for name in files:
-        progress.add()
-        problem = images.link_problem(os.path.join(root, name))
-        if problem:
-            bad[name] = problem
-            continue
-        if not images.has_image_suffix(name):
-            suffix = os.path.splitext(name)[1] or "no extension"
-            bad[name] = f"unsupported file type ({suffix}; krefinery reads {READABLE})"
-            continue
-        try:
-            headers[name] = images.read_header(os.path.join(root, name))
-        except images.BadImage as error:
-            bad[name] = str(error)
-    progress.close()
+    with Progress("checking image files", len(files), verbose, unit="file") as progress:
+        for name in files:
+            progress.add()
+            problem = images.link_problem(os.path.join(root, name))
+            if problem:
+                bad[name] = problem
+                continue
+            if not images.has_image_suffix(name):
+                suffix = os.path.splitext(name)[1] or "no extension"
+                bad[name] = f"unsupported file type ({suffix}; krefinery reads {READABLE})"
+                continue
+            try:
+                headers[name] = images.read_header(os.path.join(root, name))
+            except images.BadImage as error:
+                bad[name] = str(error)
     return headers
 
 
@@ -330,9 +329,9 @@ def _decode(
     # Threads pay for large images only: for small ones the GIL hand-offs cost more than
     # the decoding they overlap.
     largest = max((headers[name].height * headers[name].width for name, _ in readable), default=0)
-    progress = Progress(title, len(readable), verbose)
     errors = []
     with contextlib.ExitStack() as stack:
+        progress = stack.enter_context(Progress(title, len(readable), verbose))
         if largest >= PARALLEL_PIXELS and (os.cpu_count() or 1) > 1:
             pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(os.cpu_count()))
             results = pool.map(read, range(len(readable)), chunksize=16)
@@ -341,7 +340,6 @@ def _decode(
         for error in results:
             errors.append(error)
             progress.add()
-    progress.close()
     for (name, _), error in zip(readable, errors):
         if error is not None:
             bad[name] = error
