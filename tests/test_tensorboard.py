@@ -2,6 +2,8 @@
 
 import math
 import re
+import shutil
+import subprocess
 import urllib.parse
 
 import keras
@@ -15,7 +17,7 @@ from krefinery.analysis.diagnostics import label_stats
 from krefinery.core.resnet import build_resnet
 from krefinery.data.pipeline import eval_dataset, make_splits
 from krefinery.data.sources import load_source
-from krefinery.outputs import charts, summaries
+from krefinery.outputs import charts, study_report, summaries
 
 
 def read_run(path) -> dict[str, dict[int, np.ndarray]]:
@@ -39,41 +41,61 @@ def described_tags(path) -> dict[str, str]:
     }
 
 
-def test_each_generation_is_one_sub_run_with_train_and_validation_curves(digits_run):
+def sub_runs(board) -> list[str]:
+    return sorted(p.parent.relative_to(board).as_posix() for p in board.rglob("events.out.tfevents.*"))
+
+
+def scalar_series(board) -> dict[tuple[str, str], int]:
+    """`{(sub-run, tag): points}` of every scalar under `board`."""
+    found = {}
+    for run in sub_runs(board):
+        accumulator = event_accumulator.EventAccumulator(str(board / run), size_guidance={event_accumulator.TENSORS: 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["tensors"]:
+            if accumulator.SummaryMetadata(tag).plugin_data.plugin_name == "scalars":
+                found[run, tag] = len(accumulator.Tensors(tag))
+    return found
+
+
+def test_each_generation_has_train_and_validation_curves_as_keras_writes_them(digits_run):
     board = digits_run["workdir"] / "tensorboard"
-    # One sub-run per generation (TensorBoard gives each sub-run one colour), nothing nested.
-    runs = sorted(p.parent.relative_to(board).as_posix() for p in board.rglob("events.out.tfevents.*"))
-    assert runs == ["gen_1", "gen_2", "generations", "refinery"]
+    assert sub_runs(board) == [
+        "gen_1/train", "gen_1/validation", "gen_2/train", "gen_2/validation", "generations", "refinery",
+    ]
     for entry in digits_run["results"]["generations"]:
-        logged = read_run(board / f"gen_{entry['generation']}")
-        assert sorted(logged) == [
-            "train/accuracy", "train/label_agreement", "train/label_entropy", "train/learning_rate",
-            "train/loss", "validation/accuracy", "validation/loss",
+        train, validation = (read_run(board / f"gen_{entry['generation']}" / split) for split in ("train", "validation"))
+        # One tag per metric for both splits, so TensorBoard overlays them on one card.
+        assert sorted(train) == [
+            "epoch/accuracy", "epoch/label_agreement", "epoch/label_entropy", "epoch/learning_rate", "epoch/loss",
         ]
-        for tag, values in logged.items():
+        assert sorted(validation) == ["epoch/accuracy", "epoch/loss"]
+        for tag, values in [*train.items(), *validation.items()]:
             assert sorted(values) == [1, 2], tag  # Step = epoch, counted from 1.
-        assert float(logged["validation/accuracy"][2]) == pytest.approx(entry["val_accuracy"], abs=1e-7)
-        assert float(logged["train/accuracy"][2]) == pytest.approx(entry["train_accuracy"], abs=1e-7)
-        assert float(logged["train/label_agreement"][2]) == pytest.approx(entry["train_label_agreement"], abs=1e-7)
+        assert float(validation["epoch/accuracy"][2]) == pytest.approx(entry["val_accuracy"], abs=1e-7)
+        assert float(train["epoch/accuracy"][2]) == pytest.approx(entry["train_accuracy"], abs=1e-7)
+        assert float(train["epoch/label_agreement"][2]) == pytest.approx(entry["train_label_agreement"], abs=1e-7)
         # Cosine decay from 0.1 over two epochs, read at each epoch's end; every generation restarts it.
-        assert float(logged["train/learning_rate"][1]) == pytest.approx(0.05, rel=1e-5)
-        assert float(logged["train/learning_rate"][2]) == pytest.approx(0.0, abs=1e-7)
+        assert float(train["epoch/learning_rate"][1]) == pytest.approx(0.05, rel=1e-5)
+        assert float(train["epoch/learning_rate"][2]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_no_scalar_is_a_line_of_a_point_per_generation(digits_run):
+    """TensorBoard's default smoothing bends a line of 2-3 points and "ignore outliers" cuts
+    it off: the per-generation figures are charts and tables, the only scalars per epoch."""
+    series = scalar_series(digits_run["workdir"] / "tensorboard")
+    assert series and all(tag.startswith("epoch/") and points == 2 for (_, tag), points in series.items()), series
 
 
 def test_cross_generation_view_matches_results(digits_run):
     logged = read_run(digits_run["workdir"] / "tensorboard" / "generations")
     generations = digits_run["results"]["generations"]
-    for key, tag in summaries.GENERATION_TAGS.items():
-        # None (the last generation's refined_label_disagreement: it hands nothing on) is not logged.
-        expected = {g["generation"]: g[key] for g in generations if g[key] is not None}
-        assert {step: float(v) for step, v in logged[tag].items()} == pytest.approx(expected)
     # The table and the chart are exact at any smoothing: the last step holds every generation.
     table = logged[summaries.GENERATION_TABLE][2].item().decode().splitlines()
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table[2:]]
     best = digits_run["results"]["best_generation"]
     assert [row[0] for row in rows] == [f"{g['generation']}" + (" (best)" if g["generation"] == best else "") for g in generations]
-    assert [row[1] for row in rows] == [f"{g['val_accuracy']:.4f}" for g in generations]
-    assert [row[2] for row in rows] == [f"{g['test_accuracy']:.4f}" for g in generations]
+    for column, key in enumerate(("val_accuracy", "test_accuracy", "train_accuracy", "train_label_agreement"), start=1):
+        assert [row[column] for row in rows] == [f"{g[key]:.4f}" for g in generations], key
     width, height, png = logged[summaries.ACCURACY_IMAGE][2]
     assert tf.image.decode_png(png).shape[:2] == (int(height), int(width))
     assert sorted(logged[summaries.ACCURACY_IMAGE]) == [1, 2]
@@ -81,15 +103,13 @@ def test_cross_generation_view_matches_results(digits_run):
 
 def test_every_summary_says_what_it_is_and_what_its_step_means(digits_run):
     board = digits_run["workdir"] / "tensorboard"
-    for run in ("gen_1", "generations", "refinery"):
+    for run in ("gen_1/train", "gen_1/validation", "generations", "refinery"):
         descriptions = described_tags(board / run)
         assert descriptions
         for tag, description in descriptions.items():
             assert "Step = " in description, (run, tag, description)
-    label_descriptions = described_tags(board / "refinery")
-    assert "nats" in label_descriptions[summaries.LABEL_TAGS["mean_entropy"]]
-    assert "nats" in label_descriptions[summaries.LABEL_TAGS["kl_from_previous"]]
-    assert "nats" in described_tags(board / "gen_1")["train/loss"]
+    assert "nats" in described_tags(board / "refinery")[summaries.LABEL_TABLE]
+    assert "nats" in described_tags(board / "gen_1" / "train")["epoch/loss"]
 
 
 def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digits_run):
@@ -112,33 +132,38 @@ def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digit
     onehot = np.eye(splits.num_classes, dtype=np.float32)[truth]
     expected = label_stats(refined, truth, onehot)
 
-    tags = summaries.LABEL_TAGS
+    # The label table at step 2 holds both steps, exact to its 4 decimals.
+    table = logged[summaries.LABEL_TABLE][2].item().decode().splitlines()
+    header = [cell.strip() for cell in table[0].split("|")[1:-1]]
+    rows = {
+        int(cells[0]): dict(zip(header[1:], cells[1:]))
+        for cells in ([cell.strip() for cell in line.split("|")[1:-1]] for line in table[2:])
+    }
+    assert sorted(rows) == [1, 2]
+    below = [f"p(truth) < {t:g}" for t in summaries.TRUTH_THRESHOLDS]
     # Step 1: the ground truth generation 1 trained on.
-    assert float(logged[tags["agreement"]][1]) == 1.0
-    assert float(logged[tags["mean_entropy"]][1]) == 0.0
-    assert float(logged[tags["mean_confidence"]][1]) == 1.0
-    for threshold in summaries.TRUTH_THRESHOLDS:
-        assert float(logged[summaries.truth_below_tag(threshold)][1]) == 0.0
+    assert [rows[1][c] for c in ("agreement with ground truth", "mean confidence", "mean entropy (nats)")] == ["1.0000", "1.0000", "0.0000"]
+    assert [rows[1][c] for c in ("KL from previous (nats)", "argmax changed", *below)] == ["-", "-", "0.0000", "0.0000", "0.0000"]
     # Step 2: generation 1's labels, which generation 2 trained on.
-    assert sorted(logged[tags["kl_from_previous"]]) == sorted(logged[tags["argmax_changed"]]) == [2]
-    assert float(logged[tags["agreement"]][2]) == pytest.approx(expected.agreement, abs=1e-6)
-    assert float(logged[tags["mean_entropy"]][2]) == pytest.approx(expected.mean_entropy, rel=1e-4)
-    assert float(logged[tags["mean_confidence"]][2]) == pytest.approx(expected.mean_confidence, rel=1e-4)
+    second = rows[2]
+    assert float(second["agreement with ground truth"]) == pytest.approx(expected.agreement, abs=5e-5)
+    assert float(second["mean entropy (nats)"]) == pytest.approx(expected.mean_entropy, rel=1e-4, abs=5e-5)
+    assert float(second["mean confidence"]) == pytest.approx(expected.mean_confidence, rel=1e-4, abs=5e-5)
     # -log p of small probabilities magnifies bfloat16 rounding, which differs between the
     # run's compiled relabel pass and this eager recomputation (2^-8 relative per value).
     kl_tolerance = 1e-4 if results["runtime"]["precision"] == "float32" else 4e-3
-    assert float(logged[tags["kl_from_previous"]][2]) == pytest.approx(expected.kl_from_previous, rel=kl_tolerance)
-    assert int(logged[tags["argmax_changed"]][2]) == expected.argmax_changed == np.sum(refined.argmax(-1) != truth)
-    second = results["generations"][1]
-    assert float(logged[tags["agreement"]][2]) == pytest.approx(second["train_label_agreement"], abs=1e-6)
-    assert float(logged[tags["mean_entropy"]][2]) == pytest.approx(second["train_label_entropy"], rel=1e-4)
+    assert float(second["KL from previous (nats)"]) == pytest.approx(expected.kl_from_previous, rel=kl_tolerance, abs=5e-5)
+    assert int(second["argmax changed"]) == expected.argmax_changed == np.sum(refined.argmax(-1) != truth)
+    generation_2 = results["generations"][1]
+    assert second["agreement with ground truth"] == f"{generation_2['train_label_agreement']:.4f}"
+    assert float(second["mean entropy (nats)"]) == pytest.approx(generation_2["train_label_entropy"], rel=1e-4, abs=5e-5)
     assert 0.0 < expected.agreement < 1.0 and expected.mean_entropy > 0.0
     # The tail: the share below each threshold, to within a few examples that rounding may
     # carry across a threshold.
-    for threshold in summaries.TRUTH_THRESHOLDS:
+    for threshold, column in zip(summaries.TRUTH_THRESHOLDS, below):
         share = np.mean(expected.ground_truth_probability < threshold)
-        assert float(logged[summaries.truth_below_tag(threshold)][2]) == pytest.approx(share, abs=3 / len(ids))
-    assert float(logged[summaries.truth_below_tag(0.5)][2]) > 0.0
+        assert float(second[column]) == pytest.approx(share, abs=3 / len(ids))
+    assert float(second[below[0]]) > 0.0
 
     # Histograms count every training example once; the log one spreads out the tail.
     for tag in (summaries.CONFIDENCE_HISTOGRAM, summaries.TRUTH_HISTOGRAM, summaries.LOG_TRUTH_HISTOGRAM):
@@ -177,44 +202,78 @@ def test_tensorboard_serves_the_run_as_the_browser_reads_it(digits_run):
     with tensorboard_server(digits_run["workdir"] / "tensorboard") as url:
         runs = get_json(f"{url}/data/runs")
         scalar_tags = get_json(f"{url}/data/plugin/scalars/tags")
-        layout = get_json(f"{url}/data/plugin/custom_scalars/layout")
         image_tags = get_json(f"{url}/data/plugin/images/tags")
+        text_tags = get_json(f"{url}/data/plugin/text/tags")
+        query = urllib.parse.urlencode({"run": "gen_2/validation", "tag": "epoch/accuracy"})
+        validation = get_json(f"{url}/data/plugin/scalars/scalars?{query}")
 
-        def scalars(run, tag):
-            query = urllib.parse.urlencode({"run": run, "tag": tag})
-            return get_json(f"{url}/data/plugin/scalars/scalars?{query}")
-
-        series = {
-            (run, tag): scalars(run, tag)
-            for run, tags in (("generations", summaries.GENERATION_TAGS.values()), ("gen_2", ["validation/accuracy"]))
-            for tag in tags
-        }
-        series["refinery", "agreement"] = scalars("refinery", summaries.LABEL_TAGS["agreement"])
-
-    # One sub-run per generation, so no generation shares a colour with another.
-    assert sorted(runs) == ["gen_1", "gen_2", "generations", "refinery"]
-    assert "validation/accuracy" in scalar_tags["gen_1"] and "train/loss" in scalar_tags["gen_2"]
-    assert "Step = generation" in scalar_tags["generations"][summaries.GENERATION_TAGS["test_accuracy"]]["description"]
-    for key, tag in summaries.GENERATION_TAGS.items():
-        points = series["generations", tag]
-        logged = [g for g in generations if g[key] is not None]  # None is not logged.
-        assert [step for _, step, _ in points] == [g["generation"] for g in logged]
-        assert all(type(step) is int for _, step, _ in points)
-        assert [value for _, _, value in points] == pytest.approx([g[key] for g in logged], rel=1e-7)
-    assert [(step, value) for _, step, value in series["gen_2", "validation/accuracy"]][-1] == (2, pytest.approx(generations[1]["val_accuracy"], rel=1e-7))
-    agreement = [(step, value) for _, step, value in series["refinery", "agreement"]]
-    assert agreement == [(1, 1.0), (2, pytest.approx(generations[1]["train_label_agreement"], rel=1e-6))]
-
-    # The custom-scalars layout groups the cross-generation and label views, each chart's
-    # tags found among the run's.
-    categories = {c["title"]: c for c in layout["category"]}
-    assert any("step = generation" in title for title in categories)
-    all_tags = {tag for tags in scalar_tags.values() for tag in tags}
-    for category in categories.values():
-        for chart in category["chart"]:
-            for pattern in chart["multiline"]["tag"]:
-                assert any(re.search(pattern, tag) for tag in all_tags), (chart["title"], pattern)
+    assert sorted(runs) == ["gen_1/train", "gen_1/validation", "gen_2/train", "gen_2/validation", "generations", "refinery"]
+    assert sorted(scalar_tags) == ["gen_1/train", "gen_1/validation", "gen_2/train", "gen_2/validation"]
+    assert "epoch/accuracy" in scalar_tags["gen_1/validation"] and "epoch/loss" in scalar_tags["gen_2/train"]
+    assert [(step, value) for _, step, value in validation] == [
+        (1, pytest.approx(validation[0][2])), (2, pytest.approx(generations[1]["val_accuracy"], rel=1e-7)),
+    ]
+    assert list(image_tags["generations"]) == [summaries.ACCURACY_IMAGE]
     assert {summaries.moved_image_tag(2), *summaries.LABEL_CHARTS.values()} <= set(image_tags["refinery"])
+    assert list(text_tags["generations"]) == [summaries.GENERATION_TABLE]
+    assert {summaries.LABEL_TABLE, summaries.MOVED_TABLE} <= set(text_tags["refinery"])
+
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+def landing_page(url: str) -> str:
+    """The page TensorBoard opens on (Time Series), as headless Chromium renders it with
+    every setting at its default: its DOM once the scripts have run. 1600 wide, and tall
+    enough that the cards of the expanded groups are drawn (off screen, they are not)."""
+    page = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,3000",
+         "--virtual-time-budget=20000", "--dump-dom", f"{url}/"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert page.returncode == 0, page.stderr[-2000:]
+    return page.stdout
+
+
+def page_text(page: str) -> str:
+    """The page's text, each element's between bars: a card title `a/b` reads `|a|/b|`."""
+    return re.sub(r"\s*\|[\s|]*", "|", re.sub(r"<[^>]+>", "|", page))
+
+
+def data_table(page: str, tag: str) -> dict[str, tuple[float, float, int]]:
+    """`{run: (smoothed, value, step)}` of the table under the Time Series card for `tag`."""
+    text = page_text(page)
+    group, name = tag.split("/", 1)
+    card = text.split(f"|{group}|/{name}|", 1)[1].split("|Run|Smoothed|Value|Step|Relative|", 1)[1]
+    rows = {}
+    for run, smoothed, value, step in re.findall(r"([\w/]+)\|([-\d.e]+)\|([-\d.e]+)\|(\d+)\|[\d.]+ \w+\|", card.split("|epoch|/", 1)[0] + "|"):
+        rows[run] = (float(smoothed), float(value), int(step))
+    return rows
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium)")
+def test_the_landing_page_opens_on_the_epoch_curves_and_the_generation_chart(digits_run):
+    """TensorBoard expands the first two tag groups of Time Series: the per-epoch curves,
+    training and validation on one card, and the accuracy chart by generation; the
+    figures under the cards are the run's."""
+    with tensorboard_server(digits_run["workdir"] / "tensorboard") as url:
+        page = landing_page(url)
+    groups = re.findall(r'class="group-title" title="([^"]+)"', page)
+    expanded = re.findall(r'class="expand-group-icon"><mat-icon[^>]*svgicon="(expand_less|expand_more)_24px"', page)
+    assert groups == ["epoch", "generation", "labels"]
+    assert expanded == ["expand_less", "expand_less", "expand_more"]
+    group, name = summaries.ACCURACY_IMAGE.split("/")
+    assert f"|{group}|/{name}|" in page_text(page)
+    accuracy = data_table(page, "epoch/accuracy")
+    for entry in digits_run["results"]["generations"]:
+        k = entry["generation"]
+        assert set(accuracy) >= {f"gen_{k}/train", f"gen_{k}/validation"}, page_text(page)[-6000:]
+        _, value, step = accuracy[f"gen_{k}/validation"]
+        assert (value, step) == (pytest.approx(entry["val_accuracy"], abs=5e-5), 2)
+        _, value, step = accuracy[f"gen_{k}/train"]
+        assert (value, step) == (pytest.approx(entry["train_accuracy"], abs=5e-5), 2)
+    agreement = data_table(page, "epoch/label_agreement")
+    assert agreement["gen_2/train"][1] == pytest.approx(digits_run["results"]["generations"][1]["train_label_agreement"], abs=5e-5)
 
 
 def test_accuracy_chart_is_written(digits_run):
@@ -306,15 +365,16 @@ with summaries.SummaryWriter(out / "kinds") as writer:
 generations = summaries.GenerationSummaries(out / "generations")
 generations.write({"generation": 1, "val_accuracy": 0.5, "test_accuracy": 0.4})
 generations.close()
-summaries.write_hparams_config(out / "search", (1, 2), [1.0, 4.0], [0.0])
-summaries.write_trial_hparams(out / "search" / "0", "0", {"temperature": 4.0}, {"val_accuracy": 0.75}, "COMPLETED")
+config = summaries.hparams_config((1, 2), [1.0, 4.0], [0.0])
+summaries.write_trial_hparams(out / "search" / "0", "0", {"temperature": 4.0}, {"val_accuracy": 0.75}, "COMPLETED", config)
 runs = [
     {"generations": [{"generation": k, "val_accuracy": 0.5 + k / 10 + r / 100, "test_accuracy": 0.4 + k / 10}
                      for k in (1, 2)],
      "config": {"seed": r}, "best_generation": 2, "workdir": str(r), "control": None}
     for r in range(2)
 ]
-study_report.write_tensorboard(study_report.study_record(Config(generations=2, repeats=2), runs, out), out / "study")
+record = study_report.study_record(Config(generations=2, repeats=2), runs, out)
+study_report.write_tensorboard(record, study_report.study_chart(record, runs, out / "study.png"), out / "study")
 assert keras.backend.backend() == "jax" and "tensorflow" not in sys.modules
 """
 
@@ -354,22 +414,23 @@ def test_summaries_are_written_without_tensorflow_as_tf_summary_writes_them(tmp_
     assert ours.SummaryMetadata("histogram").summary_description == "A histogram."
 
     generations = read_run(tmp_path / "generations")
-    assert float(generations[summaries.GENERATION_TAGS["val_accuracy"]][1]) == 0.5
     assert "| 1 (best) | 0.5000 | 0.4000 |" in generations[summaries.GENERATION_TABLE][1].item().decode()
     assert described_tags(tmp_path / "generations")[summaries.ACCURACY_IMAGE] == summaries.DESCRIPTIONS[summaries.ACCURACY_IMAGE]
-    layout = generations["custom_scalars__config__"][0].item()
-    assert layout == summaries.custom_scalars_layout().SerializeToString()
 
     study = read_run(tmp_path / "study")
-    assert float(study["study/val_accuracy_mean"][2]) == pytest.approx(0.705)
+    assert sorted(study) == [study_report.CHART_TAG, study_report.TABLE_TAG]
     assert study["study/table"][0].item().decode().startswith("```\nStudy: 2 repeat(s)")
+    _, _, png = study[study_report.CHART_TAG][0]  # study.png, as an image card.
+    np.testing.assert_array_equal(
+        tf.image.decode_png(png, channels=3), tf.image.decode_png((tmp_path / "study.png").read_bytes(), channels=3)
+    )
 
-    search = event_accumulator.EventAccumulator(str(tmp_path / "search"))
-    search.Reload()
-    experiment = metadata.parse_experiment_plugin_data(search.SummaryMetadata(metadata.EXPERIMENT_TAG).plugin_data.content)
-    assert [h.name for h in experiment.hparam_infos] == ["generations", "temperature", "alpha"]
+    # The search's domains travel with each trial's session: no run holds them alone.
     trial = event_accumulator.EventAccumulator(str(tmp_path / "search" / "0"), size_guidance={event_accumulator.TENSORS: 0})
     trial.Reload()
+    experiment = metadata.parse_experiment_plugin_data(trial.SummaryMetadata(metadata.EXPERIMENT_TAG).plugin_data.content)
+    assert [h.name for h in experiment.hparam_infos] == ["generations", "temperature", "alpha"]
+    assert [m.name.tag for m in experiment.metric_infos] == list(summaries.TRIAL_METRICS)
     start = metadata.parse_session_start_info_plugin_data(trial.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content)
     end = metadata.parse_session_end_info_plugin_data(trial.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content)
     assert (start.group_name, start.hparams["temperature"].number_value) == ("0", 4.0)

@@ -70,6 +70,11 @@ def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, cap
 
     # The HParams dashboard lists every trial, cached ones included, under keras-tuner's
     # trial id, with its status, in the declared domains.
+    # Every trial has the same metrics whatever its chain's length (the dashboard's parallel
+    # coordinates leave out a trial that lacks one), and no run holds the domains alone.
+    from krefinery.outputs.summaries import TRIAL_METRICS
+
+    assert {t["generations"] for t in trials} == {1, 2}
     experiment, groups = hparams_table(tmp_path / "tensorboard")
     assert sorted(groups) == [t["trial_id"] for t in trials]
     for t in trials:
@@ -77,8 +82,17 @@ def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, cap
         assert group["hparams"] == {"generations": t["generations"], "temperature": t["temperature"], "alpha": t["alpha"]}
         assert [session["status"] for session in group["sessions"]] == ["STATUS_SUCCESS"]
         metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        assert sorted(metrics) == sorted(TRIAL_METRICS)
         assert metrics["val_accuracy"] == pytest.approx(t["objective"], rel=1e-7)
         assert metrics["chosen_generation"] == t["chosen_generation"]
+        assert metrics["val_accuracy_gen_1"] == pytest.approx(t["val_accuracy"][0], rel=1e-7)
+        assert metrics["val_accuracy_last_generation"] == pytest.approx(t["val_accuracy"][-1], rel=1e-7)
+    # Each generation's curves are under the session of the trial that trained it.
+    board = tmp_path / "tensorboard"
+    runs = sorted(p.parent.relative_to(board).as_posix() for p in board.rglob("events.out.tfevents.*"))
+    curves = [run for run in runs if "/" in run]
+    assert len(curves) == 2 * len(trained) and all(run.split("/")[0] in {f"trial_{t['trial_id']}" for t in trials} for run in curves)
+    assert sorted({run.split("/", 1)[0] for run in runs}) == [f"trial_{t['trial_id']}" for t in trials]
     domains = {info["name"]: info for info in experiment["hparamInfos"]}
     assert domains["generations"]["domainInterval"] == {"minValue": 1.0, "maxValue": 2.0}
     assert domains["temperature"]["domainDiscrete"] == [1.0, 2.0, 4.0]

@@ -75,7 +75,8 @@ class ChainTuner(kt.Tuner):
     keras-tuner records as a failed trial. Generation 1 is the same in every trial, so
     then every trial fails (the later ones at once, from the stored divergence) and
     `tune` raises `SearchDiverged`.
-    Every trial gets an HParams session under `<workdir>/tensorboard/`.
+    Every trial gets an HParams session, `<workdir>/tensorboard/trial_<id>`, with the
+    curves of the generations it trained as its sub-runs `gen_<k>/{train,validation}`.
     """
 
     def __init__(
@@ -99,12 +100,21 @@ class ChainTuner(kt.Tuner):
         self.store = store
         self.workdir = workdir
         self.runner = None if experiment is None else ChainRunner(experiment, store, worker)
+        self.hparams_config = summaries.hparams_config(
+            space.search.generations,
+            space.search.temperatures(),
+            space.search.alphas(config.alpha),
+            fixed_hparams(config),
+        )
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args, **kwargs) -> dict[str, float]:
         refinement = self.space.refinement(trial.hyperparameters)
         hparams = {**dataclasses.asdict(refinement), **fixed_hparams(self.config)}
         try:
-            records = self.runner.run(refinement)
+            # The generations this trial trains leave their curves under its session.
+            records = self.runner.run(
+                refinement, callbacks=lambda k: [summaries.EpochSummaries(self._logdir(trial) / f"gen_{k}")]
+            )
         except (DiskFull, UserError) as error:
             raise kt.errors.FatalError(str(error)) from error  # Not a failed trial: stop.
         except Interrupted as stop:
@@ -115,7 +125,9 @@ class ChainTuner(kt.Tuner):
         diverged = [r["generation"] for r in records if r.get("diverged")]
         trained = sum(self.config.epochs for r in records if r["trained"])
         if not finished:
-            summaries.write_trial_hparams(self._logdir(trial), trial.trial_id, hparams, {}, "FAILED")
+            summaries.write_trial_hparams(
+                self._logdir(trial), trial.trial_id, hparams, {}, "FAILED", self.hparams_config
+            )
             # No model, so no objective. keras-tuner's oracle (`Oracle.end_trial`) records
             # a NaN score as INVALID and, with no retries left, as FAILED, without the
             # traceback it prints for a raised `FailedTrialError`.
@@ -129,7 +141,10 @@ class ChainTuner(kt.Tuner):
         }
         if diverged:
             metrics["diverged_generation"] = diverged[0]
-        summaries.write_trial_hparams(self._logdir(trial), trial.trial_id, hparams, metrics, "COMPLETED")
+        summaries.write_trial_hparams(
+            self._logdir(trial), trial.trial_id, hparams, summaries.trial_metrics(finished, trained),
+            "COMPLETED", self.hparams_config,
+        )
         return metrics
 
     def _logdir(self, trial: kt.engine.trial.Trial) -> Path:
@@ -200,13 +215,6 @@ def _search(
 ) -> dict[str, Any] | None:
     """The search in `workdir`; its record where this process `reports` (one not
     distributed, or the chief), else None."""
-    summaries.write_hparams_config(
-        workdir / "tensorboard",
-        search.generations,
-        search.temperatures(),
-        search.alphas(config.alpha),
-        fixed_hparams(config),
-    )
     store = GenerationStore(workdir / "generations")
     space = SearchSpace(search, config.alpha)
     tuner = ChainTuner(

@@ -24,8 +24,8 @@ def read_results(folder: Path) -> dict[str, Any] | None:
 
 
 def tensorboard_callback(workdir: Path, generation: int) -> keras.callbacks.Callback:
-    """Per-epoch curves of one generation, as the sub-run `gen_<k>` under the work directory
-    (training and validation in that one sub-run, so a generation keeps one colour)."""
+    """Per-epoch curves of one generation, as the sub-runs `gen_<k>/train` and
+    `gen_<k>/validation` under the work directory."""
     return summaries.EpochSummaries(workdir / "tensorboard" / f"gen_{generation}")
 
 

@@ -9,7 +9,8 @@ through the same steps, so the finished `results.json` is the same either way.
 
 With `--control`, `on_control` records generation 2 of the chain at alpha = 1 (generation
 2's seed and batches, ground-truth labels) as `"control"` in `results.json`, with its
-weights in `control.weights.h5` and its epoch curves in the `control` TensorBoard sub-run.
+weights in `control.weights.h5`, its epoch curves in the `control/{train,validation}`
+TensorBoard sub-runs and its row in the `generation/table` text.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class RunOutputs:
                 **self._fit_figures(record, model),
             )
         self.control = entry
+        self.generation_summaries.write_control(entry)
         self._write(finished=False)
 
     def _fit_figures(self, record: dict[str, Any], model: Trainer) -> dict[str, Any]:

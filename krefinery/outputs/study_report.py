@@ -9,17 +9,19 @@ figures and of generation 2 - control (`control_diverged` lists such repeats).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from matplotlib.figure import Figure
 
+from krefinery import files
 from krefinery.analysis import stats
 from krefinery.analysis.underfit import DISAGREEMENT_KEY, FIT_KEY
 from krefinery.config import Config
 from krefinery.outputs import report
-from krefinery.outputs.summaries import SummaryWriter, write_scalars
+from krefinery.outputs.summaries import SummaryWriter
 
 STUDY = "study.json"
 CHART = "study.png"
@@ -196,9 +198,11 @@ def format_study(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def study_chart(record: dict[str, Any], runs: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Validation and test accuracy by generation: one thin line per repeat, the mean with
-    its 95% interval as a thick one, the control's repeats and mean as their own markers."""
+def study_chart(record: dict[str, Any], runs: Sequence[dict[str, Any]], path: str | os.PathLike) -> bytes:
+    """Validation and test accuracy by generation, written to `path` (study.png) and
+    returned as PNG bytes (for TensorBoard): one thin line per repeat,
+    the mean with its 95% interval as a thick one, the control's repeats and mean as
+    their own markers."""
     figure = Figure(figsize=(10, 3.8), layout="constrained")
     steps = [g["generation"] for g in record["generations"]]
     for index, metric in enumerate(METRICS):
@@ -235,7 +239,11 @@ def study_chart(record: dict[str, Any], runs: Sequence[dict[str, Any]], path: st
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
     figure.suptitle(f"{record['dataset']}: {record['repeats']} repeat(s)")
-    figure.savefig(path, format="png", dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    png = buffer.getvalue()
+    files.atomic_write(path, lambda temporary: temporary.write_bytes(png))
+    return png
 
 
 def _errors(figures) -> list[list[float]] | None:
@@ -245,41 +253,22 @@ def _errors(figures) -> list[list[float]] | None:
     return [[f["mean"] - f["low"] for f in figures], [f["high"] - f["mean"] for f in figures]]
 
 
-# Scalars of the `study` sub-run, at step = generation (the control's at step 2).
-MEAN_TAG = "study/{metric}_mean"
-SD_TAG = "study/{metric}_sd"
-LOW_TAG = "study/{metric}_ci_low"
-HIGH_TAG = "study/{metric}_ci_high"
-CONTROL_TAG = "study/control_{metric}_mean"
-GAIN_TAG = "study/{metric}_gain_vs_{b}"
+# In the `generation` group, the second of Time Series, which TensorBoard expands, beside
+# each repeat's accuracy chart.
+CHART_TAG = "generation/study_chart"
 TABLE_TAG = "study/table"
+_CHART_DESCRIPTION = (
+    "The study's chart (study.png): validation and test accuracy by generation, each repeat "
+    "a thin line, the mean with its 95% interval a thick one, the control (generation 2's "
+    "seed on the ground truth) beside generation 2. Step = 0."
+)
+_TABLE_DESCRIPTION = "The study's printed report: per-generation figures, the control, paired comparisons. Step = 0."
 
 
-def write_tensorboard(record: dict[str, Any], logdir: str | os.PathLike) -> None:
-    """The study as the TensorBoard sub-run `logdir` (`<workdir>/tensorboard/study`)."""
+def write_tensorboard(record: dict[str, Any], chart_png: bytes, logdir: str | os.PathLike) -> None:
+    """The study as the TensorBoard sub-run `logdir` (`<workdir>/tensorboard/study`): its
+    chart and its report. No scalars: a figure per generation would be a line of 2-3
+    points, which TensorBoard's default smoothing bends."""
     with SummaryWriter(logdir) as writer:
-        for g in record["generations"]:
-            write_scalars(writer, _figure_tags(g, MEAN_TAG), g["generation"])
-        if record["control"] is not None:
-            write_scalars(writer, _figure_tags(record["control"], CONTROL_TAG), 2)
-        for c in record["comparisons"]:
-            b = c["b"].replace(" ", "_")
-            step = int(c["a"].split()[-1])
-            values = {GAIN_TAG.format(metric=c["metric"], b=b): c["mean"]}
-            if c["low"] is not None:
-                values[GAIN_TAG.format(metric=c["metric"], b=b) + "_ci_low"] = c["low"]
-                values[GAIN_TAG.format(metric=c["metric"], b=b) + "_ci_high"] = c["high"]
-            write_scalars(writer, values, step)
-        writer.text(TABLE_TAG, "```\n" + format_study(record) + "\n```", 0)
-
-
-def _figure_tags(entry: dict[str, Any], mean_tag: str) -> dict[str, float]:
-    values = {}
-    for metric in METRICS:
-        figures = entry[metric]
-        values[mean_tag.format(metric=metric)] = figures["mean"]
-        if mean_tag == MEAN_TAG and figures["sd"] is not None:
-            values[SD_TAG.format(metric=metric)] = figures["sd"]
-            values[LOW_TAG.format(metric=metric)] = figures["low"]
-            values[HIGH_TAG.format(metric=metric)] = figures["high"]
-    return values
+        writer.image_png(CHART_TAG, chart_png, 0, description=_CHART_DESCRIPTION)
+        writer.text(TABLE_TAG, "```\n" + format_study(record) + "\n```", 0, description=_TABLE_DESCRIPTION)

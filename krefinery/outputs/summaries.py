@@ -1,18 +1,23 @@
 """TensorBoard logs of a run, laid out to read right at TensorBoard's default settings.
 
-TensorBoard colours by sub-run, so each sub-run is one thing a user tells apart:
+Time Series, where TensorBoard opens, sorts its cards by tag, groups them by the tag's
+first part and expands the first two groups; smoothing (0.6) and "ignore outliers" are
+on. So:
 
-- `gen_<k>`, one per generation: `train/<metric>` and `validation/<metric>` at step =
-  epoch (1 to `--epochs`), written by `EpochSummaries`. One generation keeps one colour
-  on every chart, and the generations overlay on each.
-- `generations`: `generation/*` at step = generation, the figures of `results.json`, as
-  scalars, a text table and the accuracy chart image (the last two are exact at any
-  smoothing); also the custom-scalars layout (`custom_scalars_layout`).
-- `refinery`: the labels each generation trains on, at step = that generation (step 1
-  is the one-hot ground truth, step k+1 the labels generation k made). See `LABEL_TAGS`.
+- `epoch/<metric>` (the first group): the per-epoch curves, as `keras.callbacks.TensorBoard`
+  lays them out: sub-runs `gen_<k>/train` and `gen_<k>/validation` (and `control/...`),
+  step = epoch, so training and validation overlay on one card per metric
+  (`EpochSummaries`). At the default 15 epochs the smoothed line stays on the points.
+- `generation/*` (the second group): the `results.json` figures by generation, in the
+  `generations` sub-run, as the accuracy chart (an image, each point labelled) and a text
+  table. Not as scalars: a line of 2-3 points is what the default smoothing bends and
+  "ignore outliers" cuts off.
+- `labels/*`: the labels each generation trains on, in the `refinery` sub-run, at step =
+  that generation (step 1 is the one-hot ground truth, step k+1 the labels generation k
+  made): charts, a text table, histograms and the examples moved furthest.
 
 A search (`tuning.py`) writes one HParams session per keras-tuner trial
-(`write_trial_hparams`) under the domains `write_hparams_config` declares.
+(`write_trial_hparams`), each with the domains `hparams_config` declares.
 
 Everything goes through `SummaryWriter`, which writes what `tf.summary` would without
 TensorFlow, so a run on JAX with TensorFlow absent still has its logs.
@@ -32,8 +37,6 @@ import keras
 import numpy as np
 from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.plugins.custom_scalar import metadata as custom_scalar_metadata
 from tensorboard.plugins.histogram import summary_v2 as histogram_summary
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
@@ -54,22 +57,8 @@ from krefinery.analysis.diagnostics import (
 from krefinery.config import Architecture
 from krefinery.outputs import charts
 
-GENERATION_TAGS = {
-    "val_accuracy": "generation/validation_accuracy",
-    "test_accuracy": "generation/test_accuracy",
-    "train_accuracy": "generation/train_accuracy",
-    "train_accuracy_unaugmented": "generation/train_accuracy_unaugmented",
-    "refined_label_disagreement": "generation/refined_label_disagreement",
-}
 GENERATION_TABLE = "generation/table"
 ACCURACY_IMAGE = "generation/accuracy_chart"
-LABEL_TAGS = {
-    "agreement": "labels/agreement_with_ground_truth",
-    "mean_entropy": "labels/mean_entropy",
-    "mean_confidence": "labels/mean_confidence",
-    "kl_from_previous": "labels/kl_from_previous",
-    "argmax_changed": "labels/argmax_changed",
-}
 # The tail the means hide: the share of training examples whose labels put less than
 # each of these probabilities on the ground-truth class.
 TRUTH_THRESHOLDS = (0.5, 0.1, 0.01)
@@ -78,7 +67,8 @@ TRUTH_HISTOGRAM = "labels/ground_truth_probability"
 LOG_TRUTH_HISTOGRAM = "labels/log10_ground_truth_probability"
 MOVED_IMAGE = "labels/moved_furthest"  # One tag (card) per generation: MOVED_IMAGE/gen_<k>.
 MOVED_TABLE = "labels/moved_furthest_table"
-# The label scalars drawn as charts, each point labelled: exact at any smoothing.
+LABEL_TABLE = "labels/table"
+# The label figures drawn as charts, each point labelled: exact at any smoothing.
 LABEL_CHARTS = {
     "agreement": "labels/chart/agreement_and_confidence",
     "tail": "labels/chart/share_truth_probability_below",
@@ -91,37 +81,30 @@ _ON_LABELS = (
     "labels (1: the one-hot ground truth; k+1: the labels generation k made, after "
     "temperature and alpha)."
 )
-_PER_GENERATION = " Step = generation; one point per generation, as in results.json."
+
+# The label figures of `label_stats`, in LABEL_TABLE's columns: (field, heading, format).
+LABEL_COLUMNS = (
+    ("agreement", "agreement with ground truth", ".4f"),
+    ("mean_confidence", "mean confidence", ".4f"),
+    ("mean_entropy", "mean entropy (nats)", ".4f"),
+    ("kl_from_previous", "KL from previous (nats)", ".4f"),
+    ("argmax_changed", "argmax changed", "d"),
+)
 
 DESCRIPTIONS = {
-    GENERATION_TAGS["val_accuracy"]: "Validation accuracy of each generation's final "
-    "weights (share of validation images classified right; results.json `val_accuracy`)."
-    + _PER_GENERATION,
-    GENERATION_TAGS["test_accuracy"]: "Test accuracy of each generation's final weights "
-    "(share of test images classified right; results.json `test_accuracy`)." + _PER_GENERATION,
-    GENERATION_TAGS["train_accuracy"]: "Training accuracy against the ground truth over "
-    "each generation's last epoch, on augmented images (results.json `train_accuracy`)."
-    + _PER_GENERATION,
-    GENERATION_TAGS["train_accuracy_unaugmented"]: "Accuracy of each generation on its own "
-    "training images, un-augmented, in inference mode (results.json "
-    "`train_accuracy_unaugmented`)." + _PER_GENERATION,
-    GENERATION_TAGS["refined_label_disagreement"]: "Share of training images whose refined "
-    "label (what the next generation trains on) has its argmax off the ground truth; none for "
-    "the last generation (results.json `refined_label_disagreement`)." + _PER_GENERATION,
     GENERATION_TABLE: "results.json's figures, one row per generation so far (the best on "
-    "validation accuracy marked). Step = the last generation in the table.",
+    "validation accuracy marked) and, with --control, the control's row: train accuracy is "
+    "on the last epoch's augmented images, train fit on the un-augmented ones in inference "
+    "mode; labels handed on wrong is the share of the refined labels whose argmax is not "
+    "the ground truth (none for the last generation). Step = the last generation in the table.",
     ACCURACY_IMAGE: "Validation and test accuracy by generation, each point labelled with "
     "its value (the run's accuracy.png). Step = the last generation drawn.",
-    LABEL_TAGS["agreement"]: "Share of training examples whose label's most probable class "
-    "is the ground-truth class (0 to 1)." + _ON_LABELS,
-    LABEL_TAGS["mean_entropy"]: "Mean entropy of the training labels, in nats (0: one-hot; "
-    "log(classes): uniform)." + _ON_LABELS,
-    LABEL_TAGS["mean_confidence"]: "Mean probability of each training label's most "
-    "probable class (0 to 1)." + _ON_LABELS,
-    LABEL_TAGS["kl_from_previous"]: "Mean KL(previous labels || these labels), in nats: "
-    "how far this relabel moved the labels." + _ON_LABELS,
-    LABEL_TAGS["argmax_changed"]: "Number of training examples whose most probable class "
-    "differs from the previous labels' (a count)." + _ON_LABELS,
+    LABEL_TABLE: "The labels each generation trains on, one row per generation so far: the "
+    "share of training examples whose label's most probable class is the ground truth; the "
+    "mean top-1 probability; the mean entropy, in nats (0: one-hot; log(classes): uniform); "
+    "the mean KL(previous labels || these labels), in nats: how far the relabel moved them; the examples whose "
+    "most probable class changed (a count); and the share whose label puts less than 0.5, "
+    "0.1 and 0.01 on the ground truth: the tail the means hide." + _ON_LABELS,
     CONFIDENCE_HISTOGRAM: "Histogram of each training example's top-1 label probability."
     + _ON_LABELS,
     TRUTH_HISTOGRAM: "Histogram of the probability each training label puts on its "
@@ -133,22 +116,11 @@ DESCRIPTIONS = {
     MOVED_TABLE: "The examples of the image cards, with their ids: ground truth, its "
     "probability and the top-3 classes of the labels." + _ON_LABELS,
 }
-
-
-def truth_below_tag(threshold: float) -> str:
-    return f"labels/share_truth_probability_below_{threshold:g}"
-
-
 for _tag in LABEL_CHARTS.values():
     DESCRIPTIONS[_tag] = (
-        "A chart of the labels/ scalars it names, each point labelled with its value, so it "
-        "reads right at any smoothing. Step = the last generation drawn; the x axis is the "
-        "generation that trains on the labels."
-    )
-for _threshold in TRUTH_THRESHOLDS:
-    DESCRIPTIONS[truth_below_tag(_threshold)] = (
-        f"Share of training examples (0 to 1) whose label puts less than {_threshold:g} on "
-        "the ground-truth class: the tail that mean agreement and confidence hide." + _ON_LABELS
+        "A chart of the figures of labels/table it names, each point labelled with its "
+        "value, so it reads right at any smoothing. Step = the last generation drawn; the x "
+        "axis is the generation that trains on the labels."
     )
 
 
@@ -182,18 +154,26 @@ _EPOCH_METRICS = {
 }
 
 
-def epoch_tag(name: str) -> str:
-    """Keras's `val_<metric>` as `validation/<metric>`, others as `train/<metric>`."""
+EPOCH_GROUP = "epoch"
+TRAIN, VALIDATION = "train", "validation"
+
+
+def epoch_tag(name: str) -> tuple[str, str]:
+    """Keras's log name as (sub-run, tag): `val_<metric>` as (`validation`,
+    `epoch/<metric>`), any other as (`train`, `epoch/<name>`)."""
     if name.startswith("val_"):
-        return f"validation/{name[4:]}"
-    return f"train/{name}"
+        return VALIDATION, f"{EPOCH_GROUP}/{name[4:]}"
+    return TRAIN, f"{EPOCH_GROUP}/{name}"
 
 
 def epoch_description(name: str) -> str:
+    """One text for both splits of a metric, since they share a card."""
     metric = name[4:] if name.startswith("val_") else name
     what = _EPOCH_METRICS.get(metric, f"Keras's `{metric}`.")
-    split = "Validation split" if name.startswith("val_") else "Training"
-    return f"{split}. {what} Step = epoch of this generation (1 to --epochs); one sub-run (colour) per generation."
+    return (
+        f"{what} Step = epoch of the generation (1 to --epochs); sub-runs gen_<k>/train and "
+        "gen_<k>/validation."
+    )
 
 
 _file_ids = itertools.count()
@@ -279,29 +259,24 @@ class SummaryWriter:
         self._records.write(event.SerializeToString())
 
 
-def write_scalars(writer: SummaryWriter, values: Mapping[str, float], step: int) -> None:
-    """One scalar per tag at `step`, described, flushed so a live TensorBoard shows it."""
-    for tag, value in values.items():
-        writer.scalar(tag, value, step, description=DESCRIPTIONS.get(tag))
-    writer.flush()
-
-
 class EpochSummaries(keras.callbacks.Callback):
-    """Per-epoch curves of one generation, in one sub-run: `train/<metric>`,
-    `validation/<metric>` and `train/learning_rate`, at step = epoch (from 1).
+    """Per-epoch curves of one generation as `keras.callbacks.TensorBoard` lays them out:
+    the sub-runs `<logdir>/train` and `<logdir>/validation`, the tags `epoch/<metric>`
+    (with `epoch/learning_rate`, the schedule's rate at the epoch's end) at step = epoch,
+    from 1. Training and validation of a metric share a tag, so they share a card.
 
-    Keras's own TensorBoard callback puts training and validation in two sub-runs, so
-    every generation took two of TensorBoard's colours, and its palette came round again
-    by generation 3 (generations 1 and 3 were drawn in the same colours).
+    Keras's own callback would do, but writes through `tf.summary` (this runs without
+    TensorFlow) and names its tags `epoch_<metric>`: each its own Time Series group, of
+    which TensorBoard expands only the first two.
     """
 
     def __init__(self, logdir: str | os.PathLike):
         super().__init__()
         self.logdir = Path(logdir)
-        self._writer: SummaryWriter | None = None
+        self._writers: dict[str, SummaryWriter] = {}
 
     def on_train_begin(self, logs=None):
-        self._writer = SummaryWriter(self.logdir)
+        self._writers = {split: SummaryWriter(self.logdir / split) for split in (TRAIN, VALIDATION)}
 
     def on_epoch_end(self, epoch, logs=None):
         values = {name: float(value) for name, value in (logs or {}).items()}
@@ -309,69 +284,15 @@ class EpochSummaries(keras.callbacks.Callback):
             "learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         )
         for name in sorted(values):
-            self._writer.scalar(epoch_tag(name), values[name], epoch + 1, description=epoch_description(name))
-        self._writer.flush()
+            split, tag = epoch_tag(name)
+            self._writers[split].scalar(tag, values[name], epoch + 1, description=epoch_description(name))
+        for writer in self._writers.values():
+            writer.flush()
 
     def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
-def custom_scalars_layout() -> layout_pb2.Layout:
-    """The Custom Scalars tab: the cross-generation and label views, grouped and titled.
-
-    Titles say what the step is; accuracies share one chart, and the tail shares too.
-    """
-
-    def chart(title: str, *tags: str) -> layout_pb2.Chart:
-        return layout_pb2.Chart(
-            title=title, multiline=layout_pb2.MultilineChartContent(tag=list(tags))
-        )
-
-    below = "|".join(t.replace(".", r"\.") for t in map(truth_below_tag, TRUTH_THRESHOLDS))
-    return layout_pb2.Layout(
-        category=[
-            layout_pb2.Category(
-                title="By generation (step = generation; read with smoothing 0, outliers not ignored)",
-                chart=[
-                    chart("Accuracy: validation, test, train", "^generation/.*_accuracy$"),
-                ],
-            ),
-            layout_pb2.Category(
-                title="Labels each generation trains on (step = that generation; smoothing 0, "
-                "outliers not ignored)",
-                chart=[
-                    chart("Agreement with ground truth, mean confidence",
-                          f"^{LABEL_TAGS['agreement']}$", f"^{LABEL_TAGS['mean_confidence']}$"),
-                    chart("Share of examples with p(ground truth) below 0.5, 0.1, 0.01",
-                          f"^({below})$"),
-                    chart("Mean entropy (nats)", f"^{LABEL_TAGS['mean_entropy']}$"),
-                    chart("KL from the previous labels (nats)", f"^{LABEL_TAGS['kl_from_previous']}$"),
-                    chart("Examples whose argmax changed", f"^{LABEL_TAGS['argmax_changed']}$"),
-                ],
-            ),
-            layout_pb2.Category(
-                title="Per-epoch curves (step = epoch; one colour per generation)",
-                chart=[
-                    chart("Loss: train and validation", "^(train|validation)/loss$"),
-                    chart("Accuracy: train and validation", "^(train|validation)/accuracy$"),
-                ],
-                closed=True,
-            ),
-        ]
-    )
-
-
-def _layout_summary(layout: layout_pb2.Layout) -> summary_pb2.Summary:
-    """The layout as the custom-scalars plugin reads it (its `summary.pb`, without TensorFlow)."""
-    summary = summary_pb2.Summary()
-    summary.value.add(
-        tag=custom_scalar_metadata.CONFIG_SUMMARY_TAG,
-        metadata=custom_scalar_metadata.create_summary_metadata(),
-        tensor=tensor_util.make_tensor_proto(layout.SerializeToString(), dtype=np.object_),
-    )
-    return summary
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
 
 
 def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
@@ -386,27 +307,30 @@ def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summa
 
 
 class GenerationSummaries:
-    """The `results.json` figures of each generation, at step = generation, in one sub-run;
-    with them the text table, the accuracy chart and the custom-scalars layout."""
+    """The `results.json` figures by generation, in one sub-run: a text table and the
+    accuracy chart, rewritten whole at each generation's step (and the control's row once
+    it is known)."""
 
     def __init__(self, logdir: str | os.PathLike):
         self.logdir = Path(logdir)
         self._writer: SummaryWriter | None = None
         self._generations: list[Mapping[str, Any]] = []
+        self._control: Mapping[str, Any] | None = None
 
     def write(self, generation: Mapping[str, Any]) -> None:
         """`generation` is a `results.json` generation entry."""
+        self._generations.append(generation)
+        self._write()
+
+    def write_control(self, control: Mapping[str, Any]) -> None:
+        """`control` is `results.json`'s control entry: its row joins the table."""
+        self._control = control
+        self._write()
+
+    def _write(self) -> None:
         if self._writer is None:
             self._writer = SummaryWriter(self.logdir)
-            self._writer.raw(_layout_summary(custom_scalars_layout()), step=0)
-        self._generations.append(generation)
-        step = int(generation["generation"])
-        values = {
-            tag: generation[key]
-            for key, tag in GENERATION_TAGS.items()
-            if generation.get(key) is not None
-        }
-        write_scalars(self._writer, values, step)
+        step = int(self._generations[-1]["generation"])
         best = max(self._generations, key=lambda g: g["val_accuracy"])["generation"]
         png = charts.accuracy_chart_png(self._generations, best)
         self._writer.text(GENERATION_TABLE, self._table(best), step, description=DESCRIPTIONS[GENERATION_TABLE])
@@ -424,16 +348,20 @@ class GenerationSummaries:
             ("train_accuracy", "train accuracy"),
             ("train_label_agreement", "label agreement"),
             ("train_label_entropy", "label entropy (nats)"),
+            ("train_accuracy_unaugmented", "train fit (un-augmented)"),
+            ("refined_label_disagreement", "labels handed on wrong"),
         )
         lines = [
             "| generation | " + " | ".join(title for _, title in columns) + " | architecture |",
             "|---" * (len(columns) + 2) + "|",
         ]
-        for g in self._generations:
-            mark = " (best)" if g["generation"] == best else ""
-            cells = [f"{g[key]:.4f}" if key in g else "" for key, _ in columns]
+        rows = [(f"{g['generation']}" + (" (best)" if g["generation"] == best else ""), g) for g in self._generations]
+        if self._control is not None and not self._control.get("diverged"):
+            rows.append((f"control (generation {self._control['mirrors_generation']} on the ground truth)", self._control))
+        for name, g in rows:
+            cells = [f"{g[key]:.4f}" if g.get(key) is not None else "-" for key, _ in columns]
             model = Architecture(**g["architecture"]).describe() if "architecture" in g else ""
-            lines.append(f"| {g['generation']}{mark} | " + " | ".join([*cells, model]) + " |")
+            lines.append(f"| {name} | " + " | ".join([*cells, model]) + " |")
         return "\n".join(lines)
 
 
@@ -477,6 +405,7 @@ class RelabelSummaries:
             self._write_stats(1, label_stats(previous, self._truth))
         stats = label_stats(refined, self._truth, previous)
         self._write_stats(generation + 1, stats)
+        self._write_table(generation + 1)
         self._write_charts(generation + 1)
         self._write_moved(generation + 1, refined)
         self._writer.flush()
@@ -487,21 +416,30 @@ class RelabelSummaries:
 
     def _write_stats(self, step: int, stats: LabelStats) -> None:
         self.history[step] = stats
-        values = {
-            tag: getattr(stats, field)
-            for field, tag in LABEL_TAGS.items()
-            if getattr(stats, field) is not None
-        }
         truth = stats.ground_truth_probability
-        for threshold in TRUTH_THRESHOLDS:
-            values[truth_below_tag(threshold)] = float(np.mean(truth < threshold))
-        write_scalars(self._writer, values, step)
         for tag, data in (
             (CONFIDENCE_HISTOGRAM, stats.confidence),
             (TRUTH_HISTOGRAM, truth),
             (LOG_TRUTH_HISTOGRAM, np.log10(np.maximum(truth, EPSILON))),
         ):
             self._writer.histogram(tag, data, step, description=DESCRIPTIONS[tag])
+
+    def _write_table(self, step: int) -> None:
+        """Every step's figures so far, exact (LABEL_TABLE)."""
+        below = [f"p(truth) < {t:g}" for t in TRUTH_THRESHOLDS]
+        lines = [
+            "| generation | " + " | ".join([*(title for _, title, _ in LABEL_COLUMNS), *below]) + " |",
+            "|---" * (1 + len(LABEL_COLUMNS) + len(below)) + "|",
+        ]
+        for k in sorted(self.history):
+            stats = self.history[k]
+            cells = [
+                "-" if getattr(stats, field) is None else format(getattr(stats, field), spec)
+                for field, _, spec in LABEL_COLUMNS
+            ]
+            shares = [_share(float(np.mean(stats.ground_truth_probability < t))) for t in TRUTH_THRESHOLDS]
+            lines.append(f"| {k} | " + " | ".join([*cells, *shares]) + " |")
+        self._writer.text(LABEL_TABLE, "\n".join(lines), step, description=DESCRIPTIONS[LABEL_TABLE])
 
     def _write_charts(self, step: int) -> None:
         steps = sorted(self.history)
@@ -552,6 +490,11 @@ class RelabelSummaries:
         self._writer.text(MOVED_TABLE, "\n".join(table), step, description=DESCRIPTIONS[MOVED_TABLE])
 
 
+def _share(share: float) -> str:
+    """Four decimals, or two significant digits below 1e-4 (0.0000 would hide a few examples)."""
+    return f"{share:.4f}" if share == 0 or share >= 1e-4 else f"{share:.1e}"
+
+
 def _probability(p: float) -> str:
     """Three decimals, or two significant digits for the tail (0.000 would hide it)."""
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
@@ -567,20 +510,22 @@ _TRIAL_STATUS = {
     "IDLE": "STATUS_UNKNOWN",
 }
 
-_TRIAL_METRICS = {
+# The metrics of every trial's HParams session: the same for every trial, whatever its
+# chain's length (the dashboard's parallel coordinates leave out a trial missing one).
+TRIAL_METRICS = {
     "val_accuracy": "Validation accuracy of the trial's chosen generation (the best of "
     "its generations): the search's objective.",
+    "val_accuracy_gen_1": "Validation accuracy of generation 1, the refinery every trial "
+    "shares: the baseline the chosen generation is measured against.",
+    "val_accuracy_last_generation": "Validation accuracy of the last generation of the "
+    "trial's chain that did not diverge.",
     "chosen_generation": "The generation of the trial's chain with the best validation accuracy.",
     "epochs_trained": "Epochs this trial trained itself; the rest of its chain came from the store.",
 }
 
 
 def _trial_metric_description(name: str) -> str:
-    if name.startswith("val_accuracy_gen_"):
-        what = f"Validation accuracy of generation {name.rsplit('_', 1)[1]} of the trial's chain."
-    else:
-        what = _TRIAL_METRICS.get(name, f"`{name}`.")
-    return what + " One value per keras-tuner trial; Step = 0."
+    return TRIAL_METRICS[name] + " One value per keras-tuner trial; Step = 0."
 
 
 _FIXED_HPARAMS = {
@@ -591,16 +536,19 @@ _FIXED_HPARAMS = {
 }
 
 
-def write_hparams_config(
-    logdir: str | os.PathLike,
+def hparams_config(
     generations: tuple[int, int],
     temperatures: Sequence[float],
     alphas: Sequence[float],
     fixed: Mapping[str, int] | None = None,
-) -> None:
+) -> summary_pb2.Summary:
     """The search's HParams domains (integer generations, discrete T and alpha) and
     metrics, so the dashboard shows and filters them as what they are. `fixed`: settings
-    every trial shares (the refinery's architecture), each a domain of one value."""
+    every trial shares (the refinery's architecture), each a domain of one value.
+
+    Written into each trial's session (`write_trial_hparams`), not a run of its own: the
+    dashboard takes it from whichever run holds it, and a run holding only it is listed
+    as an empty run."""
     low, high = generations
     hparams = [
         hp.HParam("generations", hp.IntInterval(int(low), int(high)),
@@ -612,11 +560,20 @@ def write_hparams_config(
         *(hp.HParam(name, hp.Discrete([int(value)]), description=_FIXED_HPARAMS[name])
           for name, value in (fixed or {}).items()),
     ]
-    names = ["val_accuracy", *(f"val_accuracy_gen_{k}" for k in range(1, int(high) + 1)),
-             "chosen_generation", "epochs_trained"]
-    metrics = [hp.Metric(n, description=_trial_metric_description(n)) for n in names]
-    with SummaryWriter(logdir) as writer:
-        writer.raw(hp.hparams_config_pb(hparams=hparams, metrics=metrics), step=0)
+    metrics = [hp.Metric(name, description=_trial_metric_description(name)) for name in TRIAL_METRICS]
+    return hp.hparams_config_pb(hparams=hparams, metrics=metrics)
+
+
+def trial_metrics(records: Sequence[Mapping[str, Any]], epochs_trained: int) -> dict[str, float]:
+    """TRIAL_METRICS of a chain whose generations did not diverge (`records`, in order)."""
+    chosen = max(records, key=lambda r: r["val_accuracy"])  # First of ties: fewer generations.
+    return {
+        "val_accuracy": chosen["val_accuracy"],
+        "val_accuracy_gen_1": records[0]["val_accuracy"],
+        "val_accuracy_last_generation": records[-1]["val_accuracy"],
+        "chosen_generation": chosen["generation"],
+        "epochs_trained": epochs_trained,
+    }
 
 
 def write_trial_hparams(
@@ -625,13 +582,18 @@ def write_trial_hparams(
     hparams: Mapping[str, Any],
     metrics: Mapping[str, float],
     status: str,
+    config: summary_pb2.Summary | None = None,
 ) -> None:
     """One HParams session for a keras-tuner trial, in `logdir`: its hyperparameters under
-    keras-tuner's `trial_id` (so a row matches `tuning.json`), `metrics` as scalars at
-    step 0 (one value per trial), and `status` (keras-tuner's: COMPLETED, FAILED, ...)."""
+    keras-tuner's `trial_id` (so a row matches `tuning.json`), `metrics` (TRIAL_METRICS)
+    as scalars at step 0 (one value per trial), `status` (keras-tuner's: COMPLETED,
+    FAILED, ...) and the search's `hparams_config`. The trial's curves are sub-runs of
+    `logdir` (`EpochSummaries`), so filtering runs by the trial finds them."""
     if status.upper() not in _TRIAL_STATUS:
         raise ValueError(f"unknown trial status {status!r}; expected one of {sorted(_TRIAL_STATUS)}")
     with SummaryWriter(logdir) as writer:
+        if config is not None:
+            writer.raw(config, step=0)
         writer.raw(hp.hparams_pb(dict(hparams), trial_id=str(trial_id)), step=0)
         for name, value in metrics.items():
             writer.scalar(name, value, 0, description=_trial_metric_description(name))
