@@ -72,6 +72,9 @@ def test_each_generation_has_train_and_validation_curves_as_keras_writes_them(di
         for tag, values in [*train.items(), *validation.items()]:
             assert sorted(values) == [1, 2], tag  # Step = epoch, counted from 1.
         assert float(validation["epoch/accuracy"][2]) == pytest.approx(entry["val_accuracy"], abs=1e-7)
+        # results.json keeps the same curves, epoch by epoch (a search replays them from there).
+        assert [h["val_accuracy"] for h in entry["history"]] == pytest.approx([float(validation["epoch/accuracy"][e]) for e in (1, 2)], abs=1e-7)
+        assert [h["learning_rate"] for h in entry["history"]] == pytest.approx([float(train["epoch/learning_rate"][e]) for e in (1, 2)], abs=1e-7)
         assert float(train["epoch/accuracy"][2]) == pytest.approx(entry["train_accuracy"], abs=1e-7)
         assert float(train["epoch/label_agreement"][2]) == pytest.approx(entry["train_label_agreement"], abs=1e-7)
         # Cosine decay from 0.1 over two epochs, read at each epoch's end; every generation restarts it.
@@ -333,7 +336,7 @@ def test_every_keras_tuner_trial_status_is_written_as_an_hparams_status(tmp_path
         if isinstance(status, str) and status.isupper():
             summaries.write_trial_hparams(tmp_path / status, "7", {"generations": 2}, {"val_accuracy": 0.5}, status)
             tags = read_run(tmp_path / status)
-            assert float(tags["val_accuracy"][0]) == 0.5
+            assert float(tags["trial/val_accuracy"][0]) == 0.5
             accumulator = event_accumulator.EventAccumulator(str(tmp_path / status))
             accumulator.Reload()
             content = accumulator.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content
@@ -430,13 +433,13 @@ def test_summaries_are_written_without_tensorflow_as_tf_summary_writes_them(tmp_
     trial.Reload()
     experiment = metadata.parse_experiment_plugin_data(trial.SummaryMetadata(metadata.EXPERIMENT_TAG).plugin_data.content)
     assert [h.name for h in experiment.hparam_infos] == ["generations", "temperature", "alpha"]
-    assert [m.name.tag for m in experiment.metric_infos] == list(summaries.TRIAL_METRICS)
+    assert [m.name.tag for m in experiment.metric_infos] == [f"trial/{name}" for name in summaries.TRIAL_METRICS]
     start = metadata.parse_session_start_info_plugin_data(trial.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content)
     end = metadata.parse_session_end_info_plugin_data(trial.SummaryMetadata(metadata.SESSION_END_INFO_TAG).plugin_data.content)
     assert (start.group_name, start.hparams["temperature"].number_value) == ("0", 4.0)
     assert end.status == api_pb2.STATUS_SUCCESS
-    assert float(tf.make_ndarray(trial.Tensors("val_accuracy")[0].tensor_proto)) == 0.75
-    assert trial.SummaryMetadata("val_accuracy").summary_description.startswith("Validation accuracy")
+    assert float(tf.make_ndarray(trial.Tensors("trial/val_accuracy")[0].tensor_proto)) == 0.75
+    assert trial.SummaryMetadata("trial/val_accuracy").summary_description.startswith("Validation accuracy")
 
 
 def test_label_stats_on_hand_computed_labels():

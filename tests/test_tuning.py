@@ -81,18 +81,23 @@ def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, cap
         group = groups[t["trial_id"]]
         assert group["hparams"] == {"generations": t["generations"], "temperature": t["temperature"], "alpha": t["alpha"]}
         assert [session["status"] for session in group["sessions"]] == ["STATUS_SUCCESS"]
-        metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        metrics = {m["name"]["tag"].removeprefix("trial/"): m["value"] for m in group["metricValues"]}
         assert sorted(metrics) == sorted(TRIAL_METRICS)
         assert metrics["val_accuracy"] == pytest.approx(t["objective"], rel=1e-7)
         assert metrics["chosen_generation"] == t["chosen_generation"]
         assert metrics["val_accuracy_gen_1"] == pytest.approx(t["val_accuracy"][0], rel=1e-7)
         assert metrics["val_accuracy_last_generation"] == pytest.approx(t["val_accuracy"][-1], rel=1e-7)
-    # Each generation's curves are under the session of the trial that trained it.
+    # Each trial's session holds the curves of its whole chain, trained or from the store,
+    # the same figures wherever they were written.
+    from test_tensorboard import read_run, sub_runs
+
     board = tmp_path / "tensorboard"
-    runs = sorted(p.parent.relative_to(board).as_posix() for p in board.rglob("events.out.tfevents.*"))
-    curves = [run for run in runs if "/" in run]
-    assert len(curves) == 2 * len(trained) and all(run.split("/")[0] in {f"trial_{t['trial_id']}" for t in trials} for run in curves)
-    assert sorted({run.split("/", 1)[0] for run in runs}) == [f"trial_{t['trial_id']}" for t in trials]
+    expected = [f"trial_{t['trial_id']}" for t in trials]
+    expected += [f"trial_{t['trial_id']}/gen_{k}/{split}" for t in trials for k in range(1, t["generations"] + 1) for split in ("train", "validation")]
+    assert sub_runs(board) == sorted(expected)
+    for t in trials:
+        last = read_run(board / f"trial_{t['trial_id']}" / f"gen_{t['generations']}" / "validation")["epoch/accuracy"]
+        assert float(last[1]) == pytest.approx(t["val_accuracy"][-1], rel=1e-7)
     domains = {info["name"]: info for info in experiment["hparamInfos"]}
     assert domains["generations"]["domainInterval"] == {"minValue": 1.0, "maxValue": 2.0}
     assert domains["temperature"]["domainDiscrete"] == [1.0, 2.0, 4.0]

@@ -253,6 +253,7 @@ class ChainRunner:
                 train_accuracy=logs["accuracy"],
                 train_label_agreement=logs["label_agreement"],
                 train_label_entropy=logs["label_entropy"],
+                history=checkpoint.history,
                 seconds=checkpoint.elapsed(),
                 **figures,
             )
@@ -372,8 +373,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
     backup in place (a kill mid-write loses it), deletes it when `fit` ends, keeps no
     figures, and writes Keras weights files, which cost 5-7x the time of the same arrays
     (bench/RESULTS.md). Here each checkpoint lands by rename next to the store entry
-    it will become, and keeps the last epoch's logs and the time spent so far, so a
-    generation resumed after its last epoch still has its record.
+    it will become, and keeps every epoch's logs (`history`, with the learning rate at the
+    epoch's end) and the time spent so far, so a generation resumed after its last epoch
+    still has its record.
     """
 
     def __init__(self, store: GenerationStore, key: str, state: dict[str, Any] | None):
@@ -381,6 +383,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.store = store
         self.key = key
         self.logs: dict[str, float] = dict(state["logs"]) if state else {}
+        self.history: list[dict[str, float]] = list(state.get("history", [])) if state else []
         self._seconds = state["seconds"] if state else 0.0
         self._since = time.perf_counter()
 
@@ -393,10 +396,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.logs = {name: float(value) for name, value in (logs or {}).items()}
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.history = [*self.history[:epoch], {"learning_rate": rate, **self.logs}]
         self.store.save_checkpoint(
             self.key,
             [keras.ops.convert_to_numpy(v) for v in self.model.training_state()],
-            {"epoch": epoch + 1, "logs": self.logs, "seconds": self.elapsed()},
+            {"epoch": epoch + 1, "logs": self.logs, "history": self.history, "seconds": self.elapsed()},
         )
 
 

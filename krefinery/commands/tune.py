@@ -76,7 +76,8 @@ class ChainTuner(kt.Tuner):
     then every trial fails (the later ones at once, from the stored divergence) and
     `tune` raises `SearchDiverged`.
     Every trial gets an HParams session, `<workdir>/tensorboard/trial_<id>`, with the
-    curves of the generations it trained as its sub-runs `gen_<k>/{train,validation}`.
+    curves of its chain's generations as its sub-runs `gen_<k>/{train,validation}`:
+    written as it trains them, or from the stored record's `history`.
     """
 
     def __init__(
@@ -121,6 +122,12 @@ class ChainTuner(kt.Tuner):
             # Not an Exception, so keras-tuner records nothing: the trial stays in flight,
             # and the oracle gives it again when the search is resumed.
             raise stop.within(f"trial {trial.trial_id}")
+        for record in records:
+            # A generation from the store has its curves under the trial that trained it;
+            # this trial's session gets them too, so each trial shows its whole chain.
+            curves = self._logdir(trial) / f"gen_{record['generation']}"
+            if not record["trained"] and record.get("history") and not curves.exists():
+                summaries.write_epoch_curves(curves, record["history"])
         finished = [r for r in records if not r.get("diverged")]
         diverged = [r["generation"] for r in records if r.get("diverged")]
         trained = sum(self.config.epochs for r in records if r["trained"])

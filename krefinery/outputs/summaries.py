@@ -283,16 +283,32 @@ class EpochSummaries(keras.callbacks.Callback):
         values.setdefault(
             "learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         )
-        for name in sorted(values):
-            split, tag = epoch_tag(name)
-            self._writers[split].scalar(tag, values[name], epoch + 1, description=epoch_description(name))
-        for writer in self._writers.values():
-            writer.flush()
+        _write_epoch(self._writers, epoch + 1, values)
 
     def on_train_end(self, logs=None):
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
+
+
+def write_epoch_curves(logdir: str | os.PathLike, history: Sequence[Mapping[str, float]]) -> None:
+    """A stored generation's curves (its record's `history`, one entry per epoch) as
+    `EpochSummaries` writes them while it trains."""
+    writers = {split: SummaryWriter(Path(logdir) / split) for split in (TRAIN, VALIDATION)}
+    try:
+        for epoch, values in enumerate(history, start=1):
+            _write_epoch(writers, epoch, values)
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+
+def _write_epoch(writers: Mapping[str, SummaryWriter], epoch: int, values: Mapping[str, float]) -> None:
+    for name in sorted(values):
+        split, tag = epoch_tag(name)
+        writers[split].scalar(tag, values[name], epoch, description=epoch_description(name))
+    for writer in writers.values():
+        writer.flush()
 
 
 def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
@@ -524,6 +540,12 @@ TRIAL_METRICS = {
 }
 
 
+def trial_metric_tag(name: str) -> str:
+    """`trial/<name>`: a Time Series group that sorts after `epoch`, so a search's
+    landing page opens on the trials' curves, then these (one point per trial)."""
+    return f"trial/{name}"
+
+
 def _trial_metric_description(name: str) -> str:
     return TRIAL_METRICS[name] + " One value per keras-tuner trial; Step = 0."
 
@@ -560,7 +582,9 @@ def hparams_config(
         *(hp.HParam(name, hp.Discrete([int(value)]), description=_FIXED_HPARAMS[name])
           for name, value in (fixed or {}).items()),
     ]
-    metrics = [hp.Metric(name, description=_trial_metric_description(name)) for name in TRIAL_METRICS]
+    metrics = [
+        hp.Metric(trial_metric_tag(name), description=_trial_metric_description(name)) for name in TRIAL_METRICS
+    ]
     return hp.hparams_config_pb(hparams=hparams, metrics=metrics)
 
 
@@ -586,7 +610,7 @@ def write_trial_hparams(
 ) -> None:
     """One HParams session for a keras-tuner trial, in `logdir`: its hyperparameters under
     keras-tuner's `trial_id` (so a row matches `tuning.json`), `metrics` (TRIAL_METRICS)
-    as scalars at step 0 (one value per trial), `status` (keras-tuner's: COMPLETED,
+    as scalars `trial/<name>` at step 0 (one value per trial), `status` (keras-tuner's: COMPLETED,
     FAILED, ...) and the search's `hparams_config`. The trial's curves are sub-runs of
     `logdir` (`EpochSummaries`), so filtering runs by the trial finds them."""
     if status.upper() not in _TRIAL_STATUS:
@@ -596,7 +620,7 @@ def write_trial_hparams(
             writer.raw(config, step=0)
         writer.raw(hp.hparams_pb(dict(hparams), trial_id=str(trial_id)), step=0)
         for name, value in metrics.items():
-            writer.scalar(name, value, 0, description=_trial_metric_description(name))
+            writer.scalar(trial_metric_tag(name), value, 0, description=_trial_metric_description(name))
         end = plugin_data_pb2.SessionEndInfo(
             status=api_pb2.Status.Value(_TRIAL_STATUS[status.upper()]), end_time_secs=time.time()
         )
