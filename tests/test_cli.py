@@ -61,10 +61,10 @@ def test_the_default_job_leaves_every_output(tmp_path, capsys):
         assert (tmp_path / g["weights"]).exists()
     # Later generations trained on refined labels, not one-hot ground truth.
     assert all(g["train_label_entropy"] > 0 for g in results["generations"][1:])
-    # TensorBoard's sub-runs (folders of event files): one per generation, so each keeps a colour.
+    # TensorBoard's sub-runs (folders of event files): 7, each its own colour of TensorBoard's 7.
     board = tmp_path / "tensorboard"
     runs = {p.parent.relative_to(board).as_posix() for p in board.rglob("events.out.tfevents.*")}
-    assert sorted(runs) == ["gen_1", "gen_2", "gen_3", "generations", "refinery"]
+    assert sorted(runs) == [f"gen_{k}/{split}" for k in (1, 2, 3) for split in ("train", "validation")] + ["generations"]
     assert (tmp_path / "accuracy.png").exists()
     assert results["exports"]["best"].endswith("saved_models/digits/1")
     printed = capsys.readouterr()

@@ -42,7 +42,8 @@ def described_tags(path) -> dict[str, str]:
 
 
 def sub_runs(board) -> list[str]:
-    return sorted(p.parent.relative_to(board).as_posix() for p in board.rglob("events.out.tfevents.*"))
+    """The sub-runs under `board`: the folders holding event files."""
+    return sorted({p.parent.relative_to(board).as_posix() for p in board.rglob("events.out.tfevents.*")})
 
 
 def scalar_series(board) -> dict[tuple[str, str], int]:
@@ -60,7 +61,7 @@ def scalar_series(board) -> dict[tuple[str, str], int]:
 def test_each_generation_has_train_and_validation_curves_as_keras_writes_them(digits_run):
     board = digits_run["workdir"] / "tensorboard"
     assert sub_runs(board) == [
-        "gen_1/train", "gen_1/validation", "gen_2/train", "gen_2/validation", "generations", "refinery",
+        "gen_1/train", "gen_1/validation", "gen_2/train", "gen_2/validation", "generations",
     ]
     for entry in digits_run["results"]["generations"]:
         train, validation = (read_run(board / f"gen_{entry['generation']}" / split) for split in ("train", "validation"))
@@ -106,18 +107,18 @@ def test_cross_generation_view_matches_results(digits_run):
 
 def test_every_summary_says_what_it_is_and_what_its_step_means(digits_run):
     board = digits_run["workdir"] / "tensorboard"
-    for run in ("gen_1/train", "gen_1/validation", "generations", "refinery"):
+    for run in ("gen_1/train", "gen_1/validation", "generations"):
         descriptions = described_tags(board / run)
         assert descriptions
         for tag, description in descriptions.items():
             assert "Step = " in description, (run, tag, description)
-    assert "nats" in described_tags(board / "refinery")[summaries.LABEL_TABLE]
+    assert "nats" in described_tags(board / "generations")[summaries.LABEL_TABLE]
     assert "nats" in described_tags(board / "gen_1" / "train")["epoch/loss"]
 
 
 def test_relabel_diagnostics_describe_the_labels_generation_two_trained_on(digits_run):
     results = digits_run["results"]
-    logged = read_run(digits_run["workdir"] / "tensorboard" / "refinery")
+    logged = read_run(digits_run["workdir"] / "tensorboard" / "generations")
     # Recompute generation 1's refined labels (T = 1, alpha = 0) from its saved weights.
     splits = make_splits(load_source("digits"), val_fraction=0.1, seed=0)
     classifier = build_resnet(
@@ -210,16 +211,14 @@ def test_tensorboard_serves_the_run_as_the_browser_reads_it(digits_run):
         query = urllib.parse.urlencode({"run": "gen_2/validation", "tag": "epoch/accuracy"})
         validation = get_json(f"{url}/data/plugin/scalars/scalars?{query}")
 
-    assert sorted(runs) == ["gen_1/train", "gen_1/validation", "gen_2/train", "gen_2/validation", "generations", "refinery"]
+    assert sorted(runs) == ["gen_1/train", "gen_1/validation", "gen_2/train", "gen_2/validation", "generations"]
     assert sorted(scalar_tags) == ["gen_1/train", "gen_1/validation", "gen_2/train", "gen_2/validation"]
     assert "epoch/accuracy" in scalar_tags["gen_1/validation"] and "epoch/loss" in scalar_tags["gen_2/train"]
     assert [(step, value) for _, step, value in validation] == [
         (1, pytest.approx(validation[0][2])), (2, pytest.approx(generations[1]["val_accuracy"], rel=1e-7)),
     ]
-    assert list(image_tags["generations"]) == [summaries.ACCURACY_IMAGE]
-    assert {summaries.moved_image_tag(2), *summaries.LABEL_CHARTS.values()} <= set(image_tags["refinery"])
-    assert list(text_tags["generations"]) == [summaries.GENERATION_TABLE]
-    assert {summaries.LABEL_TABLE, summaries.MOVED_TABLE} <= set(text_tags["refinery"])
+    assert {summaries.ACCURACY_IMAGE, summaries.moved_image_tag(2), *summaries.LABEL_CHARTS.values()} == set(image_tags["generations"])
+    assert {summaries.GENERATION_TABLE, summaries.LABEL_TABLE, summaries.MOVED_TABLE} == set(text_tags["generations"])
 
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)

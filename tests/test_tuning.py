@@ -69,9 +69,8 @@ def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, cap
     assert record["epochs"]["trained"] < record["epochs"]["naive"]
 
     # The HParams dashboard lists every trial, cached ones included, under keras-tuner's
-    # trial id, with its status, in the declared domains.
-    # Every trial has the same metrics whatever its chain's length (the dashboard's parallel
-    # coordinates leave out a trial that lacks one), and no run holds the domains alone.
+    # trial id, with its status, in the declared domains, and with the same metrics whatever
+    # its chain's length (its parallel coordinates leave out a trial that lacks one).
     from krefinery.outputs.summaries import TRIAL_METRICS
 
     assert {t["generations"] for t in trials} == {1, 2}
@@ -92,8 +91,12 @@ def test_search_reports_every_trial_and_trains_generation_one_once(tmp_path, cap
     from test_tensorboard import read_run, sub_runs
 
     board = tmp_path / "tensorboard"
-    expected = [f"trial_{t['trial_id']}" for t in trials]
-    expected += [f"trial_{t['trial_id']}/gen_{k}/{split}" for t in trials for k in range(1, t["generations"] + 1) for split in ("train", "validation")]
+    expected = [f"trial_{t['trial_id']}" for t in trials] + [
+        f"trial_{t['trial_id']}/gen_{k}/{split}"
+        for t in trials
+        for k in range(1, t["generations"] + 1)
+        for split in ("train", "validation")
+    ]
     assert sub_runs(board) == sorted(expected)
     for t in trials:
         last = read_run(board / f"trial_{t['trial_id']}" / f"gen_{t['generations']}" / "validation")["epoch/accuracy"]

@@ -57,12 +57,14 @@ class RunOutputs:
         self.exports: dict[str, str] = {
             name: path for name, path in previous.get("exports", {}).items() if intact(path)
         }
-        tensorboard = workdir / "tensorboard"
+        # One sub-run for both: each sub-run takes one of TensorBoard's 7 colours, and a
+        # default run's 6 curves leave one.
+        generations = workdir / "tensorboard" / summaries.GENERATIONS_RUN
         feed = experiment.feed
         self.relabel_summaries = summaries.RelabelSummaries(
-            tensorboard / "refinery", feed.truth, feed.images, feed.info.class_names
+            generations, feed.truth, feed.images, feed.info.class_names
         )
-        self.generation_summaries = summaries.GenerationSummaries(tensorboard / "generations")
+        self.generation_summaries = summaries.GenerationSummaries(generations)
 
     def callbacks(self, generation: int) -> list[keras.callbacks.Callback]:
         return [report.tensorboard_callback(self.workdir, generation)]

@@ -200,9 +200,8 @@ def format_study(record: dict[str, Any]) -> str:
 
 def study_chart(record: dict[str, Any], runs: Sequence[dict[str, Any]], path: str | os.PathLike) -> bytes:
     """Validation and test accuracy by generation, written to `path` (study.png) and
-    returned as PNG bytes (for TensorBoard): one thin line per repeat,
-    the mean with its 95% interval as a thick one, the control's repeats and mean as
-    their own markers."""
+    returned as PNG bytes (for TensorBoard): one thin line per repeat, the mean with its
+    95% interval as a thick one, the control's repeats and mean as their own markers."""
     figure = Figure(figsize=(10, 3.8), layout="constrained")
     steps = [g["generation"] for g in record["generations"]]
     for index, metric in enumerate(METRICS):

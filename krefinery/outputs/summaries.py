@@ -7,12 +7,13 @@ on. So:
 - `epoch/<metric>` (the first group): the per-epoch curves, as `keras.callbacks.TensorBoard`
   lays them out: sub-runs `gen_<k>/train` and `gen_<k>/validation` (and `control/...`),
   step = epoch, so training and validation overlay on one card per metric
-  (`EpochSummaries`). At the default 15 epochs the smoothed line stays on the points.
+  (`EpochSummaries`). Smoothed like any Keras run's: at the default 15 epochs the last
+  point moves by under half a point of accuracy (docs/tensorboard.md).
 - `generation/*` (the second group): the `results.json` figures by generation, in the
-  `generations` sub-run, as the accuracy chart (an image, each point labelled) and a text
-  table. Not as scalars: a line of 2-3 points is what the default smoothing bends and
-  "ignore outliers" cuts off.
-- `labels/*`: the labels each generation trains on, in the `refinery` sub-run, at step =
+  `generations` sub-run (GENERATIONS_RUN), as the accuracy chart (an image, each point
+  labelled) and a text table. Not as scalars: a line of 2-3 points is what the default
+  smoothing bends and "ignore outliers" cuts off.
+- `labels/*`: the labels each generation trains on, in the same sub-run, at step =
   that generation (step 1 is the one-hot ground truth, step k+1 the labels generation k
   made): charts, a text table, histograms and the examples moved furthest.
 
@@ -57,6 +58,7 @@ from krefinery.analysis.diagnostics import (
 from krefinery.config import Architecture
 from krefinery.outputs import charts
 
+GENERATIONS_RUN = "generations"
 GENERATION_TABLE = "generation/table"
 ACCURACY_IMAGE = "generation/accuracy_chart"
 # The tail the means hide: the share of training examples whose labels put less than
@@ -102,9 +104,10 @@ DESCRIPTIONS = {
     LABEL_TABLE: "The labels each generation trains on, one row per generation so far: the "
     "share of training examples whose label's most probable class is the ground truth; the "
     "mean top-1 probability; the mean entropy, in nats (0: one-hot; log(classes): uniform); "
-    "the mean KL(previous labels || these labels), in nats: how far the relabel moved them; the examples whose "
-    "most probable class changed (a count); and the share whose label puts less than 0.5, "
-    "0.1 and 0.01 on the ground truth: the tail the means hide." + _ON_LABELS,
+    "the mean KL(previous labels || these labels), in nats: how far the relabel moved them; "
+    "the examples whose most probable class changed (a count); and the share whose label "
+    "puts less than 0.5, 0.1 and 0.01 on the ground truth: the tail the means hide."
+    + _ON_LABELS,
     CONFIDENCE_HISTOGRAM: "Histogram of each training example's top-1 label probability."
     + _ON_LABELS,
     TRUTH_HISTOGRAM: "Histogram of the probability each training label puts on its "
@@ -371,9 +374,13 @@ class GenerationSummaries:
             "| generation | " + " | ".join(title for _, title in columns) + " | architecture |",
             "|---" * (len(columns) + 2) + "|",
         ]
-        rows = [(f"{g['generation']}" + (" (best)" if g["generation"] == best else ""), g) for g in self._generations]
-        if self._control is not None and not self._control.get("diverged"):
-            rows.append((f"control (generation {self._control['mirrors_generation']} on the ground truth)", self._control))
+        rows = [
+            (f"{g['generation']}" + (" (best)" if g["generation"] == best else ""), g)
+            for g in self._generations
+        ]
+        control = self._control
+        if control is not None and not control.get("diverged"):
+            rows.append((f"control (generation {control['mirrors_generation']} on the ground truth)", control))
         for name, g in rows:
             cells = [f"{g[key]:.4f}" if g.get(key) is not None else "-" for key, _ in columns]
             model = Architecture(**g["architecture"]).describe() if "architecture" in g else ""
