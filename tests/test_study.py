@@ -162,7 +162,8 @@ def test_a_study_with_a_control(tmp_path, capsys):
     assert (models / "digits" / "1" / "saved_model.pb").read_bytes() == source.read_bytes()
     assert (root / "study.png").read_bytes().startswith(b"\x89PNG")
     board = read_run(root / "tensorboard" / "study")
-    assert sorted(board) == ["generation/study_chart", "study/table"]  # study.png and the report: no scalars.
+    # study.png's charts and the report: no scalars.
+    assert sorted(board) == ["generation/study_test_accuracy", "generation/study_val_accuracy", "study/table"]
     report = board["study/table"][0].item().decode()
     assert re.search(rf"^ *control +{control['val_accuracy']:.4f} +{control['test_accuracy']:.4f} ", report, re.M), report
     curves = read_run(repeat / "tensorboard" / "control" / "validation")  # The control's epochs.

@@ -85,8 +85,8 @@ def _study(config: Config, root: Path) -> dict[str, Any]:
             print(report.format_table(results), flush=True)
         record = study_report.study_record(config, runs, root)
         workdirs.write_record(root / study_report.STUDY, record)
-    chart = study_report.study_chart(record, runs, root / study_report.CHART)
-    study_report.write_tensorboard(record, chart, root / "tensorboard" / "study")
+    study_report.study_chart(record, runs, root / study_report.CHART)
+    study_report.write_tensorboard(record, runs, root / "tensorboard" / "study")
     best = runs[record["best"]["repeat"]]
     record["export"] = os.fspath(export.copy_export(Path(best["exports"]["best"]), config))
     workdirs.write_record(root / study_report.STUDY, record)

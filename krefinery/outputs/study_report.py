@@ -20,7 +20,7 @@ from krefinery import files
 from krefinery.analysis import stats
 from krefinery.analysis.underfit import DISAGREEMENT_KEY, FIT_KEY
 from krefinery.config import Config
-from krefinery.outputs import report
+from krefinery.outputs import charts, report
 from krefinery.outputs.summaries import SummaryWriter
 
 STUDY = "study.json"
@@ -198,51 +198,74 @@ def format_study(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def study_chart(record: dict[str, Any], runs: Sequence[dict[str, Any]], path: str | os.PathLike) -> bytes:
-    """Validation and test accuracy by generation, written to `path` (study.png) and
-    returned as PNG bytes (for TensorBoard): one thin line per repeat, the mean with its
-    95% interval as a thick one, the control's repeats and mean as their own markers."""
+def study_chart(record: dict[str, Any], runs: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Validation and test accuracy by generation, side by side, written to `path`
+    (study.png): one thin line per repeat, the mean with its 95% interval as a thick
+    one, the control's repeats and mean as their own markers."""
     figure = Figure(figsize=(10, 3.8), layout="constrained")
-    steps = [g["generation"] for g in record["generations"]]
     for index, metric in enumerate(METRICS):
-        axes = figure.add_subplot(1, 2, index + 1)
-        for r, run in enumerate(runs):
-            axes.plot(
-                steps,
-                [g[metric] for g in run["generations"]],
-                color="tab:blue",
-                alpha=0.35,
-                linewidth=0.8,
-                label="each repeat" if r == 0 else None,
-            )
-        means = [g[metric]["mean"] for g in record["generations"]]
-        errors = _errors(g[metric] for g in record["generations"])
-        axes.errorbar(
-            steps, means, yerr=errors, color="tab:blue", linewidth=2.5, capsize=4,
-            marker="o", label="mean, 95% CI" if errors is not None else "mean",
-        )
-        control = record["control"]
-        if control is not None:
-            x = record["generations"][1]["generation"] + 0.12
-            axes.plot(
-                [x] * len(control[metric]["values"]), control[metric]["values"], linestyle="none",
-                marker="x", color="tab:red", alpha=0.6,
-            )
-            axes.errorbar(
-                [x], [control[metric]["mean"]], yerr=_errors([control[metric]]), color="tab:red",
-                marker="D", capsize=4, linestyle="none", label="control (gen 2 seed, ground truth)",
-            )
-        axes.set_xticks(steps)
-        axes.set_xlabel("generation")
-        axes.set_ylabel(metric.replace("_", " "))
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+        _draw_study(figure.add_subplot(1, 2, index + 1), record, runs, metric, fontsize=8)
     figure.suptitle(f"{record['dataset']}: {record['repeats']} repeat(s)")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    png = buffer.getvalue()
-    files.atomic_write(path, lambda temporary: temporary.write_bytes(png))
-    return png
+    files.atomic_write(path, lambda temporary: temporary.write_bytes(buffer.getvalue()))
+
+
+def study_card_pngs(record: dict[str, Any], runs: Sequence[dict[str, Any]]) -> dict[str, bytes]:
+    """study.png's two charts, one per metric, each at the size of a TensorBoard card
+    (`charts.CARD_SIZE`), so each is shown at its own size: `{metric: PNG bytes}`."""
+    pngs = {}
+    for metric in METRICS:
+        figure = Figure(figsize=charts.CARD_SIZE)
+        figure.subplots_adjust(**charts.AXES_BOX)
+        axes = figure.add_subplot()
+        _draw_study(axes, record, runs, metric, fontsize=6)
+        axes.set_title(f"{metric.replace('_', ' ')}: {record['repeats']} repeat(s)", fontsize=9)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=charts.CARD_DPI)
+        pngs[metric] = buffer.getvalue()
+    return pngs
+
+
+def _draw_study(axes, record: dict[str, Any], runs: Sequence[dict[str, Any]], metric: str, fontsize: int) -> None:
+    steps = [g["generation"] for g in record["generations"]]
+    for r, run in enumerate(runs):
+        axes.plot(
+            steps,
+            [g[metric] for g in run["generations"]],
+            color="tab:blue",
+            alpha=0.35,
+            linewidth=0.8,
+            label="each repeat" if r == 0 else None,
+        )
+    means = [g[metric]["mean"] for g in record["generations"]]
+    errors = _errors(g[metric] for g in record["generations"])
+    # An interval of few repeats can reach past 1, which no accuracy can: the axis stops at 1.
+    control = record["control"]
+    figures = [g[metric] for g in record["generations"]] + ([control[metric]] if control else [])
+    beyond = any(f["high"] is not None and f["high"] > 1.0 for f in figures)
+    axes.errorbar(
+        steps, means, yerr=errors, color="tab:blue", linewidth=2.5, capsize=4, marker="o",
+        label="mean" if errors is None else "mean, 95% CI" + (" (cut at 1)" if beyond else ""),
+    )
+    if control is not None:
+        x = record["generations"][1]["generation"] + 0.12
+        axes.plot(
+            [x] * len(control[metric]["values"]), control[metric]["values"], linestyle="none",
+            marker="x", color="tab:red", alpha=0.6,
+        )
+        axes.errorbar(
+            [x], [control[metric]["mean"]], yerr=_errors([control[metric]]), color="tab:red",
+            marker="D", capsize=4, linestyle="none", label="control (gen 2 seed, ground truth)",
+        )
+    if beyond:
+        axes.set_ylim(top=1.0)
+    axes.set_xticks(steps)
+    axes.tick_params(labelsize=fontsize)
+    axes.set_xlabel("generation", fontsize=fontsize)
+    axes.set_ylabel(metric.replace("_", " "), fontsize=fontsize)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=fontsize)
 
 
 def _errors(figures) -> list[list[float]] | None:
@@ -252,22 +275,27 @@ def _errors(figures) -> list[list[float]] | None:
     return [[f["mean"] - f["low"] for f in figures], [f["high"] - f["mean"] for f in figures]]
 
 
-# In the `generation` group, the second of Time Series, which TensorBoard expands, beside
-# each repeat's accuracy chart.
-CHART_TAG = "generation/study_chart"
+# In the `generation` group, the second of Time Series, which TensorBoard expands, after
+# each repeat's accuracy chart: one card per metric.
+CHART_TAG = "generation/study_{metric}"
 TABLE_TAG = "study/table"
-_CHART_DESCRIPTION = (
-    "The study's chart (study.png): validation and test accuracy by generation, each repeat "
-    "a thin line, the mean with its 95% interval a thick one, the control (generation 2's "
-    "seed on the ground truth) beside generation 2. Step = 0."
-)
 _TABLE_DESCRIPTION = "The study's printed report: per-generation figures, the control, paired comparisons. Step = 0."
 
 
-def write_tensorboard(record: dict[str, Any], chart_png: bytes, logdir: str | os.PathLike) -> None:
+def chart_tag(metric: str) -> str:
+    return CHART_TAG.format(metric=metric)
+
+
+def write_tensorboard(record: dict[str, Any], runs: Sequence[dict[str, Any]], logdir: str | os.PathLike) -> None:
     """The study as the TensorBoard sub-run `logdir` (`<workdir>/tensorboard/study`): its
-    chart and its report. No scalars: a figure per generation would be a line of 2-3
+    charts and its report. No scalars: a figure per generation would be a line of 2-3
     points, which TensorBoard's default smoothing bends."""
     with SummaryWriter(logdir) as writer:
-        writer.image_png(CHART_TAG, chart_png, 0, description=_CHART_DESCRIPTION)
+        for metric, png in study_card_pngs(record, runs).items():
+            description = (
+                f"The study's {metric.replace('_', ' ')} by generation (as in study.png): each "
+                "repeat a thin line, the mean with its 95% interval a thick one, the control "
+                "(generation 2's seed on the ground truth) beside generation 2. Step = 0."
+            )
+            writer.image_png(chart_tag(metric), png, 0, description=description)
         writer.text(TABLE_TAG, "```\n" + format_study(record) + "\n```", 0, description=_TABLE_DESCRIPTION)
