@@ -140,6 +140,7 @@ class ChainTuner(kt.Tuner):
             # traceback it prints for a raised `FailedTrialError`.
             return {OBJECTIVE: float("nan"), "diverged_generation": 1, "epochs_trained": trained}
         chosen = max(finished, key=lambda r: r["val_accuracy"])  # First of ties: fewer generations.
+        session = summaries.trial_metrics(chosen, finished, trained)
         metrics = {
             OBJECTIVE: chosen["val_accuracy"],
             "chosen_generation": chosen["generation"],
@@ -149,8 +150,7 @@ class ChainTuner(kt.Tuner):
         if diverged:
             metrics["diverged_generation"] = diverged[0]
         summaries.write_trial_hparams(
-            self._logdir(trial), trial.trial_id, hparams, summaries.trial_metrics(finished, trained),
-            "COMPLETED", self.hparams_config,
+            self._logdir(trial), trial.trial_id, hparams, session, "COMPLETED", self.hparams_config
         )
         return metrics
 

@@ -595,9 +595,11 @@ def hparams_config(
     return hp.hparams_config_pb(hparams=hparams, metrics=metrics)
 
 
-def trial_metrics(records: Sequence[Mapping[str, Any]], epochs_trained: int) -> dict[str, float]:
-    """TRIAL_METRICS of a chain whose generations did not diverge (`records`, in order)."""
-    chosen = max(records, key=lambda r: r["val_accuracy"])  # First of ties: fewer generations.
+def trial_metrics(
+    chosen: Mapping[str, Any], records: Sequence[Mapping[str, Any]], epochs_trained: int
+) -> dict[str, float]:
+    """TRIAL_METRICS of a trial whose chain's generations that did not diverge are
+    `records` (in order), `chosen` the one the search scores it by."""
     return {
         "val_accuracy": chosen["val_accuracy"],
         "val_accuracy_gen_1": records[0]["val_accuracy"],
