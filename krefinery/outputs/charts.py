@@ -47,8 +47,12 @@ def accuracy_chart_png(
     """
     steps = [g["generation"] for g in generations]
     figure, axes = _card()
-    for key, label in (("val_accuracy", "validation"), ("test_accuracy", "test")):
-        _plot_labelled(axes, steps, [g[key] for g in generations], label, "{:.4f}")
+    validation, test = ([g[key] for g in generations] for key in ("val_accuracy", "test_accuracy"))
+    # At each generation the higher value is labelled above its point, the lower below,
+    # so two close values do not print over each other.
+    higher = [v >= t for v, t in zip(validation, test)]
+    _plot_labelled(axes, steps, validation, "validation", "{:.4f}", above=higher)
+    _plot_labelled(axes, steps, test, "test", "{:.4f}", above=[not h for h in higher])
     best = next(g for g in generations if g["generation"] == best_generation)
     axes.plot(
         [best_generation],
@@ -96,12 +100,13 @@ def _card() -> tuple[Figure, Any]:
     return figure, figure.add_subplot()
 
 
-def _plot_labelled(axes, steps, values, label: str, form: str) -> None:
+def _plot_labelled(axes, steps, values, label: str, form: str, above: Sequence[bool] | None = None) -> None:
+    """A line whose points carry their values: above each point, or below where `above` says not."""
     axes.plot(steps, values, marker="o", markersize=4, label=label)
-    for step, value in zip(steps, values):
+    for step, value, up in zip(steps, values, above or [True] * len(steps)):
         axes.annotate(
-            form.format(value), (step, value), textcoords="offset points", xytext=(0, 4),
-            ha="center", fontsize=7,
+            form.format(value), (step, value), textcoords="offset points", xytext=(0, 4 if up else -5),
+            ha="center", va="bottom" if up else "top", fontsize=7,
         )
 
 
