@@ -58,3 +58,74 @@ def test_depth_not_6n_plus_2_is_a_clear_error(depth):
 def test_too_small_images_are_a_clear_error():
     with pytest.raises(UserError, match="at least 8x8"):
         build_resnet((7, 7, 1), 10, depth=8)
+
+
+def _batch_norm_pair(policy: str):
+    """Keras's BatchNormalization and the project's, built with the same random weights."""
+    import keras
+
+    from krefinery.core.batchnorm import BatchNormalization
+
+    rng = np.random.default_rng(0)
+    layers = [cls(momentum=0.9, epsilon=1e-5, dtype=policy) for cls in (keras.layers.BatchNormalization, BatchNormalization)]
+    weights = [rng.uniform(0.5, 1.5, 5), rng.normal(size=5), rng.normal(size=5), rng.uniform(0.5, 2.0, 5)]
+    for layer in layers:
+        layer.build((8, 6, 6, 5))
+        layer.set_weights([w.astype("float32") for w in weights])
+    return layers
+
+
+# float32: the same arithmetic in another order. bfloat16: the fused kernel reads bf16
+# activations as Keras's upcast does, so outputs agree to bf16 rounding of the sums.
+@pytest.mark.parametrize("policy, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 1e-2)])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_computes_what_keras_does(policy, tolerance, training):
+    """Outputs, gradients and moving statistics of TensorFlow's fused kernel equal Keras's
+    layer's (its moving-average rule over the biased batch variance), in both precisions."""
+    import tensorflow as tf
+
+    keras_layer, fused = _batch_norm_pair(policy)
+    rng = np.random.default_rng(1)
+    images = tf.constant((rng.normal(size=(8, 6, 6, 5)) * 3 + 1).astype("float32"))
+    # A loss that weighs every output differently, so no gradient is a sum that cancels.
+    weighting = tf.constant(rng.normal(size=(8, 6, 6, 5)).astype("float32"))
+    results = []
+    for layer in (keras_layer, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            outputs = layer(images, training=training)
+            loss = tf.reduce_sum(tf.cast(outputs, "float32") * weighting)
+        gradients = tape.gradient(loss, [images, layer.gamma, layer.beta])
+        results.append((outputs, gradients, layer.get_weights()))
+    (keras_out, keras_grads, keras_weights), (fused_out, fused_grads, fused_weights) = results
+    assert fused_out.dtype == keras_out.dtype == ("bfloat16" if policy == "mixed_bfloat16" else "float32")
+    np.testing.assert_allclose(tf.cast(fused_out, "float32"), tf.cast(keras_out, "float32"), atol=tolerance)
+    for fused_grad, keras_grad in zip(fused_grads, keras_grads):
+        np.testing.assert_allclose(fused_grad, keras_grad, rtol=tolerance, atol=tolerance)
+    for fused_w, keras_w in zip(fused_weights, keras_weights):  # gamma, beta, moving mean and variance
+        np.testing.assert_allclose(fused_w, keras_w, rtol=1e-6, atol=1e-6)
+    if training:  # The moving statistics moved (by the batch's), the same way.
+        assert not np.allclose(fused_weights[2], _batch_norm_pair(policy)[1].get_weights()[2])
+
+
+def test_a_resnet_with_fused_batch_norm_reads_keras_weights_and_back(tmp_path):
+    """Same variables, same names: a weights file of either layer loads into the other."""
+    import keras
+
+    from krefinery.core import resnet
+
+    fused = build_resnet((8, 8, 1), 10, depth=8)
+    original = resnet.BatchNormalization
+    resnet.BatchNormalization = keras.layers.BatchNormalization
+    try:
+        plain = build_resnet((8, 8, 1), 10, depth=8)
+    finally:
+        resnet.BatchNormalization = original
+    assert [type(layer).__name__ for layer in fused.layers] == [type(layer).__name__ for layer in plain.layers]
+    assert any(type(layer) is keras.layers.BatchNormalization for layer in plain.layers)
+    fused.save_weights(tmp_path / "fused.weights.h5")
+    plain.load_weights(tmp_path / "fused.weights.h5")
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(fused(images, training=False), plain(images, training=False), atol=1e-4)

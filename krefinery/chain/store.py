@@ -61,7 +61,8 @@ ENTRY = "entry"
 FIGURES = ("epochs", "val_accuracy", "train_accuracy", "train_label_agreement", "train_label_entropy", "seconds")
 DIVERGED_FIGURES = ("epochs", "epoch", "seconds")
 # 2: per-epoch stateless data streams; resolved precision, XLA and determinism in the key.
-FORMAT = 2
+# 3: batch normalization through TensorFlow's fused kernel (core.batchnorm): other rounding.
+FORMAT = 3
 
 
 def chain_keys(config: Config, runtime: Mapping[str, Any], refinement: Refinement) -> list[str]:

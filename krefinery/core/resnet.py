@@ -13,6 +13,7 @@ import keras
 from keras import layers
 
 from krefinery.config import Architecture, check_depth
+from krefinery.core.batchnorm import BatchNormalization
 from krefinery.errors import UserError
 
 STAGE_FILTERS = (16, 32, 64)
@@ -37,9 +38,10 @@ def build_resnet(
     `grad + weight_decay * w`. `precision` is a Keras dtype policy name
     (`mixed_bfloat16`: bfloat16 compute, float32 weights); it is set per layer rather
     than globally, so models of different precisions can live in one process. The
-    logits are always float32. `synchronized_batch_norm` (TensorFlow, under a
-    tf.distribute strategy) gathers batch statistics across replicas, as one device
-    computes them over the whole batch.
+    logits are always float32. Batch normalization runs TensorFlow's fused kernel on
+    the TensorFlow backend (`core.batchnorm`); `synchronized_batch_norm` (TensorFlow,
+    under a tf.distribute strategy) gathers batch statistics across replicas instead, as
+    one device computes them over the whole batch.
     """
     blocks = check_depth(depth)
     height, width_px, channels = input_shape
@@ -67,8 +69,8 @@ def build_resnet(
             dtype=policy,
         )
 
-    def bn() -> layers.BatchNormalization:
-        return layers.BatchNormalization(
+    def bn() -> BatchNormalization:
+        return BatchNormalization(
             momentum=0.9, epsilon=1e-5, dtype=policy, synchronized=synchronized_batch_norm
         )
 
