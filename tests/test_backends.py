@@ -4,6 +4,7 @@ to export, and without it, killed and resumed), and what PyTorch refuses."""
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import keras
@@ -101,6 +102,8 @@ def test_killed_on_jax_without_tensorflow_the_same_command_finishes_the_same_run
     # accuracy (read here, on TensorFlow) is the run's.
     version = Path(results["exports"]["best"])
     assert sorted(p.name for p in version.iterdir()) == ["assets.extra", "model.keras"]
+    with zipfile.ZipFile(version / "model.keras") as archive:  # Keras's layers alone: loads without krefinery.
+        assert "krefinery" not in archive.read("config.json").decode()
     model = keras.saving.load_model(version / "model.keras")
     from krefinery.data.sources import load_source
 

@@ -58,3 +58,18 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and self.axis in (-1, 3)
             and keras.backend.standardize_dtype(inputs.dtype) in ("float32", "bfloat16", "float16")
         )
+
+
+def with_keras_batch_norm(model: keras.Model) -> keras.Model:
+    """A copy of `model` whose batch normalization is Keras's own layer, with the same
+    configuration and weights: a `.keras` file of it loads with Keras alone, where this
+    package is not installed."""
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, BatchNormalization):
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -36,6 +36,7 @@ import keras
 
 from krefinery import faults, stops
 from krefinery.config import EXPORT_NAME, Config
+from krefinery.core.batchnorm import with_keras_batch_norm
 from krefinery.errors import DiskFull, Interrupted, UserError
 from krefinery.files import is_no_space, pid_alive
 from krefinery.runtime.device import tensorflow_installed
@@ -101,7 +102,8 @@ def export_classifier(
         else:
 
             def save(temp: Path) -> None:
-                classifier.save(temp / KERAS_MODEL)
+                # Keras's own layers only, so the file loads wherever Keras does.
+                with_keras_batch_norm(classifier).save(temp / KERAS_MODEL)
 
         def write(temp: Path) -> None:
             temp.mkdir()
