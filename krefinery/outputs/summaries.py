@@ -460,7 +460,7 @@ class RelabelSummaries:
                 "-" if getattr(stats, field) is None else format(getattr(stats, field), spec)
                 for field, _, spec in LABEL_COLUMNS
             ]
-            shares = [_share(float(np.mean(stats.ground_truth_probability < t))) for t in TRUTH_THRESHOLDS]
+            shares = [_share(_truth_below(stats, t)) for t in TRUTH_THRESHOLDS]
             lines.append(f"| {k} | " + " | ".join([*cells, *shares]) + " |")
         self._writer.text(LABEL_TABLE, "\n".join(lines), step, description=DESCRIPTIONS[LABEL_TABLE])
 
@@ -475,7 +475,7 @@ class RelabelSummaries:
             ),
             LABEL_CHARTS["tail"]: (
                 "Share of examples whose p(ground truth) is below",
-                {f"{t:g}": [float(np.mean(s.ground_truth_probability < t)) for s in stats]
+                {f"{t:g}": [_truth_below(s, t) for s in stats]
                  for t in TRUTH_THRESHOLDS},
             ),
             LABEL_CHARTS["spread"]: (
@@ -511,6 +511,11 @@ class RelabelSummaries:
         png = charts.labelled_tiles(images, captions)
         self._writer.image_png(moved_image_tag(step), png, step, description=moved_image_description(step))
         self._writer.text(MOVED_TABLE, "\n".join(table), step, description=DESCRIPTIONS[MOVED_TABLE])
+
+
+def _truth_below(stats: LabelStats, threshold: float) -> float:
+    """The share of training examples whose label puts less than `threshold` on the truth."""
+    return float(np.mean(stats.ground_truth_probability < threshold))
 
 
 def _share(share: float) -> str:
