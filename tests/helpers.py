@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -103,6 +105,79 @@ def run_subprocess(
         timeout=timeout,
         env={**os.environ, "PYTHONPATH": os.fspath(root), **(env or {})},
     )
+
+
+# Processes forked from one that has already imported TensorFlow, Keras and the project
+# (multiprocessing's forkserver, started once per test process): a run that a test kills,
+# signals or runs beside others is a process of its own, but need not pay TensorFlow's
+# import (7-8 s of CPU) each time. What only a process started by a shell shows (its
+# start-up output, the exit-code smoke tests) keeps `run_subprocess`.
+FORK_PRELOAD = ["helpers", "run", "krefinery.commands.train", "krefinery.commands.tune"]
+
+
+def _run_py_in_fork(args: tuple[str, ...], cwd: str, env: dict, stdout: str, stderr: str) -> None:
+    """The child: run.py's `__main__` (absl's `app.run`), in `cwd` with exactly `env`,
+    its standard output and error in files, as a shell would redirect them."""
+    import keras
+    from absl import app
+
+    import run
+
+    wanted = env.get("KERAS_BACKEND", "tensorflow")
+    if keras.backend.backend() != wanted:
+        raise RuntimeError(f"forked runs are on {keras.backend.backend()}, not {wanted}: use run_subprocess.")
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, stdout), (2, stderr)):
+        file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(file, fd)
+        os.close(file)
+    sys.argv = ["run.py", *args]
+    app.run(run.main, flags_parser=run.parse_flags)
+
+
+class ForkedRun:
+    """`python run.py ARGS` as a forked process (see FORK_PRELOAD), started at once;
+    `wait` gives what `run_subprocess` gives (a signal's death is a negative returncode)."""
+
+    def __init__(self, *args: str, cwd: Path = ROOT, env: dict | None = None):
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(FORK_PRELOAD)
+        self.args = args
+        self._folder = Path(tempfile.mkdtemp(prefix="krefinery-forked-"))
+        self._out, self._err = self._folder / "stdout", self._folder / "stderr"
+        full_env = {**os.environ, **(env or {})}
+        self._process = context.Process(
+            target=_run_py_in_fork, args=(args, os.fspath(cwd), full_env, os.fspath(self._out), os.fspath(self._err))
+        )
+        self._process.start()
+
+    def wait(self, timeout: float = 600) -> subprocess.CompletedProcess:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            self.kill()
+            raise subprocess.TimeoutExpired(["run.py", *self.args], timeout)
+        outputs = [path.read_text() if path.exists() else "" for path in (self._out, self._err)]
+        shutil.rmtree(self._folder)
+        return subprocess.CompletedProcess(["run.py", *self.args], self._process.exitcode, *outputs)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def kill(self) -> None:
+        if self._process.exitcode is None:
+            self._process.kill()
+            self._process.join()
+
+
+def run_forked(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` in a process of its own, forked (ForkedRun), to its end."""
+    return ForkedRun(*args, cwd=cwd, env=env).wait(timeout)
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -21,6 +21,7 @@ from helpers import (
     read_results,
     refusal,
     run_chain,
+    run_forked,
     run_subprocess,
     small_disk,
     trained_generations,
@@ -30,8 +31,8 @@ from krefinery import faults
 
 
 def killed_at(point: str, workdir: Path, models: Path) -> None:
-    """`python run.py` in a fresh process that SIGKILLs itself at a named point."""
-    result = run_subprocess(
+    """`python run.py` in a process of its own that SIGKILLs itself at a named point."""
+    result = run_forked(
         *CHAIN, f"--workdir={workdir}", f"--export_dir={models}",
         cwd=workdir.parent, env={faults.KILL_AT: point}, timeout=600,
     )

@@ -13,22 +13,19 @@ and one rebuilds a finished run's results.json.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from helpers import (
     CHAIN,
-    ROOT,
     comparable,
     finished_copy,
     read_results,
     run_chain,
     run_cli,
+    run_forked,
 )
 
 from krefinery import files
@@ -47,10 +44,8 @@ def killed(tmp_path_factory) -> Path:
     its own) in generation 2's second epoch: generation 1 stored, generation 2's
     checkpoint after epoch 1, results.json with generation 1."""
     root = tmp_path_factory.mktemp("killed")
-    result = subprocess.run(
-        [sys.executable, "run.py", *CHAIN, f"--workdir={root / 'run'}", f"--export_dir={root / 'models'}"],
-        cwd=ROOT, env={**os.environ, "KREFINERY_KILL_AT": "gen2.epoch2.batch5"},
-        capture_output=True, text=True, timeout=600,
+    result = run_forked(
+        *CHAIN, f"--workdir={root / 'run'}", f"--export_dir={root / 'models'}", env={"KREFINERY_KILL_AT": "gen2.epoch2.batch5"}
     )
     assert result.returncode == -9, result.stderr[-3000:]
     store = root / "run" / "generations"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import comparable, read_results, run_cli, run_subprocess
+from helpers import comparable, read_results, run_cli, run_forked
 
 from krefinery import faults
 
@@ -39,7 +39,7 @@ def test_memory_and_tfdata_chains_reach_the_same_digits_bar(runs):
 
 def test_killed_on_tensorflow_the_same_command_finishes_the_same_run(runs, tmp_path):
     args = (*BAR, "--input=memory", f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}")
-    killed = run_subprocess(*args, env={faults.KILL_AT: "gen2.epoch2.batch20"}, timeout=600)
+    killed = run_forked(*args, env={faults.KILL_AT: "gen2.epoch2.batch20"})
     assert killed.returncode == -9, killed.stderr[-3000:]
     run_cli(*args)
     results = read_results(tmp_path / "run")

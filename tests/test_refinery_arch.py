@@ -19,7 +19,7 @@ from helpers import (
     read_json,
     read_results,
     run_cli,
-    run_subprocess,
+    run_forked,
     serve,
     trained_generations,
 )
@@ -99,7 +99,7 @@ def test_killed_in_generation_2_the_same_command_finishes_the_same_run(online_ru
     the same store keys)."""
     workdir, models = tmp_path / "run", tmp_path / "models"
     args = (*ONLINE, "--generations=2", f"--workdir={workdir}", f"--export_dir={models}")
-    killed = run_subprocess(*args, cwd=tmp_path, env={faults.KILL_AT: "gen2.epoch2.batch2"}, timeout=600)
+    killed = run_forked(*args, cwd=tmp_path, env={faults.KILL_AT: "gen2.epoch2.batch2"})
     assert killed.returncode == -9, killed.stderr[-3000:]
     store = workdir / "generations"
     (state,) = [json.loads(p.read_text()) for p in store.glob("*.ckpt.json")]

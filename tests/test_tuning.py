@@ -3,14 +3,12 @@
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import (
-    ROOT,
+    ForkedRun,
     failure,
     hparams_table,
     read_json,
@@ -180,21 +178,18 @@ def test_chief_and_two_workers_complete_a_search_together(tmp_path):
     processes = {}
     for tuner_id in ("chief", "tuner0", "tuner1"):
         env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
-        processes[tuner_id] = subprocess.Popen(
-            [sys.executable, "run.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        processes[tuner_id] = ForkedRun(*args, env=env)
     outputs = {}
     try:
         for tuner_id, process in processes.items():
-            outputs[tuner_id] = process.communicate(timeout=300)
+            outputs[tuner_id] = process.wait(timeout=300)
     finally:
         for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-    for tuner_id, process in processes.items():
-        assert process.returncode == 0, (tuner_id, outputs[tuner_id][1][-2000:])
-    assert "worker done" in outputs["tuner0"][0] and "worker done" in outputs["tuner1"][0]
-    assert "epochs trained" in outputs["chief"][0]
+            process.kill()
+    for tuner_id, result in outputs.items():
+        assert result.returncode == 0, (tuner_id, result.stderr[-2000:])
+    assert "worker done" in outputs["tuner0"].stdout and "worker done" in outputs["tuner1"].stdout
+    assert "epochs trained" in outputs["chief"].stdout
     record = read_tuning(tmp_path)
     assert [t["status"] for t in record["trials"]] == ["COMPLETED"] * 3
     trained = trained_generations(tmp_path)

@@ -54,21 +54,15 @@ def test_a_folder_holding_other_work_is_refused_with_the_way_to_resume_it(kind, 
 
 def test_a_folder_in_use_is_refused_naming_the_holder_and_a_killed_holder_is_taken_over(tmp_path, capsys):
     import os
-    import signal
-    import subprocess
-    import sys
     import time
 
-    from helpers import ROOT
+    from helpers import ForkedRun
 
     from krefinery.config import Config
     from krefinery.outputs import workdirs
 
     workdir = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "run.py", *TINY, "--epochs=200", f"--workdir={workdir}", f"--export_dir={tmp_path / 'models'}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    holder = ForkedRun(*TINY, "--epochs=200", f"--workdir={workdir}", f"--export_dir={tmp_path / 'models'}")
     try:
         lock = workdir / workdirs.LOCK
         deadline = time.monotonic() + 120
@@ -79,8 +73,7 @@ def test_a_folder_in_use_is_refused_naming_the_holder_and_a_killed_holder_is_tak
         assert f"is in use by process {holder.pid} on " in line
         assert not (tmp_path / "models").exists()
     finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
+        holder.kill()  # SIGKILL.
     # The lock went with its process: the folder can be claimed again at once.
     with workdirs.claim(Config(workdir=os.fspath(workdir)), workdirs.RUN, workdir) as held:
         assert f"process {os.getpid()} on " in lock.read_text()
