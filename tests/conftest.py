@@ -7,6 +7,9 @@ import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No test's outcome may hang on timing: `--precision=auto` reads the table of machine kinds
+# unless a test asks for the probe (krefinery/runtime/probe.py).
+os.environ["KREFINERY_PRECISION_PROBE"] = "0"
 
 import pytest
 from helpers import read_results, run_chain, run_cli

@@ -1,3 +1,4 @@
+import json
 import os
 
 import keras
@@ -128,3 +129,70 @@ def test_tensorflows_start_up_notices_are_kept_off_the_console_and_nothing_else(
     with console.startup_notices_hidden(enabled=False):  # TF_CPP_MIN_LOG_LEVEL=0 or 1.
         os.write(2, b"E0000 failed call to cuInit\n")
     assert capfd.readouterr().err == "E0000 failed call to cuInit\n"
+
+
+def test_the_precision_probe_keeps_the_faster_and_reads_it_back(tmp_path):
+    """`probe.choose_precision` with steps of known cost: the faster wins, the figures go
+    to the cache, and the next call reads them back without building a step; a damaged
+    cache is measured again, never trusted."""
+    import time
+
+    from krefinery.runtime import probe
+
+    cache = tmp_path / "cache" / probe.CACHE_FILE
+    cost = {"float32": 0.004, "mixed_bfloat16": 0.001}
+    built = []
+
+    def make_step(precision):
+        built.append(precision)
+        return lambda: time.sleep(cost[precision])
+
+    model = {"depth": 8, "batch_size": 32}
+    first = probe.choose_precision(model, probe.CANDIDATES, make_step, 32, cache)
+    assert first.precision == "mixed_bfloat16" and not first.cached and built == list(probe.CANDIDATES)
+    rates = first.images_per_second
+    assert rates["mixed_bfloat16"] > 2 * rates["float32"]  # 4x less sleep a step.
+    assert "measured now" in first.line(cache)
+    again = probe.choose_precision(model, probe.CANDIDATES, make_step, 32, cache)
+    assert again == probe.Choice("mixed_bfloat16", rates, cached=True) and len(built) == 2
+    # Another model shape is another entry.
+    cost = {"float32": 0.001, "mixed_bfloat16": 0.004}
+    other = probe.choose_precision({**model, "depth": 14}, probe.CANDIDATES, make_step, 32, cache)
+    assert other.precision == "float32" and len(built) == 4
+    cache.write_text('{"cut')
+    assert not probe.choose_precision(model, probe.CANDIDATES, make_step, 32, cache).cached
+
+
+def test_auto_precision_is_measured_once_and_recorded_where_bfloat16_has_hardware(monkeypatch, tmp_path, capsys):
+    """A run of `--precision=auto` on a machine with bfloat16 hardware (pretended here; the
+    steps really run) times the candidates on its model once, says so in one line and
+    records the figures in results.json's runtime; the next run reads them back and
+    resolves to the same precision."""
+    from helpers import read_results, run_cli
+
+    from krefinery.chain import experiment
+    from krefinery.runtime import probe
+
+    monkeypatch.setenv(probe.PROBE_ENV, "1")
+    monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(experiment, "machine_kind", lambda: "cpu-bf16")
+    tiny = ("--depth=8", "--epochs=1", "--generations=1", "--batch_size=32", "--warmup_epochs=0", "--verbose=1")
+    runtimes = []
+    for name, how in (("a", "measured now"), ("b", "measured earlier here")):
+        capsys.readouterr()
+        run_cli(*tiny, f"--workdir={tmp_path / name}")
+        (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("--precision=auto: ")]
+        assert how in line and str(tmp_path / "cache" / probe.CACHE_FILE) in line
+        runtimes.append(read_results(tmp_path / name)["runtime"])
+    assert runtimes[0] == runtimes[1]
+    measured = runtimes[0]["precision_measured"]
+    assert set(measured) == set(probe.CANDIDATES)
+    assert runtimes[0]["precision"] == max(measured, key=measured.get)
+    cached = json.loads((tmp_path / "cache" / probe.CACHE_FILE).read_text())
+    assert [entry["images_per_second"] for entry in cached.values()] == [measured]
+
+    # An explicit precision is the user's: nothing measured.
+    capsys.readouterr()
+    run_cli(*tiny, "--precision=float32", f"--workdir={tmp_path / 'c'}")
+    assert "--precision=auto" not in capsys.readouterr().out
+    assert "precision_measured" not in read_results(tmp_path / "c")["runtime"]

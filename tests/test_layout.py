@@ -26,8 +26,9 @@ ALLOWED = {
     "outputs": {"core", "data", "runtime", "analysis", "chain"},
     "commands": {"core", "data", "runtime", "analysis", "chain", "outputs"},
 }
-# Writing files is the work directory's and the store's job: only they use `files`.
-WRITERS = ("krefinery.outputs.", "krefinery.chain.store")
+# Writing files is the work directory's and the store's job: only they use `files`; and
+# the precision probe's, whose figures live in the user's cache folder, outside any run.
+WRITERS = ("krefinery.outputs.", "krefinery.chain.store", "krefinery.runtime.probe")
 
 
 def modules() -> dict[str, Path]:

@@ -18,8 +18,15 @@ from krefinery.data.memory import MemoryFeed, MemorySplits
 from krefinery.data.sources import load_source
 from krefinery.data.splits import num_train
 from krefinery.errors import UserError
-from krefinery.runtime import distribute
-from krefinery.runtime.device import apply_determinism, resolve_input, resolve_runtime
+from krefinery.runtime import distribute, probe
+from krefinery.runtime.device import (
+    BF16_KINDS,
+    Runtime,
+    apply_determinism,
+    machine_kind,
+    resolve_input,
+    resolve_runtime,
+)
 
 # A trainer's shape: its classifier's architecture and its teacher slot's (None: no teacher).
 TrainerShape = tuple[Architecture, Architecture | None]
@@ -52,6 +59,10 @@ class Experiment:
     build_classifier: Callable[[int, int], keras.Model]
     runtime: dict[str, Any]
     replication: distribute.Replication = distribute.ONE_DEVICE
+    # `--precision=auto` measured here (`runtime.probe`): images a second per candidate
+    # precision. Recorded in results.json's runtime, but not in store keys: the
+    # precision it chose is.
+    precision_measured: dict[str, float] | None = None
 
     @property
     def info(self) -> DataInfo:
@@ -124,8 +135,15 @@ def prepare_experiment(config: Config, feed: Feed | None = None) -> Experiment:
     if feed is None:
         feed = load_feed(config, replication)
     apply_determinism(runtime.deterministic)
-    keras.utils.set_random_seed(config.seed)
     info = feed.info
+    measured = None
+    if config.precision == "auto" and probe.enabled() and replication.replicas == 1 and machine_kind() in BF16_KINDS:
+        choice = measure_precision(config, feed, runtime)
+        runtime = dataclasses.replace(runtime, precision=choice.precision)
+        measured = choice.images_per_second
+        if config.verbose:
+            print(choice.line(probe.cache_path()), flush=True)
+    keras.utils.set_random_seed(config.seed)
     precision = runtime.precision
 
     def build(architecture: Architecture, seed: int) -> keras.Model:
@@ -191,7 +209,42 @@ def prepare_experiment(config: Config, feed: Feed | None = None) -> Experiment:
             "input": "memory" if isinstance(feed, MemoryFeed) else "tfdata",
         },
         replication=replication,
+        precision_measured=measured,
     )
+
+
+def measure_precision(config: Config, feed: Feed, runtime: Runtime) -> probe.Choice:
+    """`probe.choose_precision` on generation 1's model and the run's batch: a trainer of
+    each candidate precision, stepped on one batch of random images."""
+    info = feed.info
+    architecture = config.architecture(1)
+    model = {
+        "backend": keras.backend.backend(),
+        "architecture": architecture.to_dict(),
+        "image_shape": list(info.image_shape),
+        "num_classes": info.num_classes,
+        "batch_size": config.batch_size,
+        "jit_compile": runtime.jit_compile,
+        "deterministic": runtime.deterministic,
+    }
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, info.num_classes, config.batch_size)
+    batch = {
+        "image": rng.integers(0, 256, (config.batch_size, *info.image_shape)).astype(np.uint8),
+        "label": labels.astype(np.int32),
+        "target": np.eye(info.num_classes, dtype=np.float32)[labels],
+    }
+
+    def make_step(precision: str) -> Callable[[], None]:
+        classifier = seeded_resnet(
+            architecture, config.seed, info.image_shape, info.num_classes,
+            weight_decay=config.weight_decay, precision=precision,
+        )
+        trainer = Trainer(classifier)
+        trainer.compile(make_optimizer(config, feed.steps_per_epoch, precision), jit_compile=runtime.jit_compile)
+        return lambda: trainer.train_on_batch(batch)
+
+    return probe.choose_precision(model, probe.CANDIDATES, make_step, config.batch_size)
 
 
 def check_data(config: Config) -> None:

@@ -165,6 +165,11 @@ class RunOutputs:
         )
         self.exports[name] = os.fspath(path)
 
+    def _runtime(self) -> dict[str, Any]:
+        """The experiment's runtime, with what `--precision=auto` measured here, if it did."""
+        measured = self.experiment.precision_measured
+        return {**self.experiment.runtime, **({"precision_measured": measured} if measured else {})}
+
     def _write(self, finished: bool) -> dict[str, Any]:
         record = report.results_record(
             self.config,
@@ -172,7 +177,7 @@ class RunOutputs:
             self.generations,
             self.workdir,
             finished,
-            self.experiment.runtime,
+            self._runtime(),
             self.exports,
         )
         if self.control is not None:

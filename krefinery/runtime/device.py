@@ -14,6 +14,9 @@ before the trainer is compiled. The rules follow bench/RESULTS.md, per machine k
 - `gpu-bf16` (NVIDIA compute capability >= 8.0) and `gpu`: not measured by this
   project yet; mixed_bfloat16 where tensor cores have it, kept deterministic.
 
+On the kinds with bfloat16 hardware (`BF16_KINDS`) a run measures `--precision=auto`
+instead (`krefinery/runtime/probe.py`); the table is its fallback where the probe is off.
+
 Op determinism (`tf.config.experimental.enable_op_determinism`) is on unless XLA is
 asked for: on the Xeon it cost nothing measurable and changed no bit of the weights
 (runs were bit-identical with it off too; the EPYC was not measured with it), and on
@@ -30,6 +33,8 @@ import importlib.util
 import sys
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# The kinds with bfloat16 hardware: where `--precision=auto` is measured (`runtime.probe`).
+BF16_KINDS = ("cpu-bf16", "gpu-bf16")
 # The most uint8 training images `--input=auto` holds on an accelerator (a quarter of the
 # smallest GPU the project targets, 16 GB, leaving room for the model and activations).
 MEMORY_BUDGET = 4 * 2**30
