@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import platform
 import statistics
 import time
 from typing import Callable, Iterator
@@ -35,6 +34,7 @@ from krefinery.data.sources import Source  # noqa: E402
 from krefinery.runtime.device import (  # noqa: E402
     Runtime,
     apply_determinism,
+    cpu_model,
     machine_kind,
     resolve_runtime,
 )
@@ -84,15 +84,6 @@ def rate(run: Callable[[], object], items: int) -> float:
     start = time.perf_counter()
     run()
     return items / (time.perf_counter() - start)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            line = next((line for line in cpuinfo if line.startswith("model name")), "")
-    except OSError:
-        line = ""
-    return line.partition(":")[2].strip() or platform.processor() or platform.machine()
 
 
 def machine() -> str:

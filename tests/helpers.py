@@ -173,6 +173,7 @@ class ForkedRun:
         if self._process.exitcode is None:
             self._process.kill()
             self._process.join()
+        shutil.rmtree(self._folder, ignore_errors=True)
 
 
 def run_forked(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

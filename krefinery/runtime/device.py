@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import platform
 import sys
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -76,6 +77,16 @@ def cpu_flags() -> set[str]:
             return set(next((line for line in cpuinfo if line.startswith("flags")), "").split())
     except OSError:
         return set()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` says."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            line = next((line for line in cpuinfo if line.startswith("model name")), "")
+    except OSError:
+        line = ""
+    return line.partition(":")[2].strip() or platform.processor() or platform.machine()
 
 
 @functools.cache

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 from importlib import metadata
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from krefinery import files
+from krefinery.runtime.device import cpu_flags, cpu_model
 
 CANDIDATES = ("float32", "mixed_bfloat16")
 PROBE_ENV = "KREFINERY_PRECISION_PROBE"
@@ -41,7 +41,7 @@ LIBRARIES = ("keras", "tensorflow", "jax", "jaxlib")
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """The precision `auto` resolved to and the training images a second each candidate
-    ran at here (empty where nothing was measured); `cached`: read back, not timed now."""
+    ran at here; `cached`: read back from the cache, not timed now."""
 
     precision: str
     images_per_second: dict[str, float]
@@ -65,22 +65,9 @@ def cache_path() -> Path:
     return Path(folder) / CACHE_FILE
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_key(model: Mapping[str, Any]) -> str:
     """What the measurement depends on: this CPU (model and feature flags), the library
     versions, the backend, and the model's shape and batch (`model`)."""
-    from krefinery.runtime.device import cpu_flags
-
     versions = {}
     for name in LIBRARIES:
         try:
@@ -107,9 +94,12 @@ def choose_precision(
     """
     cache = cache or cache_path()
     key = machine_key(model)
-    known = _read(cache)
-    if key in known and known[key]["precision"] in candidates:
-        entry = known[key]
+    entry = _read(cache).get(key)
+    if (
+        isinstance(entry, dict)
+        and entry.get("precision") in candidates
+        and isinstance(entry.get("images_per_second"), dict)
+    ):
         return Choice(entry["precision"], entry["images_per_second"], cached=True)
     steps = {name: make_step(name) for name in candidates}
     for step in steps.values():
