@@ -1,0 +1,119 @@
+"""Whole runs, Keras's batch normalization vs the fused kernel: where users feel the step.
+
+bench.fused_batchnorm times the training step alone. This times what `python run.py` does
+from its call to its end (data loading, every epoch's validation and checkpoint, the
+relabel pass, test evaluation, reports and the SavedModel export), in this process, with
+the ResNet built with Keras's `BatchNormalization` and with the project's fused one
+(`krefinery.core.batchnorm`), alternating within each round, each run in a fresh work
+directory (nothing comes from a store). Two jobs:
+
+- `digits`: the default job, `python run.py` (3 generations of 15 epochs, ResNet-20,
+  batch 64, 1,437 training images of 8x8);
+- `cifar`: a CIFAR-sized chain, 2 generations of 1 epoch (so one relabel pass) on real
+  32x32 CIFAR-10 JPEGs from ../shared/data (500 a class, 5,000 in all: 4,500 train, the
+  rest validation and test), ResNet-20, batch 128.
+
+    python -m bench.whole_run [--jobs=digits,cifar] [--rounds=2] [--digits_epochs=15]
+
+Reports each run's wall seconds and its generations' training seconds (results.json's
+`seconds`), medians by contender, and Keras / fused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from keras import layers
+
+import run
+from bench.common import machine
+from krefinery.core import batchnorm, resnet
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR_TAR = ROOT.parent / "shared" / "data" / "cifar10-train-1000.tar"
+LAYERS = {"keras": layers.BatchNormalization, "fused": batchnorm.BatchNormalization}
+
+
+def cifar_folder(root: Path, per_class: int = 500) -> Path:
+    """The first `per_class` JPEGs (by name) of each class of the shared CIFAR-10 archive, unpacked
+    under `root` in the `folder:` layout."""
+    if not CIFAR_TAR.is_file():
+        raise SystemExit(f"error: {CIFAR_TAR} is missing: the cifar job reads ../shared/data.")
+    names = subprocess.run(["tar", "-tf", CIFAR_TAR], check=True, capture_output=True, text=True).stdout.split()
+    by_class: dict[str, list[str]] = {}
+    for name in sorted(names):
+        if name.endswith(".jpg"):
+            by_class.setdefault(Path(name).parent.name, []).append(name)
+    keep = [name for files in by_class.values() for name in files[:per_class]]
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-xf", CIFAR_TAR, "-C", root, *keep], check=True)
+    return root
+
+
+def one_run(flags: list[str], layer: str, workdir: Path) -> dict:
+    """`python run.py FLAGS` in this process with the ResNet's batch norm `layer`."""
+    resnet.BatchNormalization = LAYERS[layer]  # build_resnet looks the class up at build time.
+    run.FLAGS.unparse_flags()
+    start = time.perf_counter()
+    try:
+        run.main(run.parse_flags(["run.py", *flags, f"--workdir={workdir}", f"--export_dir={workdir / 'models'}"]))
+    finally:
+        resnet.BatchNormalization = batchnorm.BatchNormalization
+    seconds = time.perf_counter() - start
+    results = json.loads((workdir / "results.json").read_text())
+    return {
+        "wall": round(seconds, 1),
+        "generations": [g["seconds"] for g in results["generations"]],
+        "test_accuracy": [g["test_accuracy"] for g in results["generations"]],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", default="digits,cifar")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--digits_epochs", type=int, default=15, help="the default job's epochs")
+    args = parser.parse_args(argv)
+    print(f"# Whole runs, Keras batch norm vs fused; {machine()}", flush=True)
+    scratch = Path(tempfile.mkdtemp(prefix="whole-run-"))
+    jobs = {}
+    if "digits" in args.jobs:
+        jobs["digits"] = [f"--epochs={args.digits_epochs}", "--verbose=0"]
+    if "cifar" in args.jobs:
+        data = cifar_folder(scratch / "cifar")
+        jobs["cifar"] = [
+            f"--dataset=folder:{data}", "--generations=2", "--epochs=1", "--batch_size=128", "--verbose=0",
+        ]
+    summary = {}
+    for job, flags in jobs.items():
+        runs = {layer: [] for layer in LAYERS}
+        for round_ in range(args.rounds):
+            # Alternate which goes first, so neither always pays for a cold process.
+            order = list(LAYERS) if round_ % 2 == 0 else list(reversed(LAYERS))
+            for layer in order:
+                record = one_run(flags, layer, scratch / f"{job}-{layer}-{round_}")
+                runs[layer].append(record)
+                print(f"  {job} round {round_ + 1} {layer}: {json.dumps(record)}", flush=True)
+        walls = {layer: statistics.median(r["wall"] for r in records) for layer, records in runs.items()}
+        training = {
+            layer: statistics.median(sum(r["generations"]) for r in records) for layer, records in runs.items()
+        }
+        summary[job] = {"wall": walls, "training": training}
+        print(
+            f"{job}: wall median keras {walls['keras']:.1f} s, fused {walls['fused']:.1f} s "
+            f"(keras / fused {walls['keras'] / walls['fused']:.2f}x); training seconds median "
+            f"keras {training['keras']:.1f}, fused {training['fused']:.1f} "
+            f"({training['keras'] / training['fused']:.2f}x)",
+            flush=True,
+        )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
