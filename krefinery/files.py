@@ -14,14 +14,16 @@ which says what was wrong; the reader decides what to do without it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from krefinery import faults
 from krefinery.errors import Damaged, DiskFull
@@ -53,6 +55,17 @@ def atomic_write(path: os.PathLike | str, write: Callable[[Path], None]) -> Path
         _remove(temporary)
         raise
     return path
+
+
+@contextlib.contextmanager
+def exclusive(lock: os.PathLike | str) -> Iterator[None]:
+    """Held by one process at a time (an advisory lock on the file `lock`); the others wait."""
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_text(path: os.PathLike | str, text: str) -> Path:

@@ -163,6 +163,35 @@ def test_the_precision_probe_keeps_the_faster_and_reads_it_back(tmp_path):
     assert not probe.choose_precision(model, probe.CANDIDATES, make_step, 32, cache).cached
 
 
+def test_runs_started_together_measure_once_and_agree(tmp_path):
+    """Two choosers at once (a search's workers on one machine; threads here, each with its
+    own lock handle, as processes have): one measures, the other waits and reads it back."""
+    import threading
+    import time
+
+    from krefinery.runtime import probe
+
+    cache = tmp_path / probe.CACHE_FILE
+    built = []
+
+    def make_step(precision):
+        built.append(precision)
+        return lambda: time.sleep(0.002 if precision == "float32" else 0.001)
+
+    choices = []
+    threads = [
+        threading.Thread(target=lambda: choices.append(probe.choose_precision({"depth": 8}, probe.CANDIDATES, make_step, 32, cache)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 2  # One measurement: a step per candidate.
+    assert sorted(choice.cached for choice in choices) == [False, True]
+    assert choices[0].precision == choices[1].precision == "mixed_bfloat16"
+
+
 def test_auto_precision_is_measured_once_and_recorded_where_bfloat16_has_hardware(monkeypatch, tmp_path, capsys):
     """A run of `--precision=auto` on a machine with bfloat16 hardware (pretended here; the
     steps really run) times the candidates on its model once, says so in one line and

@@ -36,7 +36,6 @@ from an edited one, and at most one generation's epochs are lost).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -228,12 +227,8 @@ class GenerationStore:
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Exclusive while held, across processes: one of them trains `key`, others wait."""
-        with open(self.folder / f"{key}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with files.exclusive(self.folder / f"{key}.lock"):
+            yield
 
     def log_training(self, entry: dict[str, Any]) -> None:
         """Appends one line to `trained.jsonl`; a single short append is atomic."""

@@ -89,18 +89,33 @@ def choose_precision(
     batch and the backend), read from `cache` or measured now and written there.
 
     `make_step(precision)` builds the model in that precision and returns one training
-    step; each is warmed up (traced, compiled), then timed for ROUNDS rounds of STEPS
-    steps, the candidates alternating; a candidate's rate is its median round's.
+    step (see `measure`). One process measures at a time: runs started together (a
+    search's workers) would otherwise time each other's load, and could choose apart.
     """
     cache = cache or cache_path()
+    cache.parent.mkdir(parents=True, exist_ok=True)
     key = machine_key(model)
-    entry = _read(cache).get(key)
-    if (
-        isinstance(entry, dict)
-        and entry.get("precision") in candidates
-        and isinstance(entry.get("images_per_second"), dict)
-    ):
-        return Choice(entry["precision"], entry["images_per_second"], cached=True)
+    with files.exclusive(cache.with_name(cache.name + ".lock")):
+        known = _read(cache)
+        entry = known.get(key)
+        if (
+            isinstance(entry, dict)
+            and entry.get("precision") in candidates
+            and isinstance(entry.get("images_per_second"), dict)
+        ):
+            return Choice(entry["precision"], entry["images_per_second"], cached=True)
+        rates = measure(candidates, make_step, batch_size)
+        best = max(candidates, key=lambda name: rates[name])  # Ties: the first, float32.
+        known[key] = {"precision": best, "images_per_second": rates, "model": dict(model), "cpu": cpu_model()}
+        files.write_json(cache, known)
+    return Choice(best, rates, cached=False)
+
+
+def measure(
+    candidates: tuple[str, ...], make_step: Callable[[str], Callable[[], None]], batch_size: int
+) -> dict[str, float]:
+    """Images a second of each candidate's step: warmed up, then ROUNDS rounds of STEPS
+    steps, the candidates alternating; each candidate's median round."""
     steps = {name: make_step(name) for name in candidates}
     for step in steps.values():
         for _ in range(WARMUP_STEPS):
@@ -112,13 +127,7 @@ def choose_precision(
             for _ in range(STEPS):
                 step()
             rounds[name].append(time.perf_counter() - start)
-    rates = {name: round(batch_size * STEPS / statistics.median(times), 1) for name, times in rounds.items()}
-    best = max(candidates, key=lambda name: rates[name])  # Ties: the first, float32.
-    known = _read(cache)  # Another run may have written meanwhile.
-    known[key] = {"precision": best, "images_per_second": rates, "model": dict(model), "cpu": cpu_model()}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    files.write_json(cache, known)
-    return Choice(best, rates, cached=False)
+    return {name: round(batch_size * STEPS / statistics.median(times), 1) for name, times in rounds.items()}
 
 
 def _read(cache: Path) -> dict[str, Any]:
