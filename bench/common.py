@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from krefinery.config import Config, Refinement  # noqa: E402
+from krefinery.core import batchnorm, resnet  # noqa: E402
 from krefinery.core.label_refinery import LabelRefinery  # noqa: E402
 from krefinery.core.resnet import build_resnet  # noqa: E402
 from krefinery.core.trainer import Trainer, make_optimizer  # noqa: E402
@@ -66,6 +67,21 @@ def dtype_policy(name: str) -> Iterator[None]:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+# The ResNet's batch normalization, Keras's own or the project's fused one (`batch_norm`).
+BATCH_NORMS = {"keras": keras.layers.BatchNormalization, "fused": batchnorm.BatchNormalization}
+
+
+@contextlib.contextmanager
+def batch_norm(name: str) -> Iterator[None]:
+    """ResNets built meanwhile use BATCH_NORMS[name] (build_resnet looks the class up at
+    build time); the fused layer again on leaving."""
+    resnet.BatchNormalization = BATCH_NORMS[name]
+    try:
+        yield
+    finally:
+        resnet.BatchNormalization = batchnorm.BatchNormalization
 
 
 def alternate(contenders: dict[str, Callable[[], float]], rounds: int = 3) -> dict[str, float]:

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import argparse
 
-from keras import layers
-
-from bench.common import BATCH, alternate, machine, rate, report, run_trainer
+from bench.common import (
+    BATCH,
+    BATCH_NORMS,
+    alternate,
+    batch_norm,
+    machine,
+    rate,
+    report,
+    run_trainer,
+)
 from bench.train_step import batches, step_config
-from krefinery.core import batchnorm, resnet
 
 
 def main(precisions: str = "float32,mixed_bfloat16", rounds: int = 3, steps: int = 10) -> dict[str, float]:
@@ -28,12 +34,9 @@ def main(precisions: str = "float32,mixed_bfloat16", rounds: int = 3, steps: int
     data, _ = batches(steps)
     contenders = {}
     for precision in precisions.split(","):
-        for name, layer in (("keras", layers.BatchNormalization), ("fused", batchnorm.BatchNormalization)):
-            resnet.BatchNormalization = layer  # build_resnet looks the class up at build time.
-            try:
+        for name in BATCH_NORMS:
+            with batch_norm(name):
                 trainer, _ = run_trainer(step_config(precision, False, True), steps)
-            finally:
-                resnet.BatchNormalization = batchnorm.BatchNormalization
             trainer.fit(data.take(2), verbose=0)
             contenders[f"{precision} {name}"] = lambda t=trainer: rate(
                 lambda: t.fit(data, shuffle=False, verbose=0), steps * BATCH

@@ -29,15 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from keras import layers
-
 import run
-from bench.common import machine
-from krefinery.core import batchnorm, resnet
+from bench.common import BATCH_NORMS, batch_norm, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_TAR = ROOT.parent / "shared" / "data" / "cifar10-train-1000.tar"
-LAYERS = {"keras": layers.BatchNormalization, "fused": batchnorm.BatchNormalization}
 
 
 def cifar_folder(root: Path, per_class: int = 500) -> Path:
@@ -58,13 +54,10 @@ def cifar_folder(root: Path, per_class: int = 500) -> Path:
 
 def one_run(flags: list[str], layer: str, workdir: Path) -> dict:
     """`python run.py FLAGS` in this process with the ResNet's batch norm `layer`."""
-    resnet.BatchNormalization = LAYERS[layer]  # build_resnet looks the class up at build time.
     run.FLAGS.unparse_flags()
     start = time.perf_counter()
-    try:
+    with batch_norm(layer):
         run.main(run.parse_flags(["run.py", *flags, f"--workdir={workdir}", f"--export_dir={workdir / 'models'}"]))
-    finally:
-        resnet.BatchNormalization = batchnorm.BatchNormalization
     seconds = time.perf_counter() - start
     results = json.loads((workdir / "results.json").read_text())
     return {
@@ -92,10 +85,10 @@ def main(argv: list[str] | None = None) -> None:
         ]
     summary = {}
     for job, flags in jobs.items():
-        runs = {layer: [] for layer in LAYERS}
+        runs = {layer: [] for layer in BATCH_NORMS}
         for round_ in range(args.rounds):
             # Alternate which goes first, so neither always pays for a cold process.
-            order = list(LAYERS) if round_ % 2 == 0 else list(reversed(LAYERS))
+            order = list(BATCH_NORMS) if round_ % 2 == 0 else list(reversed(BATCH_NORMS))
             for layer in order:
                 record = one_run(flags, layer, scratch / f"{job}-{layer}-{round_}")
                 runs[layer].append(record)
