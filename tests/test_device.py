@@ -195,10 +195,11 @@ def test_runs_started_together_measure_once_and_agree(tmp_path):
 def test_auto_precision_is_measured_once_and_recorded_where_bfloat16_has_hardware(monkeypatch, tmp_path, capsys):
     """A run of `--precision=auto` on a machine with bfloat16 hardware (pretended here; the
     steps really run) times the candidates on its model once, says so in one line and
-    records the figures in results.json's runtime; the next run reads them back and
-    resolves to the same precision."""
+    records the figures in results.json's runtime; the next run (its experiment, built as
+    a run builds it) reads them back and resolves to the same precision."""
     from helpers import read_results, run_cli
 
+    import run
     from krefinery.chain import experiment
     from krefinery.runtime import probe
 
@@ -206,22 +207,31 @@ def test_auto_precision_is_measured_once_and_recorded_where_bfloat16_has_hardwar
     monkeypatch.setenv(probe.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(experiment, "machine_kind", lambda: "cpu-bf16")
     tiny = ("--depth=8", "--epochs=1", "--generations=1", "--batch_size=32", "--warmup_epochs=0", "--verbose=1")
-    runtimes = []
-    for name, how in (("a", "measured now"), ("b", "measured earlier here")):
-        capsys.readouterr()
-        run_cli(*tiny, f"--workdir={tmp_path / name}")
+
+    def probe_line(how: str) -> None:
         (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("--precision=auto: ")]
         assert how in line and str(tmp_path / "cache" / probe.CACHE_FILE) in line
-        runtimes.append(read_results(tmp_path / name)["runtime"])
-    assert runtimes[0] == runtimes[1]
-    measured = runtimes[0]["precision_measured"]
+
+    def prepared(*flags: str) -> experiment.Experiment:
+        run.FLAGS.unparse_flags()
+        run.parse_flags(["run.py", *tiny, *flags])
+        return experiment.prepare_experiment(run.config_from_flags())
+
+    capsys.readouterr()
+    run_cli(*tiny, f"--workdir={tmp_path / 'run'}")
+    probe_line("measured now")
+    runtime = read_results(tmp_path / "run")["runtime"]
+    measured = runtime.pop("precision_measured")
     assert set(measured) == set(probe.CANDIDATES)
-    assert runtimes[0]["precision"] == max(measured, key=measured.get)
+    assert runtime["precision"] == max(measured, key=measured.get)
     cached = json.loads((tmp_path / "cache" / probe.CACHE_FILE).read_text())
     assert [entry["images_per_second"] for entry in cached.values()] == [measured]
 
+    again = prepared()
+    probe_line("measured earlier here")
+    assert again.precision_measured == measured and again.runtime == runtime
+
     # An explicit precision is the user's: nothing measured.
-    capsys.readouterr()
-    run_cli(*tiny, "--precision=float32", f"--workdir={tmp_path / 'c'}")
+    explicit = prepared("--precision=float32")
     assert "--precision=auto" not in capsys.readouterr().out
-    assert "precision_measured" not in read_results(tmp_path / "c")["runtime"]
+    assert explicit.precision_measured is None and explicit.runtime["precision"] == "float32"
