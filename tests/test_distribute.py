@@ -181,3 +181,33 @@ def test_a_device_choice_this_backend_or_cluster_cannot_honour_is_one_line(tmp_p
             "error: --distribute=multi_worker does not train with Keras 3 yet"
         )
     assert not workdir.exists()
+
+
+def test_a_launch_of_several_processes_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """Processes started as Keras's multi-host guide says, or under a TF_CONFIG of several
+    tasks, would each train a chain of their own into one work directory and exit 0: no
+    `--distribute` joins them yet (tried, before this check: two versions in one export
+    folder). Refused with one line before anything is read or written."""
+    from krefinery.runtime import distribute
+
+    workdir = tmp_path / "run"
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "127.0.0.1:29500")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "1")
+    monkeypatch.setenv(distribute.NUM_PROCESSES, "2")
+    for flags in ((), ("--distribute=none",), ("--distribute=mirrored",)):
+        assert exit_line(capsys, *flags, f"--workdir={workdir}").startswith(
+            "error: KERAS_DISTRIBUTION_NUM_PROCESSES=2 asks for one run across several processes"
+        ), flags
+    monkeypatch.setenv(distribute.NUM_PROCESSES, "1")  # A job of one process is a run as any other.
+    assert distribute.resolve("none", 32) == distribute.ONE_DEVICE
+    monkeypatch.delenv(distribute.NUM_PROCESSES)
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": 1}}))
+    for choice in ("none", "mirrored"):
+        assert exit_line(capsys, f"--distribute={choice}", f"--workdir={workdir}").startswith(
+            f"error: TF_CONFIG names 2 tasks, but --distribute={choice} trains on this machine alone"
+        )
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:12345"]}, "task": {"type": "worker", "index": 0}}))
+    assert distribute.resolve("none", 32) == distribute.ONE_DEVICE  # A cluster of one task.
+    assert not workdir.exists()

@@ -19,7 +19,9 @@ on the same batch, up to the order of float sums; under `data_parallel` that hol
 construction (measured in tests/test_distribute.py).
 
 `multi_worker` is refused after `TF_CONFIG` is checked: Keras 3's `fit` fails under
-MultiWorkerMirroredStrategy (see `_multi_worker`).
+MultiWorkerMirroredStrategy (see `_multi_worker`). So is any launch of several processes
+(Keras's `KERAS_DISTRIBUTION_NUM_PROCESSES`, a `TF_CONFIG` of several tasks) that a run
+would not join into one chain (see `_refuse_several_processes`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from krefinery.core.relabel import INFERENCE_BATCH_SIZE
 from krefinery.errors import UserError
 
 TF_CONFIG = "TF_CONFIG"
+# What `keras.distribution.initialize` reads for the size of a multi-process JAX job.
+NUM_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +127,7 @@ def resolve(requested: str, batch_size: int) -> Replication:
     tf_config = os.environ.get(TF_CONFIG)
     if requested == "auto":
         requested = _auto(backend, tf_config)
+    _refuse_several_processes(requested, tf_config)
     if backend == "jax":
         keras.distribution.set_distribution(None)  # Until data_parallel sets one, below.
     if requested == "none":
@@ -177,6 +182,34 @@ class TrainingDataParallel(keras.distribution.DataParallel):
         if data_shape and data_shape[0] == self.batch_size:
             return super().get_data_layout(data_shape)
         return keras.distribution.TensorLayout([None] * len(data_shape), self.device_mesh)
+
+
+def _refuse_several_processes(requested: str, tf_config: str | None) -> None:
+    """A launch of several processes is refused before anything is read: no `--distribute`
+    joins processes into one chain yet, so each would train a chain of its own into the
+    same work directory and export folder, and exit 0 (tried: two processes started as
+    Keras's multi-host guide says left two versions in one export folder). `requested`
+    is resolved (not `auto`); a `TF_CONFIG` under `multi_worker` is `_multi_worker`'s."""
+    processes = os.environ.get(NUM_PROCESSES, "").strip()
+    if processes not in ("", "1"):
+        raise UserError(
+            f"{NUM_PROCESSES}={processes} asks for one run across several processes, which "
+            "krefinery does not train yet: each process would train a chain of its own into "
+            f"the same work directory. Unset {NUM_PROCESSES} and run one process per machine "
+            "(its devices: --distribute=data_parallel on JAX, mirrored on TensorFlow)."
+        )
+    if requested == "multi_worker" or not tf_config:
+        return
+    try:
+        tasks = sum(len(hosts) for hosts in json.loads(tf_config)["cluster"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return  # Not a cluster: nothing here asks for several processes.
+    if tasks > 1:
+        raise UserError(
+            f"TF_CONFIG names {tasks} tasks, but --distribute={requested} trains on this "
+            "machine alone: each task would train a chain of its own into the same work "
+            "directory. Unset TF_CONFIG to run here alone."
+        )
 
 
 def _auto(backend: str, tf_config: str | None) -> str:
