@@ -4,6 +4,7 @@
 before the first op, so each variant runs in a process of its own; the variants take
 turns, round after round, and each process times the step as a run configures it
 (`bench.common.run_trainer`, `auto` settings unless `--precision` etc. say otherwise).
+"defaults" is TensorFlow as run.py loads it: oneDNN on x86-64 (`device.prefer_onednn`).
 
     python -m bench.threads [--rounds=2] [--steps=10] [--precision=auto] [--variants=all]
 """

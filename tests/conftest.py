@@ -7,6 +7,11 @@ import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's kernels as run.py loads them (oneDNN on x86-64), here and in every process
+# a test starts: tests check what users run.
+from krefinery.runtime.device import prefer_onednn  # noqa: E402
+
+prefer_onednn()
 # No test's outcome may hang on timing: `--precision=auto` reads the table of machine kinds
 # unless a test asks for the probe (krefinery/runtime/probe.py).
 os.environ["KREFINERY_PRECISION_PROBE"] = "0"

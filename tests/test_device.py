@@ -235,3 +235,20 @@ def test_auto_precision_is_measured_once_and_recorded_where_bfloat16_has_hardwar
     explicit = prepared("--precision=float32")
     assert "--precision=auto" not in capsys.readouterr().out
     assert explicit.precision_measured is None and explicit.runtime["precision"] == "float32"
+
+
+def test_onednn_is_turned_on_for_x86_cpus_unless_the_user_chose(monkeypatch):
+    """TensorFlow leaves its oneDNN kernels off on AVX2-only CPUs, where they made the step
+    1.81x faster (bench/RESULTS.md, cpu-avx2 §12); a user's TF_ENABLE_ONEDNN_OPTS stands,
+    and other architectures are left to TensorFlow."""
+    monkeypatch.delenv(device.ONEDNN_ENV, raising=False)
+    monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
+    device.prefer_onednn()
+    assert os.environ[device.ONEDNN_ENV] == "1"
+    monkeypatch.setenv(device.ONEDNN_ENV, "0")
+    device.prefer_onednn()
+    assert os.environ[device.ONEDNN_ENV] == "0"
+    monkeypatch.delenv(device.ONEDNN_ENV)
+    monkeypatch.setattr(device.platform, "machine", lambda: "aarch64")
+    device.prefer_onednn()
+    assert device.ONEDNN_ENV not in os.environ

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import Iterator
 
-from krefinery.runtime.device import tensorflow_installed
+from krefinery.runtime.device import prefer_onednn, tensorflow_installed
 
 # Substrings of the lines TensorFlow and XLA write while loading on a machine without a
 # GPU, whatever TF_CPP_MIN_LOG_LEVEL says.
@@ -25,6 +25,7 @@ STARTUP_NOTICES = (
     "All log messages before absl::InitializeLog() is called are written to STDERR",
     "cudart_stub.cc",
     "failed call to cuInit",
+    "oneDNN custom operations are on",  # Turned on by `device.prefer_onednn`, which says why.
 )
 
 
@@ -53,11 +54,12 @@ def startup_notices_hidden(enabled: bool = True) -> Iterator[None]:
 
 
 def load_tensorflow() -> None:
-    """Imports TensorFlow, if it is installed and not yet loaded, and lets it find its
-    devices, with its start-up notices hidden (unless TF_CPP_MIN_LOG_LEVEL asks for its
-    info or warning lines)."""
+    """Imports TensorFlow, if it is installed and not yet loaded, with oneDNN's kernels on
+    (`device.prefer_onednn`), and lets it find its devices, with its start-up notices
+    hidden (unless TF_CPP_MIN_LOG_LEVEL asks for its info or warning lines)."""
     if "tensorflow" in sys.modules or not tensorflow_installed():
         return
+    prefer_onednn()
     with startup_notices_hidden(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") not in ("0", "1")):
         import tensorflow as tf
 
