@@ -186,8 +186,8 @@ def test_a_device_choice_this_backend_or_cluster_cannot_honour_is_one_line(tmp_p
 def test_a_launch_of_several_processes_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
     """Processes started as Keras's multi-host guide says, or under a TF_CONFIG of several
     tasks, would each train a chain of their own into one work directory and exit 0: no
-    `--distribute` joins them yet (tried, before this check: two versions in one export
-    folder). Refused with one line before anything is read or written."""
+    `--distribute` joins them yet (seen before this check, in issue 19: two versions in
+    one export folder). Refused with one line before anything is read or written."""
     from krefinery.runtime import distribute
 
     workdir = tmp_path / "run"

@@ -187,9 +187,10 @@ class TrainingDataParallel(keras.distribution.DataParallel):
 def _refuse_several_processes(requested: str, tf_config: str | None) -> None:
     """A launch of several processes is refused before anything is read: no `--distribute`
     joins processes into one chain yet, so each would train a chain of its own into the
-    same work directory and export folder, and exit 0 (tried: two processes started as
-    Keras's multi-host guide says left two versions in one export folder). `requested`
-    is resolved (not `auto`); a `TF_CONFIG` under `multi_worker` is `_multi_worker`'s."""
+    same work directory and export folder, and exit 0 (issue 19 saw it: two processes
+    started as Keras's multi-host guide says left two versions in one export folder).
+    `requested` is resolved (not `auto`); a `TF_CONFIG` under `multi_worker` is
+    `_multi_worker`'s."""
     processes = os.environ.get(NUM_PROCESSES, "").strip()
     if processes not in ("", "1"):
         raise UserError(
