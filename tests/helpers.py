@@ -93,17 +93,26 @@ def refusal(capsys, *args: str) -> str:
 
 
 def run_subprocess(
-    *args: str, cwd: Path = ROOT, root: Path = ROOT, env: dict | None = None, timeout: float = 300
+    *args: str,
+    cwd: Path = ROOT,
+    root: Path = ROOT,
+    env: dict | None = None,
+    unset: tuple[str, ...] = (),
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess:
-    """`python run.py ARGS` in a fresh process, from `cwd`, with the checkout in `root`:
-    what only a real process shows (its exit status, stderr as the shell sees it)."""
+    """`python run.py ARGS` in a fresh process, from `cwd`, with the checkout in `root`,
+    this environment with `env` added and the variables `unset` removed: what only a real
+    process shows (its exit status, stderr as the shell sees it)."""
+    environment = {**os.environ, "PYTHONPATH": os.fspath(root), **(env or {})}
+    for name in unset:
+        environment.pop(name, None)
     return subprocess.run(
         [sys.executable, os.fspath(root / "run.py"), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": os.fspath(root), **(env or {})},
+        env=environment,
     )
 
 

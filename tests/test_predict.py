@@ -1,6 +1,7 @@
 """`run.py --predict`: image files in, top classes out, from the SavedModel alone."""
 
 import importlib.util
+import platform
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from helpers import digits_test_batch, refusal, run_cli, run_subprocess
 from PIL import Image
 
 from krefinery.core.resnet import build_resnet
+from krefinery.runtime import device
 
 
 def write_digits(folder, count=4, rgb_first=True) -> tuple[list[str], np.ndarray]:
@@ -25,11 +27,18 @@ def write_digits(folder, count=4, rgb_first=True) -> tuple[list[str], np.ndarray
 
 def test_predict_prints_the_models_classes_for_real_images(digits_run, tmp_path):
     """Also the exit 0 smoke test: `python run.py --predict` in a real process, as a shell
-    runs it (the other tests of run.py run in this process)."""
+    runs it (the other tests of run.py run in this process). Started without the tests'
+    own oneDNN switch (conftest), it loads TensorFlow with oneDNN's kernels on x86-64
+    (`device.prefer_onednn`), which TensorFlow's start-up line says at log level 0."""
     paths, images = write_digits(tmp_path)
     model_dir = digits_run["export_dir"] / "digits"  # A model folder: its highest version is used.
-    result = run_subprocess("--predict", f"--model={model_dir}", "--top_k=2", *paths, timeout=120)
+    result = run_subprocess(
+        "--predict", f"--model={model_dir}", "--top_k=2", *paths,
+        env={"TF_CPP_MIN_LOG_LEVEL": "0"}, unset=(device.ONEDNN_ENV,), timeout=120,
+    )
     assert result.returncode == 0, result.stderr
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert "oneDNN custom operations are on" in result.stderr
     lines = result.stdout.strip().splitlines()
 
     classifier = build_resnet((8, 8, 1), 10, depth=8, precision=digits_run["results"]["runtime"]["precision"])
