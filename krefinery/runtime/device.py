@@ -79,11 +79,11 @@ def prefer_onednn() -> None:
     """Turns TensorFlow's oneDNN kernels on for x86-64 CPUs, unless the user has set
     ONEDNN_ENV. Call it before TensorFlow loads; afterwards it changes nothing.
 
-    TensorFlow's release notes say it turns them on by itself only on CPUs with
-    AVX512_VNNI, AVX512_BF16 or AMX (bench/RESULTS.md's profile on the Xeon shows them
-    on). On the AVX2-only EPYC it left them off and ran Eigen's convolutions: the
-    training step ran 1.81x faster with them on (cpu-avx2 §12), and results differ in
-    rounding only, as between machines."""
+    TensorFlow decides by itself per CPU: on the Xeon with AVX512_BF16 it had them on
+    (bench/RESULTS.md's profile there shows oneDNN's `_MklNative` ops), on the AVX2-only
+    EPYC it left them off and ran Eigen's convolutions; there the training step ran 1.81x
+    faster with them on (cpu-avx2 §12), and results differ in rounding only, as between
+    machines."""
     if platform.machine().lower() in ("x86_64", "amd64"):
         os.environ.setdefault(ONEDNN_ENV, "1")
 
