@@ -25,6 +25,7 @@ from absl import logging as absl_logging  # noqa: E402
 from krefinery import files, stops  # noqa: E402
 from krefinery.commands.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
 from krefinery.config import (  # noqa: E402
+    ARCHS,
     DISTRIBUTES,
     INPUTS,
     LR_SCHEDULES,
@@ -68,9 +69,23 @@ flags.DEFINE_enum(
     "offline: relabel the training set once per generation; online: the previous "
     "generation, frozen, labels every augmented batch.",
 )
-flags.DEFINE_integer("depth", _DEFAULTS.depth, "ResNet depth, 6n+2 (20, 32, 56, 110, ...).")
+flags.DEFINE_enum(
+    "arch",
+    _DEFAULTS.arch,
+    ARCHS,
+    "The network: cifar_resnet (a 3x3 stem, for 32x32 images; --depth sets its depth) or "
+    "an ImageNet-style one, whose stem downsamples (images of at least 32x32): resnet18, "
+    "resnet34, resnet50, mobilenet (v1) and its width multipliers mobilenet_0.75, _0.5, _0.25.",
+)
+flags.DEFINE_integer("depth", _DEFAULTS.depth, "CIFAR ResNet depth, 6n+2 (20, 32, 56, 110, ...).")
 flags.DEFINE_integer("width", _DEFAULTS.width, "ResNet filter multiplier.")
 flags.DEFINE_integer("resnet_version", _DEFAULTS.resnet_version, "1: post-, 2: pre-activation.")
+flags.DEFINE_enum(
+    "refinery_arch",
+    _DEFAULTS.refinery_arch,
+    ARCHS,
+    "The network of generation 1, the refinery that labels the data for the rest (default: --arch).",
+)
 flags.DEFINE_integer(
     "refinery_depth",
     _DEFAULTS.refinery_depth,
@@ -79,6 +94,13 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("refinery_width", _DEFAULTS.refinery_width, "Width of generation 1 (default: --width).")
 flags.DEFINE_integer(
     "refinery_version", _DEFAULTS.refinery_version, "ResNet version of generation 1 (default: --resnet_version)."
+)
+flags.DEFINE_string(
+    "refinery_model",
+    _DEFAULTS.refinery_model,
+    "A trained model as generation 1, never trained: a .keras file, or a version (or model "
+    "folder) this project exported. It must take raw pixels of the data's size and give "
+    "logits for its classes; read in Keras's safe mode.",
 )
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Epochs per generation.")
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training batch size.")

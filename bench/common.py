@@ -21,8 +21,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from krefinery.config import Config, Refinement  # noqa: E402
-from krefinery.core import batchnorm, resnet  # noqa: E402
+from krefinery.core import batchnorm, blocks  # noqa: E402
 from krefinery.core.label_refinery import LabelRefinery  # noqa: E402
+from krefinery.core.networks import seeded_network  # noqa: E402
 from krefinery.core.resnet import build_resnet  # noqa: E402
 from krefinery.core.trainer import Trainer, make_optimizer  # noqa: E402
 from krefinery.data.pipeline import (  # noqa: E402
@@ -45,11 +46,12 @@ CLASSES = 10
 BATCH = 128
 
 
-def synthetic_images(num: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`num` random 32x32x3 uint8 images and labels (throughput does not depend on content)."""
+def synthetic_images(num: int, seed: int = 0, shape: tuple = SHAPE) -> tuple[np.ndarray, np.ndarray]:
+    """`num` random uint8 images (32x32x3 unless `shape`) and labels (throughput does not
+    depend on content)."""
     rng = np.random.default_rng(seed)
     return (
-        rng.integers(0, 256, (num, *SHAPE), dtype=np.uint8),
+        rng.integers(0, 256, (num, *shape), dtype=np.uint8),
         rng.integers(0, CLASSES, num).astype(np.int32),
     )
 
@@ -75,13 +77,13 @@ BATCH_NORMS = {"keras": keras.layers.BatchNormalization, "fused": batchnorm.Batc
 
 @contextlib.contextmanager
 def batch_norm(name: str) -> Iterator[None]:
-    """ResNets built meanwhile use BATCH_NORMS[name] (build_resnet looks the class up at
+    """ResNets built meanwhile use BATCH_NORMS[name] (`core.blocks` looks the class up at
     build time); the fused layer again on leaving."""
-    resnet.BatchNormalization = BATCH_NORMS[name]
+    blocks.BatchNormalization = BATCH_NORMS[name]
     try:
         yield
     finally:
-        resnet.BatchNormalization = batchnorm.BatchNormalization
+        blocks.BatchNormalization = batchnorm.BatchNormalization
 
 
 def alternate(contenders: dict[str, Callable[[], float]], rounds: int = 3) -> dict[str, float]:
@@ -126,10 +128,8 @@ def run_trainer(
     apply_determinism(runtime.deterministic)
 
     def build(seed: int) -> keras.Model:
-        keras.utils.set_random_seed(seed)
-        return build_resnet(
-            shape, classes, depth=config.depth, width=config.width,
-            version=config.resnet_version, weight_decay=config.weight_decay,
+        return seeded_network(
+            config.architecture(2), seed, shape, classes, weight_decay=config.weight_decay,
             precision=runtime.precision,
         )
 

@@ -52,16 +52,17 @@ class ResNet20(nn.Module):
 
 def train_rate(
     images, targets, batch: int, steps: int, precision: str, device: str = "cpu", warmup: int = 2,
-    threads: int | None = None,
+    threads: int | None = None, model: nn.Module | None = None,
 ) -> float:
     """Images/s of a plain soft-target SGD loop (`precision`: float32 or bfloat16 autocast).
 
-    `threads`: PyTorch's intra-op (OpenMP) threads; None keeps its default.
+    `threads`: PyTorch's intra-op (OpenMP) threads; None keeps its default. `model`: a
+    module taking uint8 NHWC images (default: `ResNet20`).
     """
     import time
 
     torch.set_num_threads(threads or THREADS)
-    model = ResNet20().to(device).to(memory_format=torch.channels_last)
+    model = (model or ResNet20()).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     images = torch.as_tensor(images).to(device)
     targets = torch.as_tensor(targets).to(device)

@@ -18,6 +18,11 @@ DISTRIBUTES = ("auto", "none", "mirrored", "multi_worker", "data_parallel")
 INPUTS = ("auto", "tfdata", "memory")
 # An export name is one folder beside others that a server watches: no path, not hidden.
 EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Where an export keeps its Keras model: `outputs.export` writes it, `--refinery_model` reads
+# it. A SavedModel version carries a copy in assets.extra/, which servers leave alone;
+# without TensorFlow a version holds that file alone.
+KERAS_MODEL = "model.keras"
+KERAS_MODEL_BESIDE_SAVEDMODEL = f"assets.extra/{KERAS_MODEL}"
 IMAGE_SIZE = re.compile(r"([0-9]+)x([0-9]+)")
 MAX_IMAGE_SIDE = 4096
 SEED_LIMIT = 2**32  # NumPy and Keras seeds are unsigned 32-bit.
@@ -38,8 +43,23 @@ def _role(role: str, default: Any) -> Any:
     return dataclasses.field(default=default, metadata={"role": role})
 
 
+# The networks `--arch` and `--refinery_arch` name: the CIFAR-style ResNet, shaped by
+# --depth, --width and --resnet_version, and ImageNet-style ones (a stem that downsamples),
+# their depth or MobileNet width multiplier in the name, as the paper names them.
+CIFAR_RESNET = "cifar_resnet"
+IMAGENET_RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50}
+MOBILENETS = {"mobilenet": 1.0, "mobilenet_0.75": 0.75, "mobilenet_0.5": 0.5, "mobilenet_0.25": 0.25}
+ARCHS = (CIFAR_RESNET, *IMAGENET_RESNETS, *MOBILENETS)
+# Generation 1's network where it is a trained model read from a file (`--refinery_model`).
+LOADED = "loaded"
+CIFAR_DEPTH = 20  # --depth's default: ResNet-20.
+MOBILENET_DEPTH = 28  # Its weight layers, counting depthwise and pointwise apart (Howard et al.).
+
 # Generation 1's own architecture; unset (None), each is the student's.
-REFINERY_FIELDS = ("refinery_depth", "refinery_width", "refinery_version")
+REFINERY_FIELDS = ("refinery_arch", "refinery_depth", "refinery_width", "refinery_version", "refinery_model")
+# Fields left out of `Config.to_dict` while at their default: added after runs were
+# stored, so that those runs' records, settings and store keys stay what they were.
+ADDED_LATER = ("arch", *REFINERY_FIELDS)
 
 
 def check_depth(depth: int, flag: str = "depth") -> int:
@@ -54,19 +74,47 @@ def check_depth(depth: int, flag: str = "depth") -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """The shape of one generation's ResNet: what `build_resnet` needs besides the data."""
+    """The shape of one generation's network: what `core.networks.build_network` needs
+    besides the data. Made by `of`, so that one network has one value (a MobileNet's
+    depth, width and version are fixed)."""
 
     depth: int
     width: int
     version: int
+    arch: str = CIFAR_RESNET
+
+    @classmethod
+    def of(cls, arch: str, depth: int, width: int, version: int) -> Architecture:
+        """The network `arch` names; `depth` counts for the CIFAR ResNet alone, `width`
+        and `version` for the ResNets."""
+        if arch in IMAGENET_RESNETS:
+            return cls(IMAGENET_RESNETS[arch], width, version, arch)
+        if arch in MOBILENETS:
+            return cls(MOBILENET_DEPTH, 1, 1, arch)
+        return cls(depth, width, version)
+
+    @property
+    def multiplier(self) -> float:
+        """A MobileNet's width multiplier."""
+        return MOBILENETS[self.arch]
 
     def describe(self) -> str:
-        """`ResNet-20 v1`, with `x2` for a wider one: for tables and logs."""
+        """`ResNet-20 v1`, with `x2` for a wider one, `ResNet-18 v1 (ImageNet)`,
+        `MobileNet-0.5`: for tables and logs."""
+        if self.arch == LOADED:
+            return "loaded model (--refinery_model)"
+        if self.arch in MOBILENETS:
+            return "MobileNet" if self.multiplier == 1 else f"MobileNet-{self.multiplier:g}"
         wide = f" x{self.width}" if self.width != 1 else ""
-        return f"ResNet-{self.depth}{wide} v{self.version}"
+        imagenet = " (ImageNet)" if self.arch in IMAGENET_RESNETS else ""
+        return f"ResNet-{self.depth}{wide} v{self.version}{imagenet}"
 
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, `arch` only where it is not the CIFAR ResNet (as before it existed)."""
+        values = dataclasses.asdict(self)
+        if self.arch == CIFAR_RESNET:
+            del values["arch"]
+        return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,15 +157,22 @@ class Config:
     temperature: float = _role(CHAIN, 1.0)
     alpha: float = _role(CHAIN, 0.0)
     relabel: str = _role(LEARNED, "offline")
-    # Model.
-    depth: int = _role(LEARNED, 20)
+    # Model: one of ARCHS; --depth applies to the CIFAR ResNet, --width and
+    # --resnet_version to the ResNets.
+    arch: str = _role(LEARNED, CIFAR_RESNET)
+    depth: int = _role(LEARNED, CIFAR_DEPTH)
     width: int = _role(LEARNED, 1)
     resnet_version: int = _role(LEARNED, 1)
     # The refinery (generation 1), which labels the data for the rest; None: the student's
-    # (--depth, --width, --resnet_version). The paper refines AlexNet with ResNet-50 labels.
+    # (--arch, --depth, --width, --resnet_version). The paper refines AlexNet with ResNet-50 labels.
+    refinery_arch: str | None = _role(LEARNED, None)
     refinery_depth: int | None = _role(LEARNED, None)
     refinery_width: int | None = _role(LEARNED, None)
     refinery_version: int | None = _role(LEARNED, None)
+    # A trained model (a `.keras` file, or a version this project exported) that is
+    # generation 1 instead: never trained, its labels refine the data for the rest. Its
+    # content, not its path, is in the store's keys (`chain.refinery_model.digest`).
+    refinery_model: str | None = _role(LEARNED, None)
     # Optimisation (per generation: every generation runs the whole schedule).
     epochs: int = _role(LEARNED, 15)
     batch_size: int = _role(LEARNED, 64)
@@ -172,12 +227,33 @@ class Config:
             self.relabel in RELABEL_MODES,
             f"--relabel={self.relabel} must be one of {', '.join(RELABEL_MODES)}.",
         )
+        _check_arch(
+            self.arch, "arch", ("depth", self.depth != CIFAR_DEPTH),
+            ("--width and --resnet_version", (self.width, self.resnet_version) != (1, 1)),
+        )
         check_depth(self.depth)
         _require(self.width >= 1, f"--width={self.width} must be >= 1.")
         _require(
             self.resnet_version in RESNET_VERSIONS,
             f"--resnet_version={self.resnet_version} must be 1 (post-activation) or 2 "
             "(pre-activation).",
+        )
+        if self.refinery_model is not None:
+            given = [f"--{name}" for name in REFINERY_FIELDS[:-1] if getattr(self, name) is not None]
+            _require(bool(self.refinery_model.strip()), "--refinery_model is empty; give a .keras file or an export.")
+            _require(
+                not given,
+                f"--refinery_model is generation 1 itself, so {', '.join(given)} cannot shape it: "
+                "drop one or the other.",
+            )
+        _check_arch(
+            self.arch if self.refinery_arch is None else self.refinery_arch,
+            "arch" if self.refinery_arch is None else "refinery_arch",
+            ("refinery_depth", self.refinery_depth is not None),
+            (
+                "--refinery_width and --refinery_version",
+                (self.refinery_width or 1, self.refinery_version or 1) != (1, 1),
+            ),
         )
         if self.refinery_depth is not None:
             check_depth(self.refinery_depth, "refinery_depth")
@@ -290,12 +366,13 @@ class Config:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, except the refinery's architecture while unset: so the records,
-        settings and store keys of runs that do not use it are what they were before
-        it existed, and runs and searches from then still resume."""
+        """Every field, except those ADDED_LATER while at their default: so the records,
+        settings and store keys of runs that do not use them are what they were before
+        they existed, and runs and searches from then still resume."""
         values = dataclasses.asdict(self)
-        for name in REFINERY_FIELDS:
-            if values[name] is None:
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ADDED_LATER:
+            if values[name] == defaults[name]:
                 del values[name]
         return values
 
@@ -312,13 +389,16 @@ class Config:
     def architecture(self, generation: int) -> Architecture:
         """Generation `generation`'s architecture: the refinery's for generation 1 (each
         unset flag falling back to the student's), the student's for the rest."""
-        student = Architecture(self.depth, self.width, self.resnet_version)
+        student = Architecture.of(self.arch, self.depth, self.width, self.resnet_version)
         if generation > 1:
             return student
-        return Architecture(
-            student.depth if self.refinery_depth is None else self.refinery_depth,
-            student.width if self.refinery_width is None else self.refinery_width,
-            student.version if self.refinery_version is None else self.refinery_version,
+        if self.refinery_model is not None:
+            return Architecture(0, 1, 1, LOADED)
+        return Architecture.of(
+            self.arch if self.refinery_arch is None else self.refinery_arch,
+            self.depth if self.refinery_depth is None else self.refinery_depth,
+            self.width if self.refinery_width is None else self.refinery_width,
+            self.resnet_version if self.refinery_version is None else self.refinery_version,
         )
 
     @property
@@ -353,6 +433,25 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
         f"--image_size={text}: each side must be 1 to {MAX_IMAGE_SIDE} pixels.",
     )
     return height, width
+
+
+def _check_arch(arch: str, flag: str, depth: tuple[str, bool], shape: tuple[str, bool]) -> None:
+    """`arch` (given by `--flag`) is a network we build, and no flag that would be ignored
+    for it was given: `depth` is (the depth flag, given?), `shape` (the width and version
+    flags, either given other than 1?). Refused, not dropped silently."""
+    _require(arch in ARCHS, f"--{flag}={arch} must be one of {', '.join(ARCHS)}.")
+    if arch == CIFAR_RESNET:
+        return
+    _require(
+        not depth[1],
+        f"--{depth[0]} applies to --{flag}=cifar_resnet; {arch}'s depth is in its name "
+        f"(leave --{depth[0]} unset).",
+    )
+    _require(
+        arch not in MOBILENETS or not shape[1],
+        f"{shape[0]} apply to ResNets; a MobileNet's width multiplier is in its name "
+        f"(--{flag}=mobilenet_0.5).",
+    )
 
 
 def _require(condition: bool, message: str) -> None:

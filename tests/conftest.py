@@ -30,6 +30,7 @@ SHARED_FIXTURE_FILES = {
     "tests/test_predict.py": "digits_run",
     "tests/test_durable.py": "chain_reference",
     "tests/test_refinery_arch.py": "online_run",
+    "tests/test_networks.py": "chain",
     "tests/test_arrays.py": "jax_chains",
     "tests/test_memory_input.py": "runs",
     "tests/test_backends.py": "jax_run",

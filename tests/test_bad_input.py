@@ -133,6 +133,41 @@ def large_jpeg(path: Path) -> None:
     Image.fromarray(pixels).save(path, format="JPEG", quality=80)
 
 
+# Model files for --refinery_model, written into the case's folder.
+
+
+def saved_model_file(build: Callable[[], object], name: str = "m.keras") -> Callable[[Path], None]:
+    def write(root: Path) -> None:
+        build().save(root / name)
+
+    return write
+
+
+def resnet(shape, classes):
+    from krefinery.core.resnet import build_resnet
+
+    return lambda: build_resnet(shape, classes, depth=8)
+
+
+def with_custom_layer():
+    import keras
+
+    class Doubling(keras.layers.Layer):  # Not registered: its file cannot be read without it.
+        def call(self, x):
+            return x * 2
+
+    inputs = keras.Input((8, 8, 1))
+    return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(Doubling()(inputs))))
+
+
+def with_lambda():
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    doubled = keras.layers.Lambda(lambda x: x * 2)(inputs)
+    return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(doubled)))
+
+
 def grey_base(root: Path) -> None:
     base(root)
     for path in (root / "train").rglob("*.png"):
@@ -195,6 +230,20 @@ TABLE = [
     Case("refinery_depth=21", ("--refinery_depth=21",), "--refinery_depth=21 is not a CIFAR-style ResNet depth"),
     Case("refinery_width=0", ("--refinery_width=0",), "--refinery_width=0 must be >= 1 (unset: --width)"),
     Case("refinery_version=3", ("--refinery_version=3",), "--refinery_version=3 must be 1 (post-activation) or 2"),
+    Case("arch=resnet18 with --depth", ("--arch=resnet18", "--depth=32"), "--depth applies to --arch=cifar_resnet; resnet18's depth is in its name"),
+    Case("arch=mobilenet with --width", ("--arch=mobilenet", "--width=2"), "a MobileNet's width multiplier is in its name (--arch=mobilenet_0.5)"),
+    Case("refinery_arch=resnet50 with --refinery_depth", ("--refinery_arch=resnet50", "--refinery_depth=14"), "--refinery_depth applies to --refinery_arch=cifar_resnet"),
+    Case("arch=vgg", ("--arch=vgg",), "flag --arch=vgg: value should be one of <cifar_resnet|resnet18|"),
+    Case("arch=resnet18 on 8x8 digits", ("--arch=resnet18",), "images of 8x8 are too small for --arch=resnet18", before_data=False),
+    Case("refinery_arch=mobilenet on 8x8 digits", ("--refinery_arch=mobilenet",), "images of 8x8 are too small for --arch=mobilenet", before_data=False),
+    Case("refinery_model with --refinery_depth", ("--refinery_model=m.keras", "--refinery_depth=14"), "--refinery_model is generation 1 itself, so --refinery_depth cannot shape it"),
+    Case("refinery_model missing", ("--refinery_model={data}/missing.keras",), "missing.keras: no such file or folder", folder=lambda root: None, before_data=False),
+    Case("refinery_model not .keras", ("--refinery_model={data}/m.h5",), "is not a .keras file", folder=files({"m.h5": b"junk"}), before_data=False),
+    Case("refinery_model not a zip", ("--refinery_model={data}/m.keras",), "cannot load", folder=files({"m.keras": b"junk"}), before_data=False),
+    Case("refinery_model of 3 classes", ("--refinery_model={data}/m.keras",), "gives 3 outputs, but the data has 10 classes", folder=saved_model_file(resnet((8, 8, 1), 3)), before_data=False),
+    Case("refinery_model of 16x16 images", ("--refinery_model={data}/m.keras",), "takes images of 16x16x1, but the data's are 8x8x1", folder=saved_model_file(resnet((16, 16, 1), 10)), before_data=False),
+    Case("refinery_model with a custom layer", ("--refinery_model={data}/m.keras",), "it needs custom objects", folder=saved_model_file(with_custom_layer), before_data=False),
+    Case("refinery_model with a Lambda", ("--refinery_model={data}/m.keras",), "it holds code (a Lambda layer, say), which Keras's safe mode does not run", folder=saved_model_file(with_lambda), before_data=False),
     Case("val_fraction=0", ("--val_fraction=0",), "--val_fraction=0.0 must be between 0 and 1"),
     Case("val_fraction=1", ("--val_fraction=1",), "must be between 0 and 1"),
     Case("epochs=0", ("--epochs=0",), "--epochs=0 must be >= 1"),

@@ -80,7 +80,9 @@ def test_online_the_refinery_teaches_generation_2_and_each_student_the_next(onli
     assert results["config"]["refinery_depth"] == 14 and results["config"]["depth"] == 8
     table = report.format_table(results).splitlines()
     assert table[0].split()[-1] == "model"
-    assert [line.split(maxsplit=6)[-1] for line in table[2:5]] == ["ResNet-14 v1", "ResNet-8 v1", "ResNet-8 v1"]
+    assert [line.split(maxsplit=6)[-1] for line in table[2:5]] == [
+        "ResNet-14 v1 (0.17M parameters)", "ResNet-8 v1 (0.08M parameters)", "ResNet-8 v1 (0.08M parameters)"
+    ]
     assert_holds(workdir / "gen_1.weights.h5", REFINERY, STUDENT)
     for generation in (2, 3):
         assert_holds(workdir / f"gen_{generation}.weights.h5", STUDENT, REFINERY)

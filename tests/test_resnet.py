@@ -113,15 +113,15 @@ def test_a_resnet_with_fused_batch_norm_reads_keras_weights_and_back(tmp_path):
     """Same variables, same names: a weights file of either layer loads into the other."""
     import keras
 
-    from krefinery.core import resnet
+    from krefinery.core import blocks
 
     fused = build_resnet((8, 8, 1), 10, depth=8)
-    original = resnet.BatchNormalization
-    resnet.BatchNormalization = keras.layers.BatchNormalization
+    original = blocks.BatchNormalization
+    blocks.BatchNormalization = keras.layers.BatchNormalization
     try:
         plain = build_resnet((8, 8, 1), 10, depth=8)
     finally:
-        resnet.BatchNormalization = original
+        blocks.BatchNormalization = original
     assert [type(layer).__name__ for layer in fused.layers] == [type(layer).__name__ for layer in plain.layers]
     assert any(type(layer) is keras.layers.BatchNormalization for layer in plain.layers)
     fused.save_weights(tmp_path / "fused.weights.h5")

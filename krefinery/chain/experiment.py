@@ -9,13 +9,14 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
-from krefinery.config import Architecture, Config
+from krefinery.chain import refinery_model
+from krefinery.config import LOADED, Architecture, Config
+from krefinery.core.networks import check_input_shape, seeded_network
 from krefinery.core.refinement import Relabeller, generation_seed
-from krefinery.core.resnet import seeded_resnet
 from krefinery.core.trainer import Trainer, make_optimizer
 from krefinery.data.feed import DataInfo, Feed
 from krefinery.data.memory import MemoryFeed, MemorySplits
-from krefinery.data.sources import load_source
+from krefinery.data.sources import Source, load_source
 from krefinery.data.splits import num_train
 from krefinery.errors import UserError
 from krefinery.runtime import distribute, probe
@@ -147,7 +148,9 @@ def prepare_experiment(config: Config, feed: Feed | None = None) -> Experiment:
     precision = runtime.precision
 
     def build(architecture: Architecture, seed: int) -> keras.Model:
-        return seeded_resnet(
+        if architecture.arch == LOADED:
+            return refinery_model.load(config.refinery_model, info.image_shape, info.num_classes)
+        return seeded_network(
             architecture,
             seed,
             info.image_shape,
@@ -217,7 +220,8 @@ def measure_precision(config: Config, feed: Feed, runtime: Runtime) -> probe.Cho
     """`probe.choose_precision` on generation 1's model and the run's batch: a trainer of
     each candidate precision, stepped on one batch of random images."""
     info = feed.info
-    architecture = config.architecture(1)
+    # The first network the run trains: a refinery read from a file is never trained.
+    architecture = config.architecture(1 if config.refinery_model is None else 2)
     model = {
         "backend": keras.backend.backend(),
         "architecture": architecture.to_dict(),
@@ -236,7 +240,7 @@ def measure_precision(config: Config, feed: Feed, runtime: Runtime) -> probe.Cho
     }
 
     def make_step(precision: str) -> Callable[[], None]:
-        classifier = seeded_resnet(
+        classifier = seeded_network(
             architecture, config.seed, info.image_shape, info.num_classes,
             weight_decay=config.weight_decay, precision=precision,
         )
@@ -254,7 +258,18 @@ def check_data(config: Config) -> None:
         config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw,
         config.verbose,
     )
+    check_networks(config, source)
     config.check_batch_size(num_train(source, config.val_fraction, config.resolved_split_seed))
+
+
+def check_networks(config: Config, source: Source) -> None:
+    """The chain's networks take the source's images and classes, and a refinery file
+    loads and fits them: else a `UserError`."""
+    for architecture in dict.fromkeys(config.architecture(generation) for generation in (1, 2)):
+        if architecture.arch == LOADED:
+            refinery_model.load(config.refinery_model, source.image_shape, len(source.class_names))
+        else:
+            check_input_shape(architecture, source.image_shape, len(source.class_names))
 
 
 def load_feed(config: Config, replication: distribute.Replication) -> Feed:
@@ -264,6 +279,7 @@ def load_feed(config: Config, replication: distribute.Replication) -> Feed:
         config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw,
         config.verbose,
     )
+    check_networks(config, source)
     train_bytes = getattr(source.train, "images", np.zeros(0, np.uint8)).nbytes
     path = resolve_input(config.input, train_bytes)
     options = dict(

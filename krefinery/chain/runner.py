@@ -204,6 +204,8 @@ class ChainRunner:
         chain goes on, stores it, and returns its record."""
         experiment, config = self.experiment, self.experiment.config
         key = keys[generation - 1]
+        if generation == 1 and config.refinery_model is not None:
+            return self._adopt(keys, refinement)
         trainer = experiment.trainer_for(generation)
         state, arrays = self._resume_point(generation, key)
         with experiment.replication.scope():  # Optimizer variables are made here.
@@ -269,6 +271,33 @@ class ChainRunner:
                 }
             )
             return record
+
+    def _adopt(self, keys: list[str], refinement: Refinement) -> Record:
+        """Generation 1 read from `--refinery_model` instead of trained: evaluated on the
+        validation split, its labels handed on, and stored like a trained generation
+        (`loaded: true`, `epochs: 0`, no training figures)."""
+        experiment, config = self.experiment, self.experiment.config
+        start = time.perf_counter()
+        trainer = experiment.trainer_for(1)
+        with experiment.replication.scope():
+            trainer.start_afresh(experiment.fresh_classifier(1))
+        if config.verbose:
+            print(f"Generation 1/{refinement.generations}: read from --refinery_model={config.refinery_model}, not trained", flush=True)
+        validation = trainer.evaluate(experiment.validation, verbose=0, return_dict=True)
+        self._labels_for = None
+        figures = self._hand_on(1, keys, refinement) if refinement.generations > 1 else {}
+        record: Record = {
+            "generation": 1,
+            "temperature": None,
+            "alpha": None,
+            "epochs": 0,
+            "loaded": True,
+            "val_accuracy": float(validation["accuracy"]),
+            "seconds": time.perf_counter() - start,
+            **figures,
+        }
+        self.store.store(keys[0], trainer.classifier, record)
+        return record
 
     @contextlib.contextmanager
     def _stops_located(self, generation: int, key: str, guard: DivergenceGuard, initial_epoch: int) -> Iterator[None]:

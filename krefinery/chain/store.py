@@ -46,6 +46,7 @@ import keras
 import numpy as np
 
 from krefinery import files
+from krefinery.chain import refinery_model
 from krefinery.config import LEARNED, REFINERY_FIELDS, Config, Refinement
 from krefinery.errors import Damaged
 
@@ -59,6 +60,7 @@ ENTRY = "entry"
 # The figures every record has, by kind: numbers, checked on every read.
 FIGURES = ("epochs", "val_accuracy", "train_accuracy", "train_label_agreement", "train_label_entropy", "seconds")
 DIVERGED_FIGURES = ("epochs", "epoch", "seconds")
+LOADED_FIGURES = ("epochs", "val_accuracy", "seconds")  # A refinery read from a file.
 # 2: per-epoch stateless data streams; resolved precision, XLA and determinism in the key.
 # 3: batch normalization through TensorFlow's fused kernel (core.batchnorm): other rounding.
 FORMAT = 3
@@ -83,7 +85,9 @@ def chain_keys(config: Config, runtime: Mapping[str, Any], refinement: Refinemen
     # as the students' shape, flag by flag or not at all, is the same generation 1.
     for name in REFINERY_FIELDS:
         base.pop(name, None)
-    if config.architecture(1) != config.architecture(2):
+    if config.refinery_model is not None:
+        base["refinery"] = {"model_sha256": refinery_model.digest(config.refinery_model)}
+    elif config.architecture(1) != config.architecture(2):
         base["refinery"] = config.architecture(1).to_dict()
     runtime = {k: v for k, v in runtime.items() if (k, v) not in DEFAULT_RUNTIME}
     root = {"format": FORMAT, "config": base, "runtime": runtime, "generation": 1}
@@ -254,7 +258,7 @@ def _parse_line(line: str) -> dict[str, Any] | None:
 
 def _check_figures(path: Path, record: dict[str, Any]) -> None:
     """Every figure a generation's record has, a number: else `Damaged`."""
-    names = DIVERGED_FIGURES if record.get("diverged") else FIGURES
+    names = DIVERGED_FIGURES if record.get("diverged") else LOADED_FIGURES if record.get("loaded") else FIGURES
     missing = [name for name in names if not _is_number(record.get(name))]
     if missing:
         raise Damaged(path, f"lacks {', '.join(missing)}")

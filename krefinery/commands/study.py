@@ -59,12 +59,12 @@ def run_study(config: Config) -> dict[str, Any]:
     study record. `study.json` is rewritten after every repeat, so an interrupted study
     keeps what it finished. Bad input is reported before anything is trained or written.
     """
-    root = workdirs.check(config, workdirs.STUDY, {"config": config.settings()})
+    root = workdirs.check(config, workdirs.STUDY, workdirs.marker_of(config))
     with workdirs.claim(config, workdirs.STUDY, root) as held:
         export.prepare_export_dir(config)
         check_data(config)  # Bad data or batch size fails here, before anything is written.
         # The study's record is its marker: its settings now, its figures after each repeat.
-        held.mark({"config": config.to_dict()})
+        held.mark({**workdirs.marker_of(config), "config": config.to_dict()})
         return _study(config, held.path)
 
 

@@ -35,7 +35,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     best earlier generation, if any, is exported; `error.results` holds the record.
     A full disk raises `DiskFull`; the same command resumes once space is freed.
     """
-    marker = {"config": config.settings()}
+    marker = workdirs.marker_of(config)
     workdir = workdirs.check(config, workdirs.RUN, marker)
     with workdirs.claim(config, workdirs.RUN, workdir) as held:
         results = _finished(held.path) if held.marked else None

@@ -266,9 +266,11 @@ def check_some_trial_completed(tuner: ChainTuner, runner: ChainRunner, workdir: 
     )
 
 
-def fixed_hparams(config: Config) -> dict[str, int]:
+def fixed_hparams(config: Config) -> dict[str, int | str]:
     """The refinery's architecture where it is its own (`refinery_depth`, ...): the same
     in every trial, and what tells this search's trials from those of another refinery."""
+    if config.refinery_model is not None:
+        return {"refinery_model": config.refinery_model}
     refinery = config.architecture(1)
     if refinery == config.architecture(2):
         return {}
@@ -276,11 +278,8 @@ def fixed_hparams(config: Config) -> dict[str, int]:
 
 
 def search_settings(config: Config, search: TuneConfig) -> dict[str, Any]:
-    return {
-        "config": config.settings(),
-        # A resumed search may be given more trials.
-        "search": {k: v for k, v in search.to_dict().items() if k != "max_trials"},
-    }
+    # A resumed search may be given more trials.
+    return workdirs.marker_of(config, search={k: v for k, v in search.to_dict().items() if k != "max_trials"})
 
 
 def summarise(tuner: ChainTuner, runner: ChainRunner, workdir: Path) -> dict[str, Any]:

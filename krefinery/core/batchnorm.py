@@ -73,3 +73,19 @@ def with_keras_batch_norm(model: keras.Model) -> keras.Model:
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def with_fused_batch_norm(model: keras.Model) -> keras.Model:
+    """The converse of `with_keras_batch_norm`: a copy of `model` whose Keras batch
+    normalization layers are this module's, so that a model read back from a file (a
+    refinery, `--refinery_model`) computes with the same kernels, and so gives the same
+    labels, as the model it was saved from."""
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if type(layer) is keras.layers.BatchNormalization:
+            return BatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -4,8 +4,9 @@ Versions are integers that only go up and are never overwritten. Each export is
 written into a hidden temporary folder beside the versions and renamed into place, so
 a server watching `<export_dir>/<name>/` sees a whole model or none: TF Serving only
 loads folders whose name is an integer. A version holds a SavedModel with its serving
-signature (`savedmodel.py`); where TensorFlow is not installed, it holds the model as
-`model.keras` instead (Keras's own format), since only TensorFlow writes SavedModels.
+signature (`savedmodel.py`) and the same model as `assets.extra/model.keras` (Keras's
+own format, which `--refinery_model` reads); where TensorFlow is not installed, it holds
+`model.keras` alone, since only TensorFlow writes SavedModels.
 
 Each version carries a manifest, written last into the temporary folder:
 `assets.extra/krefinery.json` holds the `source` the version was exported from (a run's
@@ -35,7 +36,12 @@ from typing import Any, Callable, Mapping, Sequence
 import keras
 
 from krefinery import faults, stops
-from krefinery.config import EXPORT_NAME, Config
+from krefinery.config import (
+    EXPORT_NAME,
+    KERAS_MODEL,
+    KERAS_MODEL_BESIDE_SAVEDMODEL,
+    Config,
+)
 from krefinery.core.batchnorm import with_keras_batch_norm
 from krefinery.errors import DiskFull, Interrupted, UserError
 from krefinery.files import is_no_space, pid_alive
@@ -43,7 +49,6 @@ from krefinery.runtime.device import tensorflow_installed
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
-KERAS_MODEL = "model.keras"  # A version's model where TensorFlow is not installed.
 TEMP_PREFIX = ".tmp-export-"
 SOURCE_FILE = "krefinery.json"
 # A version's manifest (its source, and every other file's size and SHA-256), in the
@@ -95,19 +100,21 @@ def export_classifier(
     model_dir = Path(export_dir) / check_export_name(name)
     with _exporting(model_dir):
         _make_model_dir(model_dir)
-        if tensorflow_installed():
-            from krefinery.outputs.savedmodel import saved_model_writer
-
-            save = saved_model_writer(classifier, class_names, image_shape)
-        else:
-
-            def save(temp: Path) -> None:
-                # Keras's own layers only, so the file loads wherever Keras does.
-                with_keras_batch_norm(classifier).save(temp / KERAS_MODEL)
+        def save_keras(path: Path) -> None:
+            # Keras's own layers only, so the file loads wherever Keras does.
+            path.parent.mkdir(exist_ok=True)
+            with_keras_batch_norm(classifier).save(path)
 
         def write(temp: Path) -> None:
             temp.mkdir()
-            save(temp)
+            if not tensorflow_installed():
+                save_keras(temp / KERAS_MODEL)
+                return
+            from krefinery.outputs.savedmodel import saved_model_writer
+
+            saved_model_writer(classifier, class_names, image_shape)(temp)
+            # The Keras model too, for `--refinery_model` (servers leave assets.extra/ alone).
+            save_keras(temp / KERAS_MODEL_BESIDE_SAVEDMODEL)
 
         return land_version(model_dir, write, source)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -75,16 +76,11 @@ def format_table(record: dict[str, Any]) -> str:
             diverged = f"diverged in epoch {g['epoch']}"
             rows.append((name, diverged, "", "", "", f"{g['seconds']:.1f}"))
             continue
-        rows.append(
-            (
-                name,
-                f"{g['val_accuracy']:.4f}",
-                f"{g['test_accuracy']:.4f}",
-                f"{g['train_label_agreement']:.4f}",
-                f"{g['train_label_entropy']:.4f}",
-                f"{g['seconds']:.1f}",
-            )
+        # A refinery read from a file (`loaded`) trained on labels nobody here knows.
+        labels = ("loaded", "-") if g.get("loaded") else (
+            f"{g['train_label_agreement']:.4f}", f"{g['train_label_entropy']:.4f}"
         )
+        rows.append((name, f"{g['val_accuracy']:.4f}", f"{g['test_accuracy']:.4f}", *labels, f"{g['seconds']:.1f}"))
     control = record.get("control")
     if control is not None and control.get("diverged"):
         diverged = f"diverged in epoch {control['epoch']}"
@@ -102,13 +98,33 @@ def format_table(record: dict[str, Any]) -> str:
         )
     shown = [*record["generations"], control][: len(rows)]
     architectures = [g.get("architecture") for g in shown]
-    if None not in architectures and any(a != architectures[0] for a in architectures):
+    models = [model_name(g) for g in shown]
+    uniform = None in architectures or all(a == architectures[0] for a in architectures)
+    if not uniform:
         # A refinery of its own shape: say which model each row is.
         header = (*header, "model")
-        rows = [(*row, Architecture(**a).describe()) for row, a in zip(rows, architectures)]
+        rows = [(*row, model) for row, model in zip(rows, models)]
     lines = table(header, rows)
+    if uniform and models and models[0]:
+        lines.append(f"model: {models[0]}")
     lines.append(f"* best generation on validation accuracy; results in {record['workdir']}/{RESULTS}")
     return "\n".join(lines)
+
+
+def trainable_parameters(model: keras.Model) -> int:
+    """What papers count as a network's parameters: its trainable weights' entries."""
+    return sum(math.prod(v.shape) for v in model.trainable_weights)
+
+
+def model_name(generation: dict[str, Any]) -> str:
+    """`ResNet-20 v1 (0.27M parameters)` of a results entry; the name alone for entries
+    written before parameters were counted, and "" before architectures were."""
+    if "architecture" not in generation:
+        return ""
+    name = Architecture(**generation["architecture"]).describe()
+    if "parameters" not in generation:
+        return name
+    return f"{name} ({generation['parameters'] / 1e6:.2f}M parameters)"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

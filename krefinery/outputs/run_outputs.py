@@ -85,7 +85,11 @@ class RunOutputs:
             test = model.evaluate(self.experiment.test, verbose=0, return_dict=True)
             weights = self.workdir / f"gen_{generation}.weights.h5"
             workdirs.keep_weights(self.store.weights_path(record["key"]), weights)
-            entry.update(test_accuracy=float(test["accuracy"]), weights=weights.name)
+            entry.update(
+                test_accuracy=float(test["accuracy"]),
+                weights=weights.name,
+                parameters=report.trainable_parameters(model.classifier),
+            )
             entry.update(self._fit_figures(record, model))
             self.fit_check.check(generation, entry)
             self.generation_summaries.write(entry)
@@ -118,6 +122,7 @@ class RunOutputs:
                 weight_seed=generation_seed(self.config.seed, CONTROL_OF),
                 test_accuracy=float(test["accuracy"]),
                 weights=weights.name,
+                parameters=report.trainable_parameters(model.classifier),
                 **self._fit_figures(record, model),
             )
         self.control = entry

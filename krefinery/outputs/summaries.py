@@ -563,6 +563,8 @@ def _trial_metric_description(name: str) -> str:
 
 
 _FIXED_HPARAMS = {
+    "refinery_arch": "Network of generation 1, the refinery (the students': --arch).",
+    "refinery_model": "The trained model read as generation 1, the refinery (--refinery_model).",
     "refinery_depth": "Depth of generation 1, the refinery (the students': --depth).",
     "refinery_width": "Width of generation 1, the refinery (the students': --width).",
     "refinery_version": "ResNet version of generation 1, the refinery (the students': "
@@ -574,7 +576,7 @@ def hparams_config(
     generations: tuple[int, int],
     temperatures: Sequence[float],
     alphas: Sequence[float],
-    fixed: Mapping[str, int] | None = None,
+    fixed: Mapping[str, int | str] | None = None,
 ) -> summary_pb2.Summary:
     """The search's HParams domains (integer generations, discrete T and alpha) and
     metrics, so the dashboard shows and filters them as what they are. `fixed`: settings
@@ -591,7 +593,8 @@ def hparams_config(
                   description="Softmax temperature of the refined labels."),
         hp.HParam("alpha", hp.Discrete(sorted(float(a) for a in alphas)),
                   description="Share of ground truth mixed into the refined labels."),
-        *(hp.HParam(name, hp.Discrete([int(value)]), description=_FIXED_HPARAMS[name])
+        *(hp.HParam(name, hp.Discrete([value if isinstance(value, str) else int(value)]),
+                   description=_FIXED_HPARAMS[name])
           for name, value in (fixed or {}).items()),
     ]
     metrics = [

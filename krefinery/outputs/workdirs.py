@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from krefinery import files
+from krefinery.chain import refinery_model
 from krefinery.chain.store import DEFAULT_RUNTIME
 from krefinery.config import Config, settings_of
 from krefinery.errors import UserError
@@ -45,6 +46,20 @@ STUDY = Kind("study", "study.json", "study.json", "study-", "pass the same --rep
 KINDS = (RUN, SEARCH, STUDY)
 # Held by the one process at work in a folder (`claim`); it says which process that is.
 LOCK = "krefinery.lock"
+
+
+# A marker's entry for the content of `--refinery_model`'s file: its path is in the config,
+# and a file changed in place is another refinery, so not the same run to resume.
+REFINERY_CONTENT = "refinery_model_sha256"
+
+
+def marker_of(config: Config, **entries: Any) -> dict[str, Any]:
+    """What a command's work directory is marked with: its settings, the content of its
+    refinery file if it has one, and `entries`."""
+    marker = {"config": config.settings(), **entries}
+    if config.refinery_model is not None:
+        marker[REFINERY_CONTENT] = refinery_model.digest(config.refinery_model)
+    return marker
 
 
 def check(config: Config, kind: Kind, marker: Mapping[str, Any]) -> Path | None:
@@ -77,7 +92,9 @@ def check(config: Config, kind: Kind, marker: Mapping[str, Any]) -> Path | None:
     then = {**Config().to_dict(), **stored.get("config", {})}
     changed = differences(settings_of(then), settings_of(dict(marker["config"])))
     for name, value in marker.items():
-        if name not in ("config", "runtime") and _as_read(value) != stored.get(name):
+        if name == REFINERY_CONTENT and value != stored.get(name):
+            changed.append(f"the file --refinery_model={config.refinery_model} names has changed")
+        elif name not in ("config", "runtime") and _as_read(value) != stored.get(name):
             changed.append(f"the {name} settings differ ({workdir / kind.marker})")
     if changed:
         raise UserError(
