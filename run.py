@@ -26,6 +26,7 @@ from krefinery import files, stops  # noqa: E402
 from krefinery.commands.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
 from krefinery.config import (  # noqa: E402
     ARCHS,
+    CROPS,
     DISTRIBUTES,
     INPUTS,
     LR_SCHEDULES,
@@ -48,6 +49,16 @@ flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "TFDS data directory (prepar
 flags.DEFINE_bool("svhn_extra", _DEFAULTS.svhn_extra, "Add SVHN's 531k 'extra' split to training.")
 flags.DEFINE_float("val_fraction", _DEFAULTS.val_fraction, "Share of train held out for validation.")
 flags.DEFINE_bool("augment", _DEFAULTS.augment, "Random translation (and flips where safe).")
+flags.DEFINE_enum(
+    "crop",
+    _DEFAULTS.crop,
+    CROPS,
+    "--augment's crop: translate (pad and shift by up to 1/8 of the side, CIFAR's) or "
+    "inception (random-resized crops of --crop_area and --crop_ratio, resized back by "
+    "nearest neighbour; for ImageNet-style data).",
+)
+flags.DEFINE_string("crop_area", _DEFAULTS.crop_area, "--crop=inception: MIN,MAX share of the image's area.")
+flags.DEFINE_string("crop_ratio", _DEFAULTS.crop_ratio, "--crop=inception: MIN,MAX aspect ratio, width / height.")
 flags.DEFINE_bool(
     "skip_bad_images",
     _DEFAULTS.skip_bad_images,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import json
 import math
 import re
@@ -16,6 +17,9 @@ RESNET_VERSIONS = (1, 2)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 DISTRIBUTES = ("auto", "none", "mirrored", "multi_worker", "data_parallel")
 INPUTS = ("auto", "tfdata", "memory")
+# How training images are cropped: pad and shift by up to 1/8 of the side (CIFAR's), or
+# random-resized crops (the Inception crop) of `--crop_area` and `--crop_ratio`.
+CROPS = ("translate", "inception")
 # An export name is one folder beside others that a server watches: no path, not hidden.
 EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Where an export keeps its Keras model: `outputs.export` writes it, `--refinery_model` reads
@@ -59,7 +63,7 @@ MOBILENET_DEPTH = 28  # Its weight layers, counting depthwise and pointwise apar
 REFINERY_FIELDS = ("refinery_arch", "refinery_depth", "refinery_width", "refinery_version", "refinery_model")
 # Fields left out of `Config.to_dict` while at their default: added after runs were
 # stored, so that those runs' records, settings and store keys stay what they were.
-ADDED_LATER = ("arch", *REFINERY_FIELDS)
+ADDED_LATER = ("arch", *REFINERY_FIELDS, "crop", "crop_area", "crop_ratio")
 
 
 def check_depth(depth: int, flag: str = "depth") -> int:
@@ -118,6 +122,17 @@ class Architecture:
 
 
 @dataclasses.dataclass(frozen=True)
+class Crop:
+    """How training images are cropped (`data.crops`): `kind` one of CROPS; for
+    `inception`, the range of the crop's share of the image's area and of its aspect
+    ratio (width / height)."""
+
+    kind: str = "translate"
+    area: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+@dataclasses.dataclass(frozen=True)
 class Refinement:
     """How a chain refines its labels: its length, and how a trained model's logits
     become the next generation's targets, `alpha * onehot + (1 - alpha) *
@@ -150,6 +165,9 @@ class Config:
     svhn_extra: bool = _role(LEARNED, False)
     val_fraction: float = _role(LEARNED, 0.1)
     augment: bool = _role(LEARNED, True)
+    crop: str = _role(LEARNED, "translate")  # One of CROPS; only with --augment.
+    crop_area: str = _role(LEARNED, "0.08,1")  # --crop=inception: MIN,MAX share of the area.
+    crop_ratio: str = _role(LEARNED, "3/4,4/3")  # --crop=inception: MIN,MAX width / height.
     skip_bad_images: bool = _role(LEARNED, False)  # folder:PATH only: leave unreadable files out, and say so.
     image_size: str | None = _role(LEARNED, None)  # folder:PATH only: "HxW"; None: the most common size.
     # Refinery.
@@ -276,6 +294,28 @@ class Config:
             "--image_size only applies to --dataset=folder:PATH (other datasets have one size).",
         )
         parse_image_size(self.image_size)
+        _require(self.crop in CROPS, f"--crop={self.crop} must be one of {', '.join(CROPS)}.")
+        _require(
+            self.augment or self.crop == "translate",
+            f"--crop={self.crop} is an augmentation, and --noaugment turns augmentation off: drop one.",
+        )
+        area, ratio = self.crop_spec.area, self.crop_spec.ratio
+        _require(
+            0 < area[0] <= area[1] <= 1,
+            f"--crop_area={self.crop_area} must be MIN,MAX with 0 < MIN <= MAX <= 1: shares of the image's area.",
+        )
+        _require(
+            0 < ratio[0] <= ratio[1],
+            f"--crop_ratio={self.crop_ratio} must be MIN,MAX with 0 < MIN <= MAX: aspect ratios, width / height.",
+        )
+        changed = [
+            f"--{name}" for name in ("crop_area", "crop_ratio")
+            if _pair(name, getattr(self, name)) != _pair(name, _default(name))
+        ]
+        _require(
+            self.crop == "inception" or not changed,
+            f"{' and '.join(changed)} shape --crop=inception's crops; pass --crop=inception or drop them.",
+        )
         _require(self.epochs >= 1, f"--epochs={self.epochs} must be >= 1.")
         _require(self.batch_size >= 1, f"--batch_size={self.batch_size} must be >= 1.")
         _require(
@@ -349,6 +389,15 @@ class Config:
             self.export_name is None or bool(EXPORT_NAME.fullmatch(self.export_name)),
             f"--export_name={self.export_name} must be one folder name of letters, digits, "
             "'_', '.' or '-', starting with a letter or digit.",
+        )
+
+    @property
+    def crop_spec(self) -> Crop:
+        """`--crop`, `--crop_area` and `--crop_ratio` as one value."""
+        return Crop(
+            self.crop,
+            _pair("crop_area", self.crop_area),
+            _pair("crop_ratio", self.crop_ratio),
         )
 
     @property
@@ -433,6 +482,20 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
         f"--image_size={text}: each side must be 1 to {MAX_IMAGE_SIDE} pixels.",
     )
     return height, width
+
+
+def _pair(flag: str, text: str) -> tuple[float, float]:
+    """`MIN,MAX` (decimals or fractions such as 3/4) as two floats; else a `UserError`."""
+    parts = text.split(",")
+    try:
+        low, high = (float(fractions.Fraction(part.strip())) for part in parts)
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"--{flag}={text} must be MIN,MAX, two numbers (3/4 style fractions allowed).") from None
+    return low, high
+
+
+def _default(name: str) -> Any:
+    return Config.__dataclass_fields__[name].default
 
 
 def _check_arch(arch: str, flag: str, depth: tuple[str, bool], shape: tuple[str, bool]) -> None:

@@ -295,7 +295,7 @@ def load_feed(config: Config, replication: distribute.Replication) -> Feed:
             )
         splits = MemorySplits.of(source, config.val_fraction, config.resolved_split_seed)
         config.check_batch_size(splits.info.num_train)
-        return MemoryFeed.of(splits, config.batch_size, config.seed, **options)
+        return MemoryFeed.of(splits, config.batch_size, config.seed, crop=config.crop_spec, **options)
     from krefinery.data.pipeline import (  # tf.data: TensorFlow's.
         TFDataFeed,
         make_splits,
@@ -303,4 +303,4 @@ def load_feed(config: Config, replication: distribute.Replication) -> Feed:
 
     splits = make_splits(source, config.val_fraction, config.resolved_split_seed)
     config.check_batch_size(splits.num_train)
-    return TFDataFeed(splits, config.batch_size, config.seed, config.epochs, **options)
+    return TFDataFeed(splits, config.batch_size, config.seed, config.epochs, crop=config.crop_spec, **options)

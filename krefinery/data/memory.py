@@ -25,7 +25,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from krefinery.config import Crop
 from krefinery.core.relabel import INFERENCE_BATCH_SIZE, RefinedLabels
+from krefinery.data import crops
 from krefinery.data.feed import DataInfo
 from krefinery.data.sources import Arrays, Source
 from krefinery.data.splits import TEST, TRAIN, VAL, source_roles, steps_per_epoch
@@ -71,9 +73,10 @@ class DeviceLabelTable:
 class InMemoryData:
     """Training images (`uint8 [n, H, W, C]`) and labels (`int [0, classes)`), on the device.
 
-    `flip`: whether a horizontal mirror is a valid augmentation (photos yes, digits no).
-    `ids`: each image's example id (default: its position) among `num_ids`, the ids the
-    label table is indexed by. `batches(...)` makes a generation's training batches for
+    `flip`: whether a horizontal mirror is a valid augmentation (photos yes, digits no);
+    `crop`: translation, or random-resized crops (`data.crops`). `ids`: each image's
+    example id (default: its position) among `num_ids`, the ids the label table is
+    indexed by. `batches(...)` makes a generation's training batches for
     `fit`; `labels` is the table a chain refines.
     """
 
@@ -85,6 +88,7 @@ class InMemoryData:
         flip: bool = False,
         ids: np.ndarray | None = None,
         num_ids: int | None = None,
+        crop: Crop = Crop(),
     ):
         images, labels, classes = _checked(images, labels, num_classes)
         self.num_examples = len(images)
@@ -101,7 +105,7 @@ class InMemoryData:
         self.labels = DeviceLabelTable(self.images, self.ground_truth, self.ids, self.num_ids, classes)
         self._order = _compiled(_permutation, static=("count",))
         self._batch = _compiled(
-            functools.partial(_make_batch, pad=_pad(self.image_shape), flip=flip),
+            functools.partial(_make_batch, pad=_pad(self.image_shape), flip=flip, crop=crop),
             static=("size", "augment"),
         )
 
@@ -287,8 +291,9 @@ class MemoryFeed:
         return cls(data, held_out, held_out, info, batch_size, seed, **options)
 
     @classmethod
-    def of(cls, splits: MemorySplits, batch_size: int, seed: int, **options) -> MemoryFeed:
-        """The feed of a source's splits; `options`: `__init__`'s keyword arguments."""
+    def of(cls, splits: MemorySplits, batch_size: int, seed: int, crop: Crop = Crop(), **options) -> MemoryFeed:
+        """The feed of a source's splits, its training images cropped as `crop` says;
+        `options`: `__init__`'s keyword arguments."""
         info = splits.info
         data = InMemoryData(
             splits.train.images,
@@ -297,6 +302,7 @@ class MemoryFeed:
             flip=info.flip_safe,
             ids=splits.train_ids,
             num_ids=info.num_ids,
+            crop=crop,
         )
         return cls(data, splits.val, splits.test, info, batch_size, seed, **options)
 
@@ -404,6 +410,26 @@ def _permutation(key: Tensor, count: int) -> Tensor:
     return ops.cast(ops.argsort(_random_bits(key, count, 0)), "int32")
 
 
+def _inception_indices(key: Tensor, size: int, image_hw: tuple[int, int], crop: Crop) -> tuple[Tensor, Tensor]:
+    """Each image's source rows `[n, H]` and columns `[n, W]` of a random-resized crop
+    (`data.crops`), from the streams of `key` that the translation would use, and 0,
+    none of them the flip's."""
+
+    def uniform(count: int, stream: int) -> Tensor:
+        # 24 of the 31 bits, so that float32 holds each exactly and 1.0 is never drawn.
+        return ops.cast(_shift_right(_random_bits(key, count, stream), 7), "float32") / float(2**24)
+
+    draws = (
+        ops.reshape(uniform(size * crops.TRIES, 1), (size, crops.TRIES)),
+        ops.reshape(uniform(size * crops.TRIES, 2), (size, crops.TRIES)),
+        ops.reshape(uniform(size * 2, 0), (size, 2)),
+    )
+    top, left, crop_h, crop_w = crops.boxes(ops, *draws, image_hw, crop.area, crop.ratio)
+    rows = crops.sample_at(ops, top, crop_h, image_hw[0])
+    columns = crops.sample_at(ops, left, crop_w, image_hw[1])
+    return ops.cast(rows, "int32"), ops.cast(columns, "int32")
+
+
 def _pad(image_shape: tuple[int, int, int]) -> int:
     """Translations of up to 1/8 of the side, as `pipeline.make_augment`."""
     return max(1, round(min(image_shape[:2]) / 8))
@@ -422,20 +448,27 @@ def _make_batch(
     augment: bool,
     pad: int,
     flip: bool,
+    crop: Crop = Crop(),
 ) -> dict[str, Tensor]:
     """One training batch: the examples at positions `order[start:start + size]`, their
-    ids, images (randomly translated by up to `pad` pixels, zero-filled, and mirrored if
-    `flip`), labels, and targets read from the table by id. The crop is one gather of
-    each output pixel from the padded images."""
+    ids, images (randomly translated by up to `pad` pixels, zero-filled, or with
+    `crop.kind == "inception"` a random-resized crop, and mirrored if `flip`), labels,
+    and targets read from the table by id. The crop is one gather of each output pixel
+    from the (padded) images."""
     positions = ops.slice(order, [start], [size])
     ids = ops.take(example_ids, positions, axis=0)
     batch = ops.take(images, positions, axis=0)
     if augment:
         _, height, width, channels = batch.shape
-        padded = ops.pad(batch, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        span = 2 * pad + 1
-        rows = ops.arange(height, dtype="int32")[None, :] + _random_bits(key, size, 1)[:, None] % span
-        columns = ops.arange(width, dtype="int32")[None, :] + _random_bits(key, size, 2)[:, None] % span
+        if crop.kind == "inception":
+            pad = 0
+            padded = batch
+            rows, columns = _inception_indices(key, size, (height, width), crop)
+        else:
+            padded = ops.pad(batch, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+            span = 2 * pad + 1
+            rows = ops.arange(height, dtype="int32")[None, :] + _random_bits(key, size, 1)[:, None] % span
+            columns = ops.arange(width, dtype="int32")[None, :] + _random_bits(key, size, 2)[:, None] % span
         if flip:
             mirrored = (_random_bits(key, size, 3) % 2 == 1)[:, None]
             columns = ops.where(mirrored, ops.flip(columns, axis=1), columns)

@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 
+from krefinery.config import Crop
 from krefinery.core.relabel import INFERENCE_BATCH_SIZE
+from krefinery.data import crops
 from krefinery.data.feed import DataInfo
 from krefinery.data.sources import Arrays, Source
 from krefinery.data.splits import TEST, TRAIN, VAL, source_roles, steps_per_epoch
@@ -193,27 +196,38 @@ def onehot_values(train: tf.data.Dataset, num_ids: int, num_classes: int) -> np.
     return table
 
 
-def make_augment(image_shape: tuple[int, int, int], flip: bool) -> Callable:
-    """Random translation by up to 1/8 of the size (pad-4 crop at 32x32), plus optional flip.
+def make_augment(image_shape: tuple[int, int, int], flip: bool, crop: Crop = Crop()) -> Callable:
+    """Random translation by up to 1/8 of the size (pad-4 crop at 32x32), or with
+    `crop.kind == "inception"` a random-resized crop (`data.crops`), plus optional flip.
 
-    Works on whole batches `[n, H, W, C]`: the zero-padded batch is cut by two gathers
-    whose per-example row and column indices carry each image's random offset (and, for
+    Works on whole batches `[n, H, W, C]`: the (zero-padded) batch is cut by two gathers
+    whose per-example row and column indices carry each image's random crop (and, for
     a flip, run backwards), so the cost is one copy of the batch, not n small ops.
     Stateless: `augment(batch, seed)` with a `[2]` seed always gives the same images.
     """
     height, width, _ = image_shape
-    pad = max(1, round(min(height, width) / 8))
+    pad = 0 if crop.kind == "inception" else max(1, round(min(height, width) / 8))
+
+    def indices(count: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Each image's source rows `[n, H]` and columns `[n, W]` in the padded batch."""
+        if crop.kind != "inception":
+            offsets = tf.random.stateless_uniform([count, 2], seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
+            return offsets[:, :1] + tf.range(height)[None, :], offsets[:, 1:] + tf.range(width)[None, :]
+        area_seed, ratio_seed, place_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+        draws = [tf.random.stateless_uniform(shape, s, dtype=tf.float64) for shape, s in (
+            ([count, crops.TRIES], area_seed), ([count, crops.TRIES], ratio_seed), ([count, 2], place_seed)
+        )]
+        top, left, crop_h, crop_w = crops.boxes(tnp, *draws, (height, width), crop.area, crop.ratio)
+        rows = crops.sample_at(tnp, top, crop_h, height)
+        columns = crops.sample_at(tnp, left, crop_w, width)
+        return tf.cast(rows, tf.int32), tf.cast(columns, tf.int32)
 
     def augment(batch: Example, seed: tf.Tensor) -> Example:
         images = batch["image"]
         count = tf.shape(images)[0]
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        offsets = tf.random.stateless_uniform(
-            [count, 2], crop_seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32
-        )
-        rows = offsets[:, :1] + tf.range(height)[None, :]
-        columns = offsets[:, 1:] + tf.range(width)[None, :]
+        rows, columns = indices(count, crop_seed)
         if flip:
             mirrored = tf.random.stateless_uniform([count, 1], flip_seed) < 0.5
             columns = tf.where(mirrored, tf.reverse(columns, [1]), columns)
@@ -338,12 +352,13 @@ class TFDataFeed:
         augment: bool = True,
         multiple_of: int = 1,
         evaluation_batch: Callable[[int], int] = lambda count: INFERENCE_BATCH_SIZE,
+        crop: Crop = Crop(),
     ):
         self.splits = splits
         self.info = splits
         self.labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
         self.batch_size, self.seed, self.epochs, self.multiple_of = batch_size, seed, epochs, multiple_of
-        self.augment = make_augment(splits.image_shape, splits.flip_safe) if augment else None
+        self.augment = make_augment(splits.image_shape, splits.flip_safe, crop) if augment else None
         self.steps_per_epoch = steps_per_epoch(splits.num_train, batch_size, multiple_of)
         self._evaluation_batch = evaluation_batch
         self.validation = eval_dataset(splits.val, evaluation_batch(splits.num_val))
