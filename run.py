@@ -68,7 +68,8 @@ flags.DEFINE_bool(
 flags.DEFINE_string(
     "image_size",
     _DEFAULTS.image_size,
-    "folder:PATH: HxW every image is resized to (default: the most common training size).",
+    "HxW every image is resized to (bilinear), for any dataset; default: the dataset's size "
+    "(folder:PATH: the most common training size).",
 )
 flags.DEFINE_integer("generations", _DEFAULTS.generations, "Generations in the chain.")
 flags.DEFINE_float("temperature", _DEFAULTS.temperature, "Softmax temperature of refined labels.")

@@ -169,7 +169,7 @@ class Config:
     crop_area: str = _role(LEARNED, "0.08,1")  # --crop=inception: MIN,MAX share of the area.
     crop_ratio: str = _role(LEARNED, "3/4,4/3")  # --crop=inception: MIN,MAX width / height.
     skip_bad_images: bool = _role(LEARNED, False)  # folder:PATH only: leave unreadable files out, and say so.
-    image_size: str | None = _role(LEARNED, None)  # folder:PATH only: "HxW"; None: the most common size.
+    image_size: str | None = _role(LEARNED, None)  # "HxW" every image is resized to; None: as read (folders: the most common size).
     # Refinery.
     generations: int = _role(CHAIN, 3)
     temperature: float = _role(CHAIN, 1.0)
@@ -288,10 +288,6 @@ class Config:
         _require(
             folder or not self.skip_bad_images,
             "--skip_bad_images only applies to --dataset=folder:PATH.",
-        )
-        _require(
-            folder or self.image_size is None,
-            "--image_size only applies to --dataset=folder:PATH (other datasets have one size).",
         )
         parse_image_size(self.image_size)
         _require(self.crop in CROPS, f"--crop={self.crop} must be one of {', '.join(CROPS)}.")

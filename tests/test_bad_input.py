@@ -266,7 +266,7 @@ TABLE = [
     Case("dataset empty", ("--dataset=",), "--dataset is empty"),
     Case("image_size=32", ("--dataset=folder:x", "--image_size=32"), "--image_size=32 must be HEIGHTxWIDTH"),
     Case("image_size=0x5", ("--dataset=folder:x", "--image_size=0x5"), "each side must be 1 to 4096"),
-    Case("image_size without folder", ("--image_size=32x32",), "--image_size only applies to --dataset=folder:PATH"),
+    Case("--image_size on digits", ("--image_size=16x12",), None, notes=("every image resized from 8x8 to 16x12 (--image_size)",), check=lambda s: s.image_shape == (16, 12, 1)),
     Case("skip_bad_images without folder", ("--skip_bad_images",), "--skip_bad_images only applies"),
     Case("svhn_extra without svhn", ("--dataset=cifar10", "--svhn_extra"), "--svhn_extra only applies to --dataset=svhn"),
     Case("unknown dataset", ("--dataset=not_a_dataset",), "unknown --dataset=not_a_dataset"),

@@ -147,3 +147,33 @@ def test_svhn_extra_trains_on_train_plus_extra():
         patch.setattr(tfds.core.DatasetBuilder, "as_dataset", spy)
         load_source("svhn", svhn_extra=True)
     assert requested == ["train+extra", "test"]
+
+
+def test_image_size_resizes_digits_as_a_folders_files_are_resized(capsys):
+    """`--image_size` on arrays: Pillow's bilinear resize, the folders' rule, said once."""
+    from PIL import Image
+
+    plain, larger = load_source("digits"), load_source("digits", image_size=(16, 12))
+    assert "every image resized from 8x8 to 16x12 (--image_size)" in capsys.readouterr().out
+    assert larger.image_shape == (16, 12, 1) and larger.train.images.shape[1:] == (16, 12, 1)
+    assert larger.test.images.shape[1:] == (16, 12, 1)
+    expected = np.asarray(Image.fromarray(plain.train.images[5, ..., 0]).resize((12, 16), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(larger.train.images[5, ..., 0], expected)
+    np.testing.assert_array_equal(larger.train.labels, plain.train.labels)
+    assert larger.notes["image_size"] == {"size": [16, 12], "chosen": "--image_size", "from": [8, 8]}
+    same = load_source("digits", image_size=(8, 8))  # Its own size: nothing to do or say.
+    assert "image_size" not in same.notes and np.array_equal(same.train.images, plain.train.images)
+
+
+def test_image_size_resizes_a_tfds_split_as_it_is_read():
+    with mocked_tfds(num_examples=6):
+        plain = load_source("cifar10")
+        larger = load_source("cifar10", image_size=(40, 48))
+        assert larger.image_shape == (40, 48, 3)
+        for split, source in ((larger.train, plain.train), (larger.test, plain.test)):
+            (big, label), (small, same) = [
+                (example["image"].numpy(), example["label"].numpy()) for example in (next(iter(split)), next(iter(source)))
+            ]
+            assert big.shape == (40, 48, 3) and big.dtype == np.uint8 and label == same
+            # A bilinear resize keeps the picture: the mean brightness moves by rounding only.
+            assert abs(float(big.mean()) - float(small.mean())) < 2.0

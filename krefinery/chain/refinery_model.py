@@ -76,7 +76,7 @@ def load(path: str | os.PathLike, image_shape: tuple[int, int, int], num_classes
     if given != tuple(image_shape):
         raise UserError(
             f"{FLAG}={path} takes images of {_shape(given)}, but the data's are {_shape(image_shape)}: "
-            "use a model trained on this data's size (folder datasets: --image_size)."
+            "use a model trained on this data's size, or --image_size to resize the data."
         )
     classes = model.outputs[0].shape[-1]
     if len(model.outputs[0].shape) != 2 or classes != num_classes:

@@ -39,8 +39,8 @@ def check_input_shape(architecture: Architecture, input_shape: tuple[int, int, i
         input_shape,
         num_classes,
         resnet.IMAGENET_MIN_SIZE,
-        f"--arch={architecture.arch}, which halves the resolution five times (folder datasets: "
-        "--image_size=HxW resizes; --arch=cifar_resnet takes images from 8x8)",
+        f"--arch={architecture.arch}, which halves the resolution five times (--image_size=HxW "
+        "resizes; --arch=cifar_resnet takes images from 8x8)",
     )
 
 

@@ -188,3 +188,16 @@ def _to_8_bit(image: Image.Image, channels: int) -> Image.Image:
 def _reason(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
     return text[:120]
+
+
+def resize_all(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`uint8 [n, H, W, C]` images resized to `size` (height, width) as a folder's files
+    are (`read_pixels`: Pillow, bilinear)."""
+    height, width = size
+    out = np.empty((len(pixels), height, width, pixels.shape[-1]), np.uint8)
+    for index, image in enumerate(pixels):
+        grey = image.shape[-1] == 1
+        picture = Image.fromarray(image[..., 0] if grey else image)
+        resized = np.asarray(picture.resize((width, height), Image.Resampling.BILINEAR))
+        out[index] = resized[..., None] if grey else resized
+    return out

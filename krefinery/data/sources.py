@@ -77,13 +77,44 @@ def load_source(
 ) -> Source:
     """Resolves `--dataset`: `digits`, `folder:PATH`, or a TFDS name (or alias).
     `verbose`: how a folder's reading shows its progress (`krefinery.progress`)."""
-    if dataset == "digits":
-        return digits()
     if dataset.startswith("folder:"):
         return folder(dataset[len("folder:") :], skip_bad_images, image_size, verbose)
-    if svhn_extra and TFDS_ALIASES.get(dataset, dataset) != "svhn_cropped":
-        raise UserError("--svhn_extra only applies to --dataset=svhn.")
-    return tfds_source(dataset, data_dir=data_dir, extra=svhn_extra)
+    if dataset == "digits":
+        source = digits()
+    else:
+        if svhn_extra and TFDS_ALIASES.get(dataset, dataset) != "svhn_cropped":
+            raise UserError("--svhn_extra only applies to --dataset=svhn.")
+        source = tfds_source(dataset, data_dir=data_dir, extra=svhn_extra)
+    return source if image_size is None else resized(source, image_size)
+
+
+def resized(source: Source, image_size: tuple[int, int]) -> Source:
+    """`source` with every image resized to `image_size` (`--image_size` on a dataset of
+    one size) by the folders' rule: bilinear, rounded back to uint8. Arrays are resized
+    now, by Pillow as folders' files are; a TFDS split as it is read, in tf.data."""
+    height, width = image_size
+    old = source.image_shape
+    if (height, width) == old[:2]:
+        return source
+    notes = {**source.notes, "image_size": {"size": [height, width], "chosen": "--image_size", "from": list(old[:2])}}
+    print(f"--dataset={source.name}: every image resized from {old[0]}x{old[1]} to {height}x{width} (--image_size)", flush=True)
+
+    def resize(split: Arrays | Any) -> Arrays | Any:
+        if split is None:
+            return None
+        if isinstance(split, Arrays):
+            return Arrays(images.resize_all(split.images, image_size), split.labels)
+        import tensorflow as tf
+
+        def one(example: dict[str, Any]) -> dict[str, Any]:
+            pixels = tf.image.resize(example["image"], image_size, method="bilinear", antialias=True)
+            return {**example, "image": tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)}
+
+        return split.map(one)
+
+    return dataclasses.replace(
+        source, train=resize(source.train), test=resize(source.test), image_shape=(height, width, old[2]), notes=notes
+    )
 
 
 def digits() -> Source:
