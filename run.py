@@ -48,7 +48,7 @@ flags.DEFINE_string(
 flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "TFDS data directory (prepared datasets).")
 flags.DEFINE_bool("svhn_extra", _DEFAULTS.svhn_extra, "Add SVHN's 531k 'extra' split to training.")
 flags.DEFINE_float("val_fraction", _DEFAULTS.val_fraction, "Share of train held out for validation.")
-flags.DEFINE_bool("augment", _DEFAULTS.augment, "Random translation (and flips where safe).")
+flags.DEFINE_bool("augment", _DEFAULTS.augment, "Random translation or --crop (and flips where safe).")
 flags.DEFINE_enum(
     "crop",
     _DEFAULTS.crop,
@@ -85,7 +85,7 @@ flags.DEFINE_enum(
     "arch",
     _DEFAULTS.arch,
     ARCHS,
-    "The network: cifar_resnet (a 3x3 stem, for 32x32 images; --depth sets its depth) or "
+    "The network: cifar_resnet (a 3x3 stem, for small images; --depth sets its depth) or "
     "an ImageNet-style one, whose stem downsamples (images of at least 32x32): resnet18, "
     "resnet34, resnet50, mobilenet (v1) and its width multipliers mobilenet_0.75, _0.5, _0.25.",
 )
