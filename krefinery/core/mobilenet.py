@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 
 from krefinery.core.blocks import Blocks, check_inputs
-from krefinery.core.resnet import IMAGENET_MIN_SIZE as MIN_SIZE
+from krefinery.core.resnet import IMAGENET_MIN_SIZE, IMAGENET_NETWORK
 from krefinery.errors import UserError
 
 STEM_FILTERS = 32
@@ -33,7 +33,7 @@ def build_mobilenet(
 ) -> keras.Model:
     """Builds a logits-producing MobileNet v1 of width `multiplier` for `input_shape`
     images; the other arguments are `core.resnet.build_resnet`'s."""
-    check_inputs(input_shape, num_classes, MIN_SIZE, "an ImageNet-style network, which halves the resolution five times")
+    check_inputs(input_shape, num_classes, IMAGENET_MIN_SIZE, IMAGENET_NETWORK)
     if not 0 < multiplier <= 1:
         raise UserError(f"MobileNet's width multiplier must be in (0, 1], got {multiplier}.")
     make = Blocks(precision, weight_decay, synchronized_batch_norm)

@@ -33,7 +33,7 @@ def check_input_shape(architecture: Architecture, input_shape: tuple[int, int, i
     """A `UserError` where `architecture` cannot take these images or classes: checked
     when the data is loaded, before anything is built or written."""
     if architecture.arch == CIFAR_RESNET:
-        check_inputs(input_shape, num_classes, resnet.MIN_SIZE, "a CIFAR-style ResNet, which halves the resolution twice")
+        check_inputs(input_shape, num_classes, resnet.MIN_SIZE, resnet.CIFAR_NETWORK)
         return
     check_inputs(
         input_shape,

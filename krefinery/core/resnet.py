@@ -28,6 +28,9 @@ IMAGENET_FILTERS = (64, 128, 256, 512)
 BOTTLENECK_EXPANSION = 4
 # Five halvings: smaller images would leave the last stage less than one pixel.
 IMAGENET_MIN_SIZE = 32
+# What each shape is called where images are too small for it (`blocks.check_inputs`).
+CIFAR_NETWORK = "a CIFAR-style ResNet, which halves the resolution twice"
+IMAGENET_NETWORK = "an ImageNet-style network, which halves the resolution five times"
 
 
 def build_resnet(
@@ -52,7 +55,7 @@ def build_resnet(
     statistics across replicas instead, as one device computes them over the whole batch.
     """
     blocks = check_depth(depth)
-    check_inputs(input_shape, num_classes, MIN_SIZE, "a CIFAR-style ResNet, which halves the resolution twice")
+    check_inputs(input_shape, num_classes, MIN_SIZE, CIFAR_NETWORK)
     _check_version(version)
     make = Blocks(precision, weight_decay, synchronized_batch_norm)
     block = _basic_v1 if version == 1 else _basic_v2
@@ -90,7 +93,7 @@ def build_imagenet_resnet(
     """
     if depth not in IMAGENET_STAGES:
         raise UserError(f"an ImageNet-style ResNet has depth 18, 34 or 50, got {depth}.")
-    check_inputs(input_shape, num_classes, IMAGENET_MIN_SIZE, "an ImageNet-style network, which halves the resolution five times")
+    check_inputs(input_shape, num_classes, IMAGENET_MIN_SIZE, IMAGENET_NETWORK)
     _check_version(version)
     counts, bottleneck = IMAGENET_STAGES[depth]
     make = Blocks(precision, weight_decay, synchronized_batch_norm)
