@@ -26,6 +26,7 @@ from krefinery import files, stops  # noqa: E402
 from krefinery.commands.search_space import TUNERS, TuneConfig, parse_range  # noqa: E402
 from krefinery.config import (  # noqa: E402
     ARCHS,
+    CROP_CENTER,
     CROPS,
     DISTRIBUTES,
     INPUTS,
@@ -49,6 +50,12 @@ flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "TFDS data directory (prepar
 flags.DEFINE_bool("svhn_extra", _DEFAULTS.svhn_extra, "Add SVHN's 531k 'extra' split to training.")
 flags.DEFINE_float("val_fraction", _DEFAULTS.val_fraction, "Share of train held out for validation.")
 flags.DEFINE_bool("augment", _DEFAULTS.augment, "Random translation or --crop (and flips where safe).")
+flags.DEFINE_bool(
+    "flip",
+    _DEFAULTS.flip,
+    "Mirror training images at random (with --augment); unset: for TFDS photos of things "
+    "(CIFAR, ImageNet, ...), never for digits, house numbers or folders.",
+)
 flags.DEFINE_enum(
     "crop",
     _DEFAULTS.crop,
@@ -59,6 +66,13 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string("crop_area", _DEFAULTS.crop_area, "--crop=inception: MIN,MAX share of the image's area.")
 flags.DEFINE_string("crop_ratio", _DEFAULTS.crop_ratio, "--crop=inception: MIN,MAX aspect ratio, width / height.")
+flags.DEFINE_float(
+    "crop_center",
+    _DEFAULTS.crop_center,
+    f"--crop=inception: the share of each side evaluation's centre crop keeps, for validation, "
+    f"test, offline relabelling and the served export (unset: {CROP_CENTER}, torchvision's 224/256; "
+    "1: the whole image).",
+)
 flags.DEFINE_bool(
     "skip_bad_images",
     _DEFAULTS.skip_bad_images,
@@ -158,8 +172,9 @@ flags.DEFINE_enum(
     "input",
     _DEFAULTS.input,
     INPUTS,
-    "How examples reach the step: tfdata (a tf.data pipeline on the host) or memory "
-    "(arrays on the device, batches made there; no TensorFlow needed on JAX); auto: "
+    "How examples reach the step: tfdata (a tf.data pipeline on the host), memory "
+    "(arrays on the device, batches made there; no TensorFlow needed on JAX) or stream "
+    "(tf.data decoding a folder's files each time it reads them: data larger than memory); auto: "
     "memory without TensorFlow installed, or on an accelerator when the training images "
     "take at most 4 GiB; else tfdata.",
 )

@@ -16,7 +16,7 @@ LR_SCHEDULES = ("cosine", "step")
 RESNET_VERSIONS = (1, 2)
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 DISTRIBUTES = ("auto", "none", "mirrored", "multi_worker", "data_parallel")
-INPUTS = ("auto", "tfdata", "memory")
+INPUTS = ("auto", "tfdata", "memory", "stream")
 # How training images are cropped: pad and shift by up to 1/8 of the side (CIFAR's), or
 # random-resized crops (the Inception crop) of `--crop_area` and `--crop_ratio`.
 CROPS = ("translate", "inception")
@@ -63,7 +63,10 @@ MOBILENET_DEPTH = 28  # Its weight layers, counting depthwise and pointwise apar
 REFINERY_FIELDS = ("refinery_arch", "refinery_depth", "refinery_width", "refinery_version", "refinery_model")
 # Fields left out of `Config.to_dict` while at their default: added after runs were
 # stored, so that those runs' records, settings and store keys stay what they were.
-ADDED_LATER = ("arch", *REFINERY_FIELDS, "crop", "crop_area", "crop_ratio")
+ADDED_LATER = ("arch", *REFINERY_FIELDS, "crop", "crop_area", "crop_ratio", "crop_center", "flip")
+# The share of each side that evaluation's centre crop keeps with --crop=inception:
+# torchvision's ImageNet evaluation, a 224 crop of an image resized to 256, keeps 224/256.
+CROP_CENTER = 0.875
 
 
 def check_depth(depth: int, flag: str = "depth") -> int:
@@ -125,11 +128,13 @@ class Architecture:
 class Crop:
     """How training images are cropped (`data.crops`): `kind` one of CROPS; for
     `inception`, the range of the crop's share of the image's area and of its aspect
-    ratio (width / height)."""
+    ratio (width / height), and `center`, the share of each side that evaluation's
+    centre crop keeps (1: evaluation sees the whole image)."""
 
     kind: str = "translate"
     area: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    center: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +170,16 @@ class Config:
     svhn_extra: bool = _role(LEARNED, False)
     val_fraction: float = _role(LEARNED, 0.1)
     augment: bool = _role(LEARNED, True)
+    # Horizontal flips in training; None: where the dataset's labels survive them
+    # (`data.sources.FLIP_SAFE`: photos of things from TFDS; never digits or folders).
+    flip: bool | None = _role(LEARNED, None)
     crop: str = _role(LEARNED, "translate")  # One of CROPS; only with --augment.
     crop_area: str = _role(LEARNED, "0.08,1")  # --crop=inception: MIN,MAX share of the area.
     crop_ratio: str = _role(LEARNED, "3/4,4/3")  # --crop=inception: MIN,MAX width / height.
+    # --crop=inception: the share of each side that evaluation's centre crop keeps; None
+    # resolves to CROP_CENTER there and stays None with --crop=translate. In the keys: the
+    # offline relabelling labels this view.
+    crop_center: float | None = _role(LEARNED, None)
     skip_bad_images: bool = _role(LEARNED, False)  # folder:PATH only: leave unreadable files out, and say so.
     image_size: str | None = _role(LEARNED, None)  # "HxW" every image is resized to; None: as read (folders: the most common size).
     # Refinery.
@@ -206,8 +218,9 @@ class Config:
     deterministic: bool | None = _role(LEARNED, None)
     # Devices: `auto` is several accelerators' strategy, or one device (see krefinery.runtime.distribute).
     distribute: str = _role(RESOLVED, "auto")
-    # How examples reach the step: tf.data, or batches made on the device from arrays
-    # (krefinery.data.memory); `auto`: see krefinery.runtime.device.resolve_input.
+    # How examples reach the step: tf.data, batches made on the device from arrays
+    # (krefinery.data.memory), or tf.data decoding a folder's files as it reads them
+    # (`stream`); `auto`: see krefinery.runtime.device.resolve_input.
     input: str = _role(RESOLVED, "auto")
     # Bookkeeping.
     seed: int = _role(LEARNED, 0)
@@ -292,6 +305,10 @@ class Config:
         parse_image_size(self.image_size)
         _require(self.crop in CROPS, f"--crop={self.crop} must be one of {', '.join(CROPS)}.")
         _require(
+            self.augment or not self.flip,
+            "--flip is an augmentation, and --noaugment turns augmentation off: drop one.",
+        )
+        _require(
             self.augment or self.crop == "translate",
             f"--crop={self.crop} is an augmentation, and --noaugment turns augmentation off: drop one.",
         )
@@ -311,6 +328,20 @@ class Config:
         _require(
             self.crop == "inception" or not changed,
             f"{' and '.join(changed)} shape --crop=inception's crops; pass --crop=inception or drop them.",
+        )
+        if self.crop_center is None and self.crop == "inception":
+            # Stored resolved, so the keys of runs that evaluated the whole image (before
+            # this flag) are never taken for these.
+            object.__setattr__(self, "crop_center", CROP_CENTER)
+        _require(
+            self.crop_center is None or self.crop == "inception",
+            f"--crop_center={self.crop_center} is the evaluation view of --crop=inception; "
+            "pass --crop=inception or drop it.",
+        )
+        _require(
+            self.crop_center is None or 0 < self.crop_center <= 1,
+            f"--crop_center={self.crop_center} must be in (0, 1]: the share of each side "
+            "evaluation's centre crop keeps (1: the whole image).",
         )
         _require(self.epochs >= 1, f"--epochs={self.epochs} must be >= 1.")
         _require(self.batch_size >= 1, f"--batch_size={self.batch_size} must be >= 1.")
@@ -380,6 +411,11 @@ class Config:
             self.input in INPUTS,
             f"--input={self.input} must be one of {', '.join(INPUTS)}.",
         )
+        _require(
+            self.input != "stream" or folder,
+            "--input=stream decodes a folder's image files as it reads them, so it needs "
+            f"--dataset=folder:PATH; {self.dataset} is read once and held (--input=tfdata or memory).",
+        )
         _require(bool(self.export_dir.strip()), "--export_dir is empty; the default is saved_models.")
         _require(
             self.export_name is None or bool(EXPORT_NAME.fullmatch(self.export_name)),
@@ -389,11 +425,12 @@ class Config:
 
     @property
     def crop_spec(self) -> Crop:
-        """`--crop`, `--crop_area` and `--crop_ratio` as one value."""
+        """`--crop`, `--crop_area`, `--crop_ratio` and `--crop_center` as one value."""
         return Crop(
             self.crop,
             _pair("crop_area", self.crop_area),
             _pair("crop_ratio", self.crop_ratio),
+            1.0 if self.crop_center is None else float(self.crop_center),
         )
 
     @property

@@ -1,5 +1,6 @@
 """Random-resized crops (`--crop=inception`): the boxes over thousands of draws, one
-formula on NumPy, TensorFlow and Keras's backend, and both input paths."""
+formula on NumPy, TensorFlow and Keras's backend, and both input paths; evaluation's
+centre crop, seen alike by evaluation, offline relabelling and the served export."""
 
 from __future__ import annotations
 
@@ -8,12 +9,25 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
-from helpers import CHAIN, read_results, run_cli
+from helpers import (
+    CHAIN,
+    comparable,
+    comparable_generation,
+    digits_test_batch,
+    random_images,
+    read_results,
+    read_weights,
+    run_cli,
+    serve,
+    write_images,
+)
 
-from krefinery.config import Crop
+from krefinery.config import KERAS_MODEL_BESIDE_SAVEDMODEL, Crop
+from krefinery.core.relabel import RefinedLabels
 from krefinery.data import crops
-from krefinery.data.memory import InMemoryData
-from krefinery.data.pipeline import make_augment
+from krefinery.data.memory import InMemoryData, MemoryFeed, MemorySplits
+from krefinery.data.pipeline import TFDataFeed, make_augment, make_splits
+from krefinery.data.sources import load_source
 
 HW = (48, 64)
 
@@ -79,10 +93,93 @@ def test_both_paths_crop_by_gathering_pixels(path):
     assert (rows == rows[:, :, :1]).all() and (columns == columns[:, :1, :]).all()
 
 
+def test_the_centre_view_is_centred_and_keeps_the_share_asked():
+    rows, columns = crops.centre_indices(HW, 0.875)  # 42 of 48 rows, 56 of 64 columns.
+    assert rows.shape == (48,) and columns.shape == (64,)
+    assert sorted(set(rows)) == list(range(3, 45)) and sorted(set(columns)) == list(range(4, 60))
+    assert (np.diff(rows) >= 0).all() and (np.diff(columns) >= 0).all()
+    assert crops.centre_indices(HW, 1.0) is None
+    image = np.arange(48 * 64).reshape(1, 48, 64, 1)
+    viewed = crops.view(np, image, crops.centre_indices(HW, 0.5))
+    assert viewed[0, 0, 0, 0] == image[0, 12, 16, 0] and viewed[0, -1, -1, 0] == image[0, 35, 47, 0]
+
+
+CENTRE = Crop("inception", center=0.5)
+
+
+def feed_on(input_path: str, source):
+    if input_path == "memory":
+        return MemoryFeed.of(MemorySplits.of(source, 0.25, 0), 16, 0, crop=CENTRE)
+    return TFDataFeed(make_splits(source, 0.25, 0), 16, 0, 1, crop=CENTRE)
+
+
+def batches(data) -> list[dict[str, np.ndarray]]:
+    items = data if isinstance(data, tf.data.Dataset) else (data[i] for i in range(data.num_batches))
+    return [{key: np.asarray(value) for key, value in batch.items()} for batch in items]
+
+
+@pytest.mark.parametrize("input_path", ["tfdata", "memory"])
+def test_evaluation_and_offline_relabelling_see_the_centre_view(input_path):
+    """Validation, test and the training images as evaluated are centre-cropped, and a
+    relabel labels that view; training batches are not."""
+    source = random_images(num=96, classes=4, shape=(8, 8, 3))
+    feed = feed_on(input_path, source)
+    view = crops.centre_indices((8, 8), 0.5)
+    whole = MemorySplits.of(source, 0.25, 0).val.images
+    shown = np.concatenate([b["image"] for b in batches(feed.validation)])
+    np.testing.assert_array_equal(shown, crops.view(np, whole, view))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(), keras.layers.Dense(4)]
+    )
+    labeller = RefinedLabels(model, temperature=2.0, alpha=0.0)
+    ids, _ = feed.truth()
+    images = feed.images(ids)  # The stored training images, whole.
+    feed.labels.refine(labeller)
+    table = feed.labels.values()
+    expected = labeller.of_batch(crops.view(np, images, view), np.zeros(len(ids), np.int32))
+    np.testing.assert_allclose(table[ids], expected, atol=1e-6)
+    assert not np.allclose(expected, labeller.of_batch(images, np.zeros(len(ids), np.int32)), atol=1e-3)
+
+
 @pytest.mark.parametrize("input_path", ["tfdata", "memory"])
 def test_a_run_with_inception_crops(input_path, tmp_path):
+    """Test accuracy is measured on the centre view, and the served export shows the
+    classifier that view: its accuracy on the raw test images is the run's."""
     run_cli(*CHAIN, "--crop=inception", "--crop_area=0.5,1", f"--input={input_path}", "--generations=1",
             f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}")
     results = read_results(tmp_path / "run")
-    assert results["config"]["crop"] == "inception" and results["config"]["crop_area"] == "0.5,1"
-    assert results["generations"][0]["test_accuracy"] > 0.5
+    config = results["config"]
+    assert (config["crop"], config["crop_area"], config["crop_center"]) == ("inception", "0.5,1", 0.875)
+    test_accuracy = results["generations"][0]["test_accuracy"]
+    assert test_accuracy > 0.5
+    test = load_source("digits").test
+    served = serve(results["exports"]["best"], test.images)
+    assert np.mean(served["class_ids"] == test.labels) == pytest.approx(test_accuracy, abs=1e-6)  # float32 vs float64.
+    bare = keras.saving.load_model(f"{results['exports']['best']}/{KERAS_MODEL_BESIDE_SAVEDMODEL}")
+    images = digits_test_batch(64)["image"]
+    on_view = np.asarray(keras.ops.softmax(bare(crops.view(np, images, crops.centre_indices((8, 8), 0.875)))))
+    np.testing.assert_allclose(served["probabilities"][:64], on_view, atol=1e-5)
+    assert not np.allclose(on_view, np.asarray(keras.ops.softmax(bare(images))), atol=1e-3)
+
+
+def test_a_streamed_folder_trains_as_the_folder_held_in_memory(tmp_path):
+    """The same chain on a folder held in memory (tf.data) and streamed from its files
+    (`--input=stream`, inception crops and centre view on) ends with the same figures."""
+    write_images(tmp_path / "data" / "train", {"a": 40, "b": 40, "c": 40}, size=(20, 20))
+    results = []
+    for input_path in ("tfdata", "stream"):
+        run_cli(*CHAIN, f"--dataset=folder:{tmp_path / 'data'}", "--crop=inception", f"--input={input_path}",
+                f"--workdir={tmp_path / input_path}", f"--export_dir={tmp_path / 'models' / input_path}")
+        results.append(read_results(tmp_path / input_path))
+    held, streamed = results
+    assert (held["runtime"]["input"], streamed["runtime"]["input"]) == ("tfdata", "stream")
+    for result in results:  # The keys hash the input path, so each run has its own.
+        result["runtime"].pop("input"), result["config"].pop("input")
+        result["generations"] = [comparable_generation(g, "key") for g in result["generations"]]
+    assert comparable(streamed) == comparable(held) and len(held["generations"]) == 2
+    for generation in (1, 2):
+        weights = [read_weights(tmp_path / path / f"gen_{generation}.weights.h5") for path in ("tfdata", "stream")]
+        assert weights[0].keys() == weights[1].keys()
+        for name in weights[0]:
+            np.testing.assert_array_equal(weights[0][name], weights[1][name])

@@ -177,3 +177,34 @@ def test_image_size_resizes_a_tfds_split_as_it_is_read():
             assert big.shape == (40, 48, 3) and big.dtype == np.uint8 and label == same
             # A bilinear resize keeps the picture: the mean brightness moves by rounding only.
             assert abs(float(big.mean()) - float(small.mean())) < 2.0
+
+
+def test_a_tfds_dataset_of_varying_sizes_needs_and_takes_image_size():
+    """tf_flowers' photos differ in size: refused without --image_size (one line), each
+    resized as it is read with it; photos of things may be flipped."""
+    with mocked_tfds(num_examples=5):
+        with pytest.raises(UserError, match=r"varying size \(None, None, 3\); pass --image_size=HxW"):
+            load_source("tf_flowers")
+        source = load_source("tf_flowers", image_size=(24, 20))
+        shapes = [example["image"].shape for example in source.train.as_numpy_iterator()]
+    assert shapes == [(24, 20, 3)] * 5 and source.image_shape == (24, 20, 3)
+    assert source.notes["image_size"]["from"] == "varying" and source.flip_safe
+
+
+def test_a_streamed_folder_holds_no_pixels_and_decodes_what_memory_held(tmp_path):
+    """`--input=stream`: the splits are files, checked at the start and decoded as read,
+    to the very pixels, ids and labels of the folder held in memory."""
+    write_images(tmp_path / "train", {"a": 9, "b": 7}, size=(10, 14))
+    write_images(tmp_path / "test", {"a": 2, "b": 3}, size=(12, 12), seed=1)
+    held = load_source(f"folder:{tmp_path}", image_size=(12, 12))
+    streamed = load_source(f"folder:{tmp_path}", image_size=(12, 12), stream=True)
+    assert isinstance(streamed.train, datasets.Files) and len(streamed.train.files) == 16
+    for splits in (make_splits(held, 0.25, 3), make_splits(streamed, 0.25, 3)):
+        examples = {name: list(getattr(splits, name).as_numpy_iterator()) for name in ("train", "val", "test")}
+        if splits.decode is None:
+            expected = examples
+            continue
+        for name, split in examples.items():
+            assert [e["id"] for e in split] == [e["id"] for e in expected[name]]
+            assert [e["label"] for e in split] == [e["label"] for e in expected[name]]
+            np.testing.assert_array_equal([e["image"] for e in split], [e["image"] for e in expected[name]])

@@ -209,7 +209,7 @@ def prepare_experiment(config: Config, feed: Feed | None = None) -> Experiment:
             "jit_compile": bool(first.jit_compile),
             "deterministic": runtime.deterministic,
             **replication.runtime(),
-            "input": "memory" if isinstance(feed, MemoryFeed) else "tfdata",
+            "input": "memory" if isinstance(feed, MemoryFeed) else "stream" if feed.info.decode else "tfdata",
         },
         replication=replication,
         precision_measured=measured,
@@ -256,7 +256,7 @@ def check_data(config: Config) -> None:
     larger than the training split, is a `UserError` before anything is made."""
     source = load_source(
         config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw,
-        config.verbose,
+        config.verbose, stream=config.input == "stream",
     )
     check_networks(config, source)
     config.check_batch_size(num_train(source, config.val_fraction, config.resolved_split_seed))
@@ -277,9 +277,11 @@ def load_feed(config: Config, replication: distribute.Replication) -> Feed:
     resolves it to."""
     source = load_source(
         config.dataset, config.data_dir, config.svhn_extra, config.skip_bad_images, config.image_hw,
-        config.verbose,
+        config.verbose, stream=config.input == "stream",
     )
     check_networks(config, source)
+    if config.flip is not None:
+        source = dataclasses.replace(source, flip_safe=config.flip)
     train_bytes = getattr(source.train, "images", np.zeros(0, np.uint8)).nbytes
     path = resolve_input(config.input, train_bytes)
     options = dict(

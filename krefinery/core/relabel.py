@@ -9,7 +9,7 @@ beside in-memory images (`memory.DeviceLabelTable`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -54,17 +54,24 @@ class RefinedLabels(keras.Model):
         return np.asarray(self.predict_on_batch({"image": images, "label": labels}), np.float32)
 
     def of_arrays(
-        self, images: Any, labels: Any, batch_size: int = INFERENCE_BATCH_SIZE, progress: Progress | None = None
+        self,
+        images: Any,
+        labels: Any,
+        batch_size: int = INFERENCE_BATCH_SIZE,
+        progress: Progress | None = None,
+        view: Callable[[Any], Any] | None = None,
     ) -> np.ndarray:
         """Refined labels of `images` (backend tensors, on the device), row by row, each
-        chunk's rows added to `progress`.
+        chunk's rows added to `progress`; `view` maps each chunk of images to what the
+        model is shown (evaluation's centre crop, say).
 
         Chunks are sliced where the images are, so they never pass through the host; only
         the `[n, classes]` labels come back.
         """
         chunks = []
         for start in range(0, int(images.shape[0]), batch_size):
-            chunks.append(self.of_batch(images[start : start + batch_size], labels[start : start + batch_size]))
+            chunk = images[start : start + batch_size]
+            chunks.append(self.of_batch(chunk if view is None else view(chunk), labels[start : start + batch_size]))
             if progress is not None:
                 progress.add(len(chunks[-1]))
         return np.concatenate(chunks)

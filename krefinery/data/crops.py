@@ -1,4 +1,5 @@
-"""Random-resized crops (the Inception crop), shared by both input paths.
+"""Random-resized crops (the Inception crop) and evaluation's centre crop, shared by both
+input paths and the export.
 
 Szegedy et al.'s crop, as torchvision's `RandomResizedCrop` draws it: a box of a random
 share of the image's area (`--crop_area`, default 0.08 to 1) and a log-uniform aspect
@@ -6,6 +7,11 @@ ratio (`--crop_ratio`, default 3/4 to 4/3), placed uniformly; up to ten tries pe
 then the whole image. The box is resized back to the image's size by nearest-neighbour
 sampling, so a crop is one gather of pixels (uint8 stays uint8) on the tf.data path and
 on the device alike; torchvision resizes bilinearly, which is not done here.
+
+Evaluation sees one fixed view instead (`centre_indices`): the central `--crop_center` of
+each side, resized back the same way; torchvision evaluates ImageNet on a 224 centre crop
+of an image resized to 256, a share of 0.875. Validation, test, offline relabelling and the
+exported serving signature all use it, so a served image is classified as evaluated.
 
 `boxes` is written against a NumPy-like module (`tf.experimental.numpy`, `keras.ops`,
 `numpy`), so one formula serves tf.data, every Keras backend and the tests.
@@ -16,7 +22,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 TRIES = 10
+# Evaluation's view of an image: source rows and columns (`centre_indices`); None: whole.
+View = tuple[np.ndarray, np.ndarray] | None
 
 
 def boxes(
@@ -54,3 +64,25 @@ def sample_at(xp: Any, start: Any, size: Any, length: int) -> Any:
     pixels by nearest neighbour (each output pixel's centre mapped into the span)."""
     steps = xp.arange(0.5, length, 1.0)[None, :] * (size[:, None] / length)
     return xp.minimum(start[:, None] + xp.floor(steps), start[:, None] + size[:, None] - 1)
+
+
+def centre_indices(image_hw: tuple[int, int], share: float) -> View:
+    """Source rows `[H]` and columns `[W]` of evaluation's view: the centred box of `share`
+    of each side (placed as torchvision's `CenterCrop` places it), resized back to the
+    whole size by nearest neighbour; None where the view is the whole image."""
+    if share >= 1:
+        return None
+    indices = []
+    for length in image_hw:
+        size = max(1.0, math.floor(length * share + 0.5))
+        start = float(round((length - size) / 2))
+        indices.append(sample_at(np, np.array([start]), np.array([size]), length)[0].astype(np.int32))
+    return indices[0], indices[1]
+
+
+def view(xp: Any, images: Any, indices: View) -> Any:
+    """`images` `[n, H, W, C]` as `centre_indices` says (unchanged for None): two gathers."""
+    if indices is None:
+        return images
+    rows, columns = indices
+    return xp.take(xp.take(images, rows, axis=1), columns, axis=2)

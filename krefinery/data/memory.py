@@ -42,11 +42,21 @@ class DeviceLabelTable:
 
     `LabelRefinery`'s and the chain's table for `InMemoryData`; rows of ids that are not
     training examples stay 0. Relabelling runs the labeller over chunks sliced from the
-    device images, and assigns the result to the variable.
+    device images (each seen through evaluation's `view`), and assigns the result to the
+    variable.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, ids: np.ndarray, num_ids: int, num_classes: int):
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        ids: np.ndarray,
+        num_ids: int,
+        num_classes: int,
+        view: crops.View = None,
+    ):
         self._images, self._labels, self._ids = images, labels, ids
+        self._view = None if view is None else functools.partial(crops.view, ops, indices=view)
         self._truth = np.zeros((num_ids, num_classes), np.float32)
         self._truth[ids, ops.convert_to_numpy(labels)] = 1.0
         self.variable = keras.Variable(self._truth, trainable=False, dtype="float32", name="training_labels")
@@ -63,7 +73,7 @@ class DeviceLabelTable:
 
     def labelled(self, labeller: RefinedLabels, progress: Progress | None = None) -> np.ndarray:
         table = self.values()
-        table[self._ids] = labeller.of_arrays(self._images, self._labels, progress=progress)
+        table[self._ids] = labeller.of_arrays(self._images, self._labels, progress=progress, view=self._view)
         return table
 
     def reset(self) -> None:
@@ -102,7 +112,8 @@ class InMemoryData:
         self.ground_truth = ops.convert_to_tensor(labels)
         self._ids = ops.convert_to_tensor(self.ids.astype(np.int32))
         self.num_ids = self.num_examples if num_ids is None else num_ids
-        self.labels = DeviceLabelTable(self.images, self.ground_truth, self.ids, self.num_ids, classes)
+        self.view = crops.centre_indices(self.image_shape[:2], crop.center)
+        self.labels = DeviceLabelTable(self.images, self.ground_truth, self.ids, self.num_ids, classes, self.view)
         self._order = _compiled(_permutation, static=("count",))
         self._batch = _compiled(
             functools.partial(_make_batch, pad=_pad(self.image_shape), flip=flip, crop=crop),
@@ -192,13 +203,20 @@ class Batches(keras.utils.PyDataset):
 
 class EvaluationBatches(keras.utils.PyDataset):
     """Un-augmented `{"image", "label"}` batches of arrays, in order, for `evaluate` and
-    `fit`'s `validation_data`; the arrays are put on the device once."""
+    `fit`'s `validation_data`, each image as evaluation's `view` shows it; the arrays
+    are put on the device once."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int = INFERENCE_BATCH_SIZE):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int = INFERENCE_BATCH_SIZE,
+        view: crops.View = None,
+    ):
         super().__init__()
         images, labels, _ = _checked(images, labels, None)
         self.images, self.labels = ops.convert_to_tensor(images), ops.convert_to_tensor(labels)
-        self.batch_size = batch_size
+        self.batch_size, self.view = batch_size, view
 
     @property
     def num_batches(self) -> int:
@@ -206,7 +224,7 @@ class EvaluationBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return {"image": self.images[rows], "label": self.labels[rows]}
+        return {"image": crops.view(ops, self.images[rows], self.view), "label": self.labels[rows]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,8 +287,8 @@ class MemoryFeed:
         self.batch_size, self.seed, self.augment, self.multiple_of = batch_size, seed, augment, multiple_of
         self.steps_per_epoch = data.steps_per_epoch(batch_size, multiple_of)
         self._evaluation_batch = evaluation_batch
-        self.validation = EvaluationBatches(*_pair(validation), evaluation_batch(len(validation.labels)))
-        self.test = EvaluationBatches(*_pair(test), evaluation_batch(len(test.labels)))
+        self.validation = EvaluationBatches(*_pair(validation), evaluation_batch(len(validation.labels)), data.view)
+        self.test = EvaluationBatches(*_pair(test), evaluation_batch(len(test.labels)), data.view)
 
     @classmethod
     def of_arrays(
@@ -313,7 +331,7 @@ class MemoryFeed:
 
     def train_unaugmented(self) -> EvaluationBatches:
         data = self.data
-        return EvaluationBatches(data.host_images, data.host_labels, self._evaluation_batch(data.num_examples))
+        return EvaluationBatches(data.host_images, data.host_labels, self._evaluation_batch(data.num_examples), data.view)
 
     def truth(self) -> tuple[np.ndarray, np.ndarray]:
         return self.data.ids, self.data.host_labels

@@ -9,6 +9,7 @@ image and its label, and relabelling is a write to the table, not a new pipeline
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -17,9 +18,9 @@ import tensorflow.experimental.numpy as tnp
 
 from krefinery.config import Crop
 from krefinery.core.relabel import INFERENCE_BATCH_SIZE
-from krefinery.data import crops
+from krefinery.data import crops, images
 from krefinery.data.feed import DataInfo
-from krefinery.data.sources import Arrays, Source
+from krefinery.data.sources import Arrays, Files, Source
 from krefinery.data.splits import TEST, TRAIN, VAL, source_roles, steps_per_epoch
 from krefinery.progress import Progress
 
@@ -38,40 +39,60 @@ Example = dict[str, tf.Tensor]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Splits(DataInfo):
-    """Train, validation and test examples `{"id", "image", "label"}`, each cached, and
-    what a run records of them (`DataInfo`).
+    """Train, validation and test examples `{"id", "image", "label"}`, each cached (or,
+    streamed, decoded as read), and what a run records of them (`DataInfo`).
 
     `train` and `val` (and `test`, when carved) share the id space `0..num_ids-1` of the
     source's training split, so a label table indexed by id covers every train example.
+    `train_records` is `train` before `decode`: the same examples, streamed ones as
+    `{"id", "file", "label"}`, cheap to shuffle and to read labels from.
     """
 
     train: tf.data.Dataset
     val: tf.data.Dataset
     test: tf.data.Dataset
+    train_records: tf.data.Dataset
+    decode: Callable[[Example], Example] | None = None
 
 
 def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:
-    """Carves validation (and test, if the source has none) out of train, fixed by `seed`."""
+    """Carves validation (and test, if the source has none) out of train, fixed by `seed`.
+    A streamed source (`Files`) is split as records and decoded as it is read; any other
+    is cached in memory after its first pass."""
     train = as_dataset(source.train)
     num_ids = count(train)
     roles = source_roles(source, num_ids, val_fraction, seed)
     examples = with_ids(train)
     role_of = tf.constant(roles)
+    decode = decoder(source.train) if isinstance(source.train, Files) else None
+
+    def kept(records: tf.data.Dataset, size: int) -> tf.data.Dataset:
+        # A known size lets Keras show progress from the first epoch.
+        if decode is None:
+            return cached(records, size)
+        return records.apply(tf.data.experimental.assert_cardinality(size))
+
+    def decoded(records: tf.data.Dataset) -> tf.data.Dataset:
+        if decode is None:
+            return records
+        return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def subset(role: int) -> tf.data.Dataset:
         chosen = examples.filter(lambda ex: tf.gather(role_of, ex["id"]) == role)
-        # A known size lets Keras show progress from the first epoch.
-        return cached(chosen, int(np.sum(roles == role)))
+        return kept(chosen, int(np.sum(roles == role)))
 
     if source.test is None:
         test, num_test = subset(TEST), int(np.sum(roles == TEST))
     else:
         num_test = count(as_dataset(source.test))
-        test = cached(with_ids(as_dataset(source.test)), num_test)
+        test = kept(with_ids(as_dataset(source.test)), num_test)
+    train_records = subset(TRAIN)
     return Splits(
-        train=subset(TRAIN),
-        val=subset(VAL),
-        test=test,
+        train=decoded(train_records),
+        train_records=train_records,
+        decode=decode,
+        val=decoded(subset(VAL)),
+        test=decoded(test),
         num_ids=num_ids,
         num_train=int(np.sum(roles == TRAIN)),
         num_val=int(np.sum(roles == VAL)),
@@ -89,11 +110,13 @@ def cached(examples: tf.data.Dataset, size: int) -> tf.data.Dataset:
     return chunks.unbatch().apply(tf.data.experimental.assert_cardinality(size))
 
 
-def as_dataset(examples: Arrays | tf.data.Dataset) -> tf.data.Dataset:
+def as_dataset(examples: Arrays | Files | tf.data.Dataset) -> tf.data.Dataset:
     """A source's split as tf.data: arrays are streamed in chunks, so the graph holds no
-    copy of them."""
+    copy of them; files are `{"file", "label"}` records (see `decoder`)."""
     if isinstance(examples, tf.data.Dataset):
         return examples
+    if isinstance(examples, Files):
+        return tf.data.Dataset.from_tensor_slices({"file": list(examples.files), "label": examples.labels})
     images, labels = examples.images, examples.labels
 
     def chunks():
@@ -119,14 +142,35 @@ def to_arrays(examples: tf.data.Dataset) -> Arrays:
 
 
 def with_ids(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Numbers examples by position: `{"id": int64, "image": uint8, "label": int32}`."""
-    return dataset.enumerate().map(
-        lambda i, ex: {"id": i, "image": ex["image"], "label": tf.cast(ex["label"], tf.int32)}
-    )
+    """Numbers examples by position: `{"id": int64, "image": uint8, "label": int32}` (or
+    `"file"` in place of `"image"`, for records of files)."""
+    return dataset.enumerate().map(lambda i, ex: {**ex, "id": i, "label": tf.cast(ex["label"], tf.int32)})
+
+
+def decoder(files: Files) -> Callable[[Example], Example]:
+    """Record `{"id", "file", "label"}` -> example `{"id", "image", "label"}`: the file
+    decoded by the folders' rules (`images.read_pixels`, Pillow), as when it was held in
+    memory, so a streamed run sees the pixels of one that is not."""
+    root, shape = files.root, files.shape
+
+    def read(name: bytes) -> np.ndarray:
+        path = os.path.join(root, name.decode())
+        try:
+            return images.read_pixels(path, shape)
+        except images.BadImage as error:  # It read at the start: changed since.
+            raise images.BadImage(f"{path}: {error}, though it read when the run started") from None
+
+    def decode(record: Example) -> Example:
+        image = tf.numpy_function(read, [record["file"]], tf.uint8, stateful=False)
+        image.set_shape(shape)
+        return {"id": record["id"], "image": image, "label": record["label"]}
+
+    return decode
 
 
 class TFLabelTable:
-    """The `[num_ids, classes]` label table as a `tf.Variable`, read by `training_dataset`.
+    """The `[num_ids, classes]` label table as a `tf.Variable`, read by `training_dataset`;
+    a relabel labels each training image as evaluation sees it (`view`, `data.crops`).
 
     The TensorFlow implementation of the table `LabelRefinery` refines (the in-memory one
     is `memory.DeviceLabelTable`): `training_dataset` gathers each batch's targets from it
@@ -140,9 +184,11 @@ class TFLabelTable:
         num_ids: int,
         num_classes: int,
         batch_size: int = INFERENCE_BATCH_SIZE,
+        view: crops.View = None,
+        records: tf.data.Dataset | None = None,
     ):
-        self.examples = eval_dataset(train, batch_size)
-        self._truth = onehot_values(train, num_ids, num_classes)
+        self.examples = eval_dataset(train, batch_size, view)
+        self._truth = onehot_values(train if records is None else records, num_ids, num_classes)
         self.variable = tf.Variable(self._truth, trainable=False, name="training_labels")
 
     def gather(self, ids: tf.Tensor) -> tf.Tensor:
@@ -178,14 +224,20 @@ class TFLabelTable:
 
 
 def onehot_table(
-    train: tf.data.Dataset, num_ids: int, num_classes: int, batch_size: int = INFERENCE_BATCH_SIZE
+    train: tf.data.Dataset,
+    num_ids: int,
+    num_classes: int,
+    batch_size: int = INFERENCE_BATCH_SIZE,
+    view: crops.View = None,
+    records: tf.data.Dataset | None = None,
 ) -> TFLabelTable:
-    """The ground-truth label table that generation 1 trains on; it relabels `train` in
-    batches of `batch_size`.
+    """The ground-truth label table that generation 1 trains on; it relabels `train`,
+    seen through `view`, in batches of `batch_size`. Its labels are read from `records`
+    where given (`Splits.train_records`: no image is decoded for them).
 
     Reading `train` once here also fills its cache before the first epoch.
     """
-    return TFLabelTable(train, num_ids, num_classes, batch_size)
+    return TFLabelTable(train, num_ids, num_classes, batch_size, view, records)
 
 
 def onehot_values(train: tf.data.Dataset, num_ids: int, num_classes: int) -> np.ndarray:
@@ -249,9 +301,12 @@ def training_dataset(
     epochs: int = 1,
     initial_epoch: int = 0,
     multiple_of: int = 1,
+    decode: Callable[[Example], Example] | None = None,
 ) -> tf.data.Dataset:
     """Epochs `initial_epoch..epochs-1` of a generation, as one stream of shuffled,
     augmented batches `{"id", "image", "label", "target"}`; pass `steps_per_epoch` to `fit`.
+    With `decode`, `train` holds records (`Splits.train_records`) that are shuffled
+    first and decoded after, in the order the examples would have come.
 
     Each epoch's order and augmentation come from stateless ops seeded by (seed,
     generation, epoch) alone, so epoch e is the same stream whenever and wherever it
@@ -277,7 +332,10 @@ def training_dataset(
         shuffle_seed, augment_seed = tf.unstack(
             tf.random.experimental.stateless_split(epoch_seed, 2)
         )
-        batches = _shuffled(train, num_examples, block, shuffle_seed).batch(batch_size)
+        examples = _shuffled(train, num_examples, block, shuffle_seed)
+        if decode is not None:
+            examples = examples.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        batches = examples.batch(batch_size)
         if augment is not None:
             batches = batches.enumerate().map(
                 lambda step, batch: augment(
@@ -335,7 +393,8 @@ def _shuffled(
 
 
 class TFDataFeed:
-    """A chain's data through tf.data (`feed.Feed`): the splits cached in memory, training
+    """A chain's data through tf.data (`feed.Feed`): the splits cached in memory (or
+    streamed from files), training
     batches shuffled and augmented by stateless ops, targets gathered by id.
 
     `multiple_of`: what every training batch must be a multiple of (the replicas that
@@ -356,19 +415,22 @@ class TFDataFeed:
     ):
         self.splits = splits
         self.info = splits
-        self.labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
+        self.view = crops.centre_indices(splits.image_shape[:2], crop.center)
+        self.labels = onehot_table(
+            splits.train, splits.num_ids, splits.num_classes, view=self.view, records=splits.train_records
+        )
         self.batch_size, self.seed, self.epochs, self.multiple_of = batch_size, seed, epochs, multiple_of
         self.augment = make_augment(splits.image_shape, splits.flip_safe, crop) if augment else None
         self.steps_per_epoch = steps_per_epoch(splits.num_train, batch_size, multiple_of)
         self._evaluation_batch = evaluation_batch
-        self.validation = eval_dataset(splits.val, evaluation_batch(splits.num_val))
-        self.test = eval_dataset(splits.test, evaluation_batch(splits.num_test))
+        self.validation = eval_dataset(splits.val, evaluation_batch(splits.num_val), self.view)
+        self.test = eval_dataset(splits.test, evaluation_batch(splits.num_test), self.view)
         self._truth: tuple[np.ndarray, np.ndarray] | None = None
 
     def training(self, generation: int, initial_epoch: int = 0) -> tf.data.Dataset:
         splits = self.splits
         return training_dataset(
-            splits.train,
+            splits.train_records,
             self.labels,
             self.batch_size,
             self.seed,
@@ -378,14 +440,15 @@ class TFDataFeed:
             epochs=self.epochs,
             initial_epoch=initial_epoch,
             multiple_of=self.multiple_of,
+            decode=splits.decode,
         )
 
     def train_unaugmented(self) -> tf.data.Dataset:
-        return eval_dataset(self.splits.train, self._evaluation_batch(self.splits.num_train))
+        return eval_dataset(self.splits.train, self._evaluation_batch(self.splits.num_train), self.view)
 
     def truth(self) -> tuple[np.ndarray, np.ndarray]:
         if self._truth is None:
-            pairs = self.splits.train.map(lambda e: (e["id"], e["label"]))
+            pairs = self.splits.train_records.map(lambda e: (e["id"], e["label"]))
             ids, labels = zip(*eval_dataset(pairs).as_numpy_iterator())
             self._truth = (np.concatenate(ids), np.concatenate(labels))
         return self._truth
@@ -403,9 +466,15 @@ class TFDataFeed:
         return np.stack([found[n] for n in range(len(ids))])
 
 
-def eval_dataset(examples: tf.data.Dataset, batch_size: int = INFERENCE_BATCH_SIZE) -> tf.data.Dataset:
-    """Un-augmented batches in a fixed order, for evaluation and relabelling."""
-    return examples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def eval_dataset(
+    examples: tf.data.Dataset, batch_size: int = INFERENCE_BATCH_SIZE, view: crops.View = None
+) -> tf.data.Dataset:
+    """Un-augmented batches in a fixed order, for evaluation and relabelling; each image
+    as `view` shows it (`crops.centre_indices`; None: whole)."""
+    batches = examples.batch(batch_size)
+    if view is not None:
+        batches = batches.map(lambda batch: {**batch, "image": crops.view(tnp, batch["image"], view)})
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def count(dataset: tf.data.Dataset) -> int:

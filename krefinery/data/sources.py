@@ -28,8 +28,13 @@ if TYPE_CHECKING:
 
 # Short names users type, mapped to TFDS names.
 TFDS_ALIASES = {"svhn": "svhn_cropped"}
-# Datasets whose labels survive a horizontal flip. Digits and house numbers do not.
-FLIP_SAFE = {"cifar10", "cifar100", "fashion_mnist"}
+# Datasets whose labels survive a horizontal flip: photos of things. Digits and house
+# numbers do not.
+FLIP_SAFE = {
+    "cifar10", "cifar100", "fashion_mnist",
+    "imagenet2012", "imagenet2012_subset", "imagenet_resized", "imagenette", "imagenet_v2",
+    "tf_flowers", "oxford_flowers102", "oxford_iiit_pet", "stanford_dogs", "food101", "caltech101", "cats_vs_dogs",
+}
 READABLE = "png, jpeg, gif, bmp, webp"
 PARALLEL_PIXELS = 256 * 256  # Images this large are decoded in threads.
 OFFLINE_HINT = "run offline with --dataset=digits"
@@ -44,15 +49,28 @@ class Arrays:
 
 
 @dataclasses.dataclass(frozen=True)
+class Files:
+    """A split left on disk (`--input=stream`): image files under `root` (relative paths)
+    and their labels, each decoded to `shape` by `images.read_pixels` whenever it is read,
+    so a dataset larger than memory (ImageNet's) can train."""
+
+    root: str
+    files: tuple[str, ...]
+    labels: np.ndarray
+    shape: tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
 class Source:
     """A labelled image dataset in a fixed order, before validation is carved out.
 
-    A split is `Arrays` (digits, folders) or a `tf.data.Dataset` of examples (TFDS).
+    A split is `Arrays` (digits, folders), `Files` (a folder streamed) or a
+    `tf.data.Dataset` of examples (TFDS).
     """
 
     name: str
-    train: Arrays | tf.data.Dataset
-    test: Arrays | tf.data.Dataset | None  # None: carve the test split from train.
+    train: Arrays | Files | tf.data.Dataset
+    test: Arrays | Files | tf.data.Dataset | None  # None: carve the test split from train.
     class_names: tuple[str, ...]
     image_shape: tuple[int, int, int]
     flip_safe: bool = False
@@ -74,17 +92,19 @@ def load_source(
     skip_bad_images: bool = False,
     image_size: tuple[int, int] | None = None,
     verbose: int = 0,
+    stream: bool = False,
 ) -> Source:
     """Resolves `--dataset`: `digits`, `folder:PATH`, or a TFDS name (or alias).
-    `verbose`: how a folder's reading shows its progress (`krefinery.progress`)."""
+    `verbose`: how a folder's reading shows its progress (`krefinery.progress`); `stream`:
+    a folder's splits stay on disk as `Files`."""
     if dataset.startswith("folder:"):
-        return folder(dataset[len("folder:") :], skip_bad_images, image_size, verbose)
+        return folder(dataset[len("folder:") :], skip_bad_images, image_size, verbose, stream)
     if dataset == "digits":
         source = digits()
     else:
         if svhn_extra and TFDS_ALIASES.get(dataset, dataset) != "svhn_cropped":
             raise UserError("--svhn_extra only applies to --dataset=svhn.")
-        source = tfds_source(dataset, data_dir=data_dir, extra=svhn_extra)
+        source = tfds_source(dataset, data_dir=data_dir, extra=svhn_extra, sized=image_size is not None)
     return source if image_size is None else resized(source, image_size)
 
 
@@ -96,8 +116,13 @@ def resized(source: Source, image_size: tuple[int, int]) -> Source:
     old = source.image_shape
     if (height, width) == old[:2]:
         return source
-    notes = {**source.notes, "image_size": {"size": [height, width], "chosen": "--image_size", "from": list(old[:2])}}
-    print(f"--dataset={source.name}: every image resized from {old[0]}x{old[1]} to {height}x{width} (--image_size)", flush=True)
+    varying = None in old[:2]
+    notes = {
+        **source.notes,
+        "image_size": {"size": [height, width], "chosen": "--image_size", "from": "varying" if varying else list(old[:2])},
+    }
+    before = "images of varying size" if varying else f"{old[0]}x{old[1]}"
+    print(f"--dataset={source.name}: every image resized from {before} to {height}x{width} (--image_size)", flush=True)
 
     def resize(split: Arrays | Any) -> Arrays | Any:
         if split is None:
@@ -142,13 +167,18 @@ def digits() -> Source:
 
 
 def folder(
-    path: str, skip_bad_images: bool = False, image_size: tuple[int, int] | None = None, verbose: int = 0
+    path: str,
+    skip_bad_images: bool = False,
+    image_size: tuple[int, int] | None = None,
+    verbose: int = 0,
+    stream: bool = False,
 ) -> Source:
     """Images in `PATH/train/<class>/*`, and `PATH/test/<class>/*` when that exists.
 
     Every file is read in full here, before anything trains, so a bad file anywhere
     costs one error line (or, with `skip_bad_images`, is left out and reported), never
-    a generation. Mixed files become one shape by visible rules (see `krefinery.data.images`):
+    a generation. With `stream`, the pixels are not kept: the splits are `Files`, read
+    again as they train, and memory holds none of them. Mixed files become one shape by visible rules (see `krefinery.data.images`):
     RGB if any training image has colour, else grey; the most common training size, or
     `image_size`. What was decided is printed and kept in `Source.notes`. Reading shows
     its progress as `verbose` asks (`krefinery.progress`): at ImageNet's million files it
@@ -195,9 +225,10 @@ def folder(
     if not train_headers:
         raise UserError(f"{where}: {_describe_bad(bad)}; no training image is readable.")
     shape, notes = _choose_shape(train_headers, list(headers.values()), image_size)
-    _check_memory(where, len(headers), shape)
-    train_images, train_labels = _decode(root, train, headers, shape, bad, "reading train/", verbose)
-    test_arrays = _decode(root, test, headers, shape, bad, "reading test/", verbose) if test else None
+    if not stream:
+        _check_memory(where, len(headers), shape)
+    train_images, train_labels, train_files = _decode(root, train, headers, shape, bad, "reading train/", verbose, stream)
+    test_arrays = _decode(root, test, headers, shape, bad, "reading test/", verbose, stream) if test else None
     if bad and not skip_bad_images:
         raise UserError(
             f"{where}: {_describe_bad(bad)}. Fix or remove {'it' if len(bad) == 1 else 'them'}, "
@@ -208,12 +239,19 @@ def folder(
         _check_classes(where, test, test_arrays[1])
     notes = {"skipped_files": [f"{f}: {r}" for f, r in sorted(bad.items())], **notes, "not_read": not_read}
     total = len(train_labels) + (len(test_arrays[1]) if test_arrays else 0)
-    for line in _note_lines(notes, shape, total):
+    lines = _note_lines(notes, shape, total)
+    if stream:
+        lines.append(f"{total} images checked; each is decoded again whenever it is read (--input=stream)")
+    for line in lines:
         print(f"{where}: {line}", flush=True)
+
+    def split(pixels: np.ndarray | None, labels: np.ndarray, files: tuple[str, ...]) -> Arrays | Files:
+        return Files(root, files, labels, shape) if stream else Arrays(pixels, labels)
+
     return Source(
         name=f"folder:{path}",
-        train=Arrays(train_images, train_labels),
-        test=Arrays(*test_arrays) if test_arrays else None,
+        train=split(train_images, train_labels, train_files),
+        test=split(*test_arrays) if test_arrays else None,
         class_names=tuple(train.class_names),
         image_shape=shape,
         labels=train_labels,
@@ -331,7 +369,7 @@ def _check_memory(where: str, count: int, shape: tuple[int, int, int]) -> None:
         raise UserError(
             f"{where}: {count} images of {height}x{width} take {needed / 2**30:.1f} GiB in "
             f"memory, more than half of this machine's {available / 2**30:.1f} GiB; pass a "
-            "smaller --image_size=HxW."
+            "smaller --image_size=HxW, or --input=stream to decode them from the files as they are read."
         )
 
 
@@ -343,18 +381,22 @@ def _decode(
     bad: dict[str, str],
     title: str,
     verbose: int,
-) -> tuple[np.ndarray, np.ndarray]:
+    check_only: bool = False,
+) -> tuple[np.ndarray | None, np.ndarray, tuple[str, ...]]:
     """A split's images decoded to `shape` (in threads: Pillow decodes without the GIL),
-    straight into one array, and their labels; files that fail go into `bad`.
+    straight into one array (None with `check_only`: each is decoded and let go), their
+    labels and files; files that fail go into `bad`.
     """
     readable = [(name, label) for name, label in zip(split.files, split.labels) if name in headers]
-    batch = np.empty((len(readable), *shape), np.uint8)
+    batch = None if check_only else np.empty((len(readable), *shape), np.uint8)
 
     def read(index: int) -> str | None:
         try:
-            batch[index] = images.read_pixels(os.path.join(root, readable[index][0]), shape)
+            pixels = images.read_pixels(os.path.join(root, readable[index][0]), shape)
         except images.BadImage as error:
             return str(error)
+        if batch is not None:
+            batch[index] = pixels
         return None
 
     # Threads pay for large images only: for small ones the GIL hand-offs cost more than
@@ -374,11 +416,12 @@ def _decode(
     for (name, _), error in zip(readable, errors):
         if error is not None:
             bad[name] = error
-    labels = np.asarray([label for _, label in readable], np.int64)
     failed = np.asarray([error is not None for error in errors], bool)
-    if failed.any():
-        batch, labels = batch[~failed], labels[~failed]
-    return batch, labels
+    labels = np.asarray([label for _, label in readable], np.int64)[~failed]
+    files = tuple(name for (name, _), bad_file in zip(readable, failed) if not bad_file)
+    if batch is not None and failed.any():
+        batch = batch[~failed]
+    return batch, labels, files
 
 
 def _check_classes(where: str, split: _Split, labels: np.ndarray) -> None:
@@ -436,8 +479,10 @@ def _note_lines(notes: dict[str, Any], shape: tuple[int, int, int], total: int) 
     return lines
 
 
-def tfds_source(dataset: str, data_dir: str | None = None, extra: bool = False) -> Source:
-    """A TFDS dataset with `image` and `label` features, downloaded and prepared if needed."""
+def tfds_source(dataset: str, data_dir: str | None = None, extra: bool = False, sized: bool = False) -> Source:
+    """A TFDS dataset with `image` and `label` features, downloaded and prepared if needed.
+    Images of varying size (ImageNet's, say) need `sized`: `--image_size`, which `resized`
+    applies to each example as it is read; their `image_shape` is `(None, None, C)` here."""
     import tensorflow_datasets as tfds
 
     name = TFDS_ALIASES.get(dataset, dataset)
@@ -460,10 +505,15 @@ def tfds_source(dataset: str, data_dir: str | None = None, extra: bool = False) 
             "so it is not an image classification dataset."
         )
     shape = tuple(features["image"].shape)
-    if None in shape or len(shape) != 3:
+    if len(shape) != 3 or shape[2] is None:
         raise UserError(
-            f"--dataset={dataset}: TFDS {name} has images of varying size {shape}; "
-            "krefinery needs fixed-size images."
+            f"--dataset={dataset}: TFDS {name} has images of shape {shape}; krefinery reads "
+            "images of a known channel count (HxWxC)."
+        )
+    if None in shape and not sized:
+        raise UserError(
+            f"--dataset={dataset}: TFDS {name} has images of varying size {shape}; pass "
+            "--image_size=HxW to resize every image to one size as it is read."
         )
     if not builder.is_prepared():
         _download(builder, dataset)
@@ -481,7 +531,7 @@ def tfds_source(dataset: str, data_dir: str | None = None, extra: bool = False) 
         train=read(train_split),
         test=read("test") if has_test else None,
         class_names=tuple(features["label"].names),
-        image_shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+        image_shape=tuple(None if side is None else int(side) for side in shape),
         flip_safe=name in FLIP_SAFE,
     )
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from krefinery.data.sources import Arrays, Source
+from krefinery.data.sources import Arrays, Files, Source
 from krefinery.errors import UserError
 
 TRAIN, VAL, TEST = 0, 1, 2
 
 
 def num_examples(split: object) -> int:
-    """How many examples a source's split holds (`Arrays`, or a tf.data stream)."""
-    if isinstance(split, Arrays):
+    """How many examples a source's split holds (`Arrays`, `Files`, or a tf.data stream)."""
+    if isinstance(split, (Arrays, Files)):
         return len(split.labels)
     from krefinery.data.pipeline import count  # A tf.data split: TensorFlow's.
 

@@ -4,8 +4,9 @@ Versions are integers that only go up and are never overwritten. Each export is
 written into a hidden temporary folder beside the versions and renamed into place, so
 a server watching `<export_dir>/<name>/` sees a whole model or none: TF Serving only
 loads folders whose name is an integer. A version holds a SavedModel with its serving
-signature (`savedmodel.py`) and the same model as `assets.extra/model.keras` (Keras's
-own format, which `--refinery_model` reads); where TensorFlow is not installed, it holds
+signature (`savedmodel.py`), which shows the classifier each image as evaluation did (with
+`--crop=inception`, its centre crop), and the same model as `assets.extra/model.keras`
+(Keras's own format, which `--refinery_model` reads; the bare classifier, no view); where TensorFlow is not installed, it holds
 `model.keras` alone, since only TensorFlow writes SavedModels.
 
 Each version carries a manifest, written last into the temporary folder:
@@ -43,6 +44,7 @@ from krefinery.config import (
     Config,
 )
 from krefinery.core.batchnorm import with_keras_batch_norm
+from krefinery.data import crops
 from krefinery.errors import DiskFull, Interrupted, UserError
 from krefinery.files import is_no_space, pid_alive
 from krefinery.runtime.device import tensorflow_installed
@@ -88,8 +90,10 @@ def export_classifier(
     export_dir: str | os.PathLike,
     name: str,
     source: Mapping[str, Any] | None = None,
+    view: crops.View = None,
 ) -> Path:
     """Writes the next version of model `name`; returns `<export_dir>/<name>/<version>`.
+    The SavedModel's signature shows the classifier each image as evaluation did (`view`).
 
     On any failure the temporary folder is removed and no version appears (a full disk
     is `DiskFull`); temporary folders that killed processes left behind are removed
@@ -112,7 +116,7 @@ def export_classifier(
                 return
             from krefinery.outputs.savedmodel import saved_model_writer
 
-            saved_model_writer(classifier, class_names, image_shape)(temp)
+            saved_model_writer(classifier, class_names, image_shape, view)(temp)
             # The Keras model too, for `--refinery_model` (servers leave assets.extra/ alone).
             save_keras(temp / KERAS_MODEL_BESIDE_SAVEDMODEL)
 
@@ -350,7 +354,8 @@ def export_generation(
     best generation and a server's "latest version" policy never picks a worse one.
     """
     name = export_model_name(config, generation)
-    return export_classifier(classifier, class_names, image_shape, config.export_dir, name, source)
+    view = crops.centre_indices(tuple(image_shape[:2]), config.crop_spec.center)
+    return export_classifier(classifier, class_names, image_shape, config.export_dir, name, source, view)
 
 
 def model_folder(config: Config, generation: int | None = None) -> Path:

@@ -9,15 +9,17 @@ from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 
+from krefinery.data import crops
 from krefinery.outputs.export import INPUT_NAME, SIGNATURE
 
 
 class ServingModule(tf.Module):
     """The classifier with its serving signature: raw uint8 images in, classes out.
 
-    The classifier rescales 0..255 pixels itself, so serving needs no preprocessing
-    outside the graph. `class_names` (a string variable) keeps the full class list,
+    The classifier rescales 0..255 pixels itself, and the signature cuts evaluation's
+    `view` (`data.crops`), so serving needs no preprocessing outside the graph. `class_names` (a string variable) keeps the full class list,
     so a client can read every name, not just the predicted one.
 
     Under the JAX backend the classifier is not TensorFlow code: Keras's `ExportArchive`
@@ -26,7 +28,11 @@ class ServingModule(tf.Module):
     """
 
     def __init__(
-        self, classifier: keras.Model, class_names: Sequence[str], image_shape: Sequence[int]
+        self,
+        classifier: keras.Model,
+        class_names: Sequence[str],
+        image_shape: Sequence[int],
+        view: crops.View = None,
     ):
         super().__init__(name="krefinery_classifier")
         self.class_names = tf.Variable(
@@ -43,7 +49,11 @@ class ServingModule(tf.Module):
                 "logits", lambda images: classifier(images, training=False), [spec]
             )
             self.classifier_variables = list(archive.variables)
-        self.serve = tf.function(self._serve, input_signature=[spec])
+
+        def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+            return self._serve(crops.view(tnp, images, view))  # The view's indices: constants.
+
+        self.serve = tf.function(serve, input_signature=[spec])
 
     def _serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         logits = tf.cast(self.logits(images), tf.float32)
@@ -57,11 +67,11 @@ class ServingModule(tf.Module):
 
 
 def saved_model_writer(
-    classifier: keras.Model, class_names: Sequence[str], image_shape: Sequence[int]
+    classifier: keras.Model, class_names: Sequence[str], image_shape: Sequence[int], view: crops.View = None
 ) -> Callable[[Path], None]:
     """A function that writes `classifier`'s SavedModel, signature and class names into
     a folder (the export's temporary version folder)."""
-    module = ServingModule(classifier, class_names, image_shape)
+    module = ServingModule(classifier, class_names, image_shape, view)
 
     def save(folder: Path) -> None:
         try:
