@@ -64,6 +64,17 @@ def finished_copy(reference: dict, root: Path) -> tuple[Path, Path]:
     return workdir, models
 
 
+def copy_stored(reference: dict, workdir: Path, *generations: int) -> None:
+    """The stored `generations` (1-based) of a finished run's `results.json`, copied into
+    `workdir`'s store: a test that kills a later generation trains only that one."""
+    folder = Path(workdir) / "generations"
+    folder.mkdir(parents=True, exist_ok=True)
+    for generation in generations:
+        key = reference["generations"][generation - 1]["key"]
+        for suffix in (".weights.h5", ".json"):
+            shutil.copy2(Path(reference["workdir"]) / "generations" / f"{key}{suffix}", folder)
+
+
 def _stderr_of_exit(capsys, *args: str, code: int) -> str:
     """What `python run.py ARGS`, run in this process, writes to stderr; it must exit
     with `code`, without a traceback."""
@@ -160,7 +171,14 @@ class ForkedRun:
         self._process = context.Process(
             target=_run_py_in_fork, args=(args, os.fspath(cwd), full_env, os.fspath(self._out), os.fspath(self._err))
         )
-        self._process.start()
+        # The first start launches the server, which imports FORK_PRELOAD from its folder:
+        # ROOT, so that `run` is run.py, never a `run/` work directory in a test's folder.
+        previous = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            self._process.start()
+        finally:
+            os.chdir(previous)
 
     def wait(self, timeout: float = 600) -> subprocess.CompletedProcess:
         self._process.join(timeout)

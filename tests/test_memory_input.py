@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import comparable, read_results, run_cli, run_forked
+from helpers import comparable, copy_stored, read_results, run_cli, run_forked
 
 from krefinery import faults
 
@@ -38,12 +38,14 @@ def test_memory_and_tfdata_chains_reach_the_same_digits_bar(runs):
 
 
 def test_killed_on_tensorflow_the_same_command_finishes_the_same_run(runs, tmp_path):
+    """Generation 1 stored (as an earlier run left it), generation 2 killed mid-epoch."""
     args = (*BAR, "--input=memory", f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}")
+    copy_stored(runs["memory"], tmp_path / "run", 1)
     killed = run_forked(*args, env={faults.KILL_AT: "gen2.epoch2.batch20"})
     assert killed.returncode == -9, killed.stderr[-3000:]
     run_cli(*args)
     results = read_results(tmp_path / "run")
     assert comparable(results) == comparable(runs["memory"])
     trained = (tmp_path / "run" / "generations" / "trained.jsonl").read_text().splitlines()
-    # Generation 1 once; generation 2 from its checkpoint after epoch 1 (3 of 4 epochs).
-    assert [json.loads(line)["epochs"] for line in trained] == [4, 3]
+    # Generation 2 from its checkpoint after epoch 1: 3 of 4 epochs.
+    assert [json.loads(line)["epochs"] for line in trained] == [3]
