@@ -5,11 +5,12 @@ from bench import (
     input_pipeline,
     memory,
     online,
+    paper_input,
     relabel,
     reproducibility,
     scaling,
     train_step,
 )
 
-for benchmark in (train_step, reproducibility, relabel, online, input_pipeline, scaling, memory, default_run):
+for benchmark in (train_step, reproducibility, relabel, online, input_pipeline, paper_input, scaling, memory, default_run):
     benchmark.main()
