@@ -174,7 +174,8 @@ flags.DEFINE_enum(
     INPUTS,
     "How examples reach the step: tfdata (a tf.data pipeline on the host), memory "
     "(arrays on the device, batches made there; no TensorFlow needed on JAX) or stream "
-    "(tf.data decoding a folder's files each time it reads them: data larger than memory); auto: "
+    "(tf.data decoding a folder's or a TFDS dataset's images each time it reads them: data larger "
+    "than memory); auto: "
     "memory without TensorFlow installed, or on an accelerator when the training images "
     "take at most 4 GiB; else tfdata.",
 )

@@ -219,8 +219,8 @@ class Config:
     # Devices: `auto` is several accelerators' strategy, or one device (see krefinery.runtime.distribute).
     distribute: str = _role(RESOLVED, "auto")
     # How examples reach the step: tf.data, batches made on the device from arrays
-    # (krefinery.data.memory), or tf.data decoding a folder's files as it reads them
-    # (`stream`); `auto`: see krefinery.runtime.device.resolve_input.
+    # (krefinery.data.memory), or tf.data decoding a folder's files or a TFDS dataset's
+    # images as it reads them (`stream`); `auto`: see krefinery.runtime.device.resolve_input.
     input: str = _role(RESOLVED, "auto")
     # Bookkeeping.
     seed: int = _role(LEARNED, 0)
@@ -412,9 +412,9 @@ class Config:
             f"--input={self.input} must be one of {', '.join(INPUTS)}.",
         )
         _require(
-            self.input != "stream" or folder,
-            "--input=stream decodes a folder's image files as it reads them, so it needs "
-            f"--dataset=folder:PATH; {self.dataset} is read once and held (--input=tfdata or memory).",
+            self.input != "stream" or self.dataset != "digits",
+            "--input=stream decodes a folder's files or a TFDS dataset's images as it reads them; "
+            "--dataset=digits is held in memory (--input=tfdata or memory).",
         )
         _require(bool(self.export_dir.strip()), "--export_dir is empty; the default is saved_models.")
         _require(

@@ -249,7 +249,7 @@ TABLE = [
     Case("crop=inception with --noaugment", ("--crop=inception", "--noaugment"), "--crop=inception is an augmentation, and --noaugment turns augmentation off"),
     Case("crop_area without --crop=inception", ("--crop_area=0.5,1",), "--crop_area shape --crop=inception's crops; pass --crop=inception or drop them"),
     Case("flip with --noaugment", ("--flip", "--noaugment"), "--flip is an augmentation, and --noaugment turns augmentation off"),
-    Case("input=stream on digits", ("--input=stream",), "--input=stream decodes a folder's image files as it reads them, so it needs --dataset=folder:PATH"),
+    Case("input=stream on digits", ("--input=stream",), "--input=stream decodes a folder's files or a TFDS dataset's images as it reads them; --dataset=digits is held in memory"),
     Case("crop_center=0", ("--crop=inception", "--crop_center=0"), "--crop_center=0.0 must be in (0, 1]"),
     Case("crop_center without --crop=inception", ("--crop_center=0.9",), "--crop_center=0.9 is the evaluation view of --crop=inception"),
     Case("val_fraction=0", ("--val_fraction=0",), "--val_fraction=0.0 must be between 0 and 1"),

@@ -53,18 +53,25 @@ class Splits(DataInfo):
     test: tf.data.Dataset
     train_records: tf.data.Dataset
     decode: Callable[[Example], Example] | None = None
+    # Streamed from TFDS: the training records at train positions [first, first + count),
+    # read without those before them (see `_shuffled`); None where `skip` is cheap.
+    train_block: Callable[[int, int], tf.data.Dataset] | None = None
 
 
 def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:
     """Carves validation (and test, if the source has none) out of train, fixed by `seed`.
-    A streamed source (`Files`) is split as records and decoded as it is read; any other
-    is cached in memory after its first pass."""
+    A streamed source (`Files`, or TFDS records with `Source.stream`) is split as records
+    and decoded as it is read; any other is cached in memory after its first pass."""
     train = as_dataset(source.train)
     num_ids = count(train)
     roles = source_roles(source, num_ids, val_fraction, seed)
     examples = with_ids(train)
     role_of = tf.constant(roles)
     decode = decoder(source.train) if isinstance(source.train, Files) else None
+    train_block = None
+    if source.stream is not None:
+        decode = source.stream.decode
+        train_block = _train_blocks(source.stream.train_range, roles)
 
     def kept(records: tf.data.Dataset, size: int) -> tf.data.Dataset:
         # A known size lets Keras show progress from the first epoch.
@@ -91,6 +98,7 @@ def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:
         train=decoded(train_records),
         train_records=train_records,
         decode=decode,
+        train_block=train_block,
         val=decoded(subset(VAL)),
         test=decoded(test),
         num_ids=num_ids,
@@ -102,6 +110,22 @@ def make_splits(source: Source, val_fraction: float, seed: int) -> Splits:
         flip_safe=source.flip_safe,
         notes=source.notes,
     )
+
+
+def _train_blocks(train_range: Callable[[int, int], tf.data.Dataset], roles: np.ndarray) -> Callable:
+    """`block(first, count)`: the training records at train positions first..first+count-1,
+    as `subset(TRAIN)` has them, from the one range of the source that holds them."""
+    train_ids = np.flatnonzero(roles == TRAIN)
+    role_of = tf.constant(roles)
+
+    def block(first: int, count: int) -> tf.data.Dataset:
+        chosen = train_ids[first : first + count]
+        start, stop = int(chosen[0]), int(chosen[-1]) + 1
+        numbered = train_range(start, stop).enumerate(start)
+        records = numbered.map(lambda i, ex: {**ex, "id": i, "label": tf.cast(ex["label"], tf.int32)})
+        return records.filter(lambda ex: tf.gather(role_of, ex["id"]) == TRAIN)
+
+    return block
 
 
 def cached(examples: tf.data.Dataset, size: int) -> tf.data.Dataset:
@@ -302,11 +326,13 @@ def training_dataset(
     initial_epoch: int = 0,
     multiple_of: int = 1,
     decode: Callable[[Example], Example] | None = None,
+    train_block: Callable[[int, int], tf.data.Dataset] | None = None,
 ) -> tf.data.Dataset:
     """Epochs `initial_epoch..epochs-1` of a generation, as one stream of shuffled,
     augmented batches `{"id", "image", "label", "target"}`; pass `steps_per_epoch` to `fit`.
     With `decode`, `train` holds records (`Splits.train_records`) that are shuffled
-    first and decoded after, in the order the examples would have come.
+    first and decoded after, in the order the examples would have come; `train_block`
+    reads a block of them where skipping to it would read all those before.
 
     Each epoch's order and augmentation come from stateless ops seeded by (seed,
     generation, epoch) alone, so epoch e is the same stream whenever and wherever it
@@ -332,7 +358,7 @@ def training_dataset(
         shuffle_seed, augment_seed = tf.unstack(
             tf.random.experimental.stateless_split(epoch_seed, 2)
         )
-        examples = _shuffled(train, num_examples, block, shuffle_seed)
+        examples = _shuffled(train, num_examples, block, shuffle_seed, train_block)
         if decode is not None:
             examples = examples.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         batches = examples.batch(batch_size)
@@ -365,9 +391,15 @@ def _cut(batch: Example, multiple_of: int) -> Example:
 
 
 def _shuffled(
-    examples: tf.data.Dataset, num_examples: int, block: int, seed: tf.Tensor
+    examples: tf.data.Dataset,
+    num_examples: int,
+    block: int,
+    seed: tf.Tensor,
+    train_block: Callable[[int, int], tf.data.Dataset] | None = None,
 ) -> tf.data.Dataset:
-    """`examples` in a random order drawn by stateless ops from `seed` (see training_dataset)."""
+    """`examples` in a random order drawn by stateless ops from `seed` (see training_dataset):
+    blocks of `block` examples in a random order, each permuted. `train_block(first, count)`
+    reads a block of `examples` directly (a TFDS stream); else a block is skipped to."""
     num_blocks = -(-num_examples // block)
 
     def permute(index: tf.Tensor, chunk: Example) -> Example:
@@ -381,6 +413,18 @@ def _shuffled(
     if num_blocks == 1:
         return examples.batch(block).enumerate().map(permute).unbatch()
     block_order = tf.argsort(tf.random.stateless_uniform([num_blocks], seed), stable=True)
+    if train_block is not None:
+        # TFDS reads a range by Python numbers, so each block is its own dataset, and the
+        # block order picks among them, a block's size of examples at a time.
+        blocks = [
+            train_block(index * block, block).batch(block).map(lambda c, i=index: permute(tf.constant(i, tf.int64), c)).unbatch()
+            for index in range(num_blocks)
+        ]
+        sizes = tf.constant([min(block, num_examples - index * block) for index in range(num_blocks)], tf.int64)
+        choices = tf.data.Dataset.from_tensor_slices(tf.cast(block_order, tf.int64)).flat_map(
+            lambda index: tf.data.Dataset.from_tensors(index).repeat(sizes[index])
+        )
+        return tf.data.Dataset.choose_from_datasets(blocks, choices)
 
     def one_block(index: tf.Tensor) -> tf.data.Dataset:
         index = tf.cast(index, tf.int64)
@@ -441,6 +485,7 @@ class TFDataFeed:
             initial_epoch=initial_epoch,
             multiple_of=self.multiple_of,
             decode=splits.decode,
+            train_block=splits.train_block,
         )
 
     def train_unaugmented(self) -> tf.data.Dataset:

@@ -15,7 +15,7 @@ import math
 import os
 import socket
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -61,11 +61,23 @@ class Files:
 
 
 @dataclasses.dataclass(frozen=True)
+class TFDSStream:
+    """How a streamed TFDS dataset's records become examples: `decode` turns a record
+    `{"encoded", ...}` into `{"image", ...}` in tf.data (as TFDS would have decoded it, then
+    resized where asked), and `train_range(start, stop)` reads the training split's
+    records `start..stop-1` without reading those before them (TFDS's split slicing),
+    so that a shuffle can take them a block at a time."""
+
+    decode: Callable[[dict[str, Any]], dict[str, Any]]
+    train_range: Callable[[int, int], Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class Source:
     """A labelled image dataset in a fixed order, before validation is carved out.
 
     A split is `Arrays` (digits, folders), `Files` (a folder streamed) or a
-    `tf.data.Dataset` of examples (TFDS).
+    `tf.data.Dataset` of examples (TFDS; of records, where `stream` is set).
     """
 
     name: str
@@ -79,6 +91,9 @@ class Source:
     labels: np.ndarray | None = None
     # What was decided about the data (skipped files, resizing, channels): results.json.
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # A TFDS dataset streamed (`--input=stream`): its splits are records whose image is
+    # still encoded, as TFDS stores it.
+    stream: TFDSStream | None = None
 
     @property
     def num_classes(self) -> int:
@@ -96,7 +111,7 @@ def load_source(
 ) -> Source:
     """Resolves `--dataset`: `digits`, `folder:PATH`, or a TFDS name (or alias).
     `verbose`: how a folder's reading shows its progress (`krefinery.progress`); `stream`:
-    a folder's splits stay on disk as `Files`."""
+    a folder's splits stay on disk as `Files`, a TFDS dataset's images stay encoded."""
     if dataset.startswith("folder:"):
         return folder(dataset[len("folder:") :], skip_bad_images, image_size, verbose, stream)
     if dataset == "digits":
@@ -104,7 +119,7 @@ def load_source(
     else:
         if svhn_extra and TFDS_ALIASES.get(dataset, dataset) != "svhn_cropped":
             raise UserError("--svhn_extra only applies to --dataset=svhn.")
-        source = tfds_source(dataset, data_dir=data_dir, extra=svhn_extra, sized=image_size is not None)
+        source = tfds_source(dataset, data_dir=data_dir, extra=svhn_extra, sized=image_size is not None, stream=stream)
     return source if image_size is None else resized(source, image_size)
 
 
@@ -124,22 +139,25 @@ def resized(source: Source, image_size: tuple[int, int]) -> Source:
     before = "images of varying size" if varying else f"{old[0]}x{old[1]}"
     print(f"--dataset={source.name}: every image resized from {before} to {height}x{width} (--image_size)", flush=True)
 
+    def one(example: dict[str, Any]) -> dict[str, Any]:
+        import tensorflow as tf
+
+        pixels = tf.image.resize(example["image"], image_size, method="bilinear", antialias=True)
+        return {**example, "image": tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)}
+
     def resize(split: Arrays | Any) -> Arrays | Any:
         if split is None:
             return None
         if isinstance(split, Arrays):
             return Arrays(images.resize_all(split.images, image_size), split.labels)
-        import tensorflow as tf
-
-        def one(example: dict[str, Any]) -> dict[str, Any]:
-            pixels = tf.image.resize(example["image"], image_size, method="bilinear", antialias=True)
-            return {**example, "image": tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)}
-
         return split.map(one)
 
-    return dataclasses.replace(
-        source, train=resize(source.train), test=resize(source.test), image_shape=(height, width, old[2]), notes=notes
-    )
+    shape = (height, width, old[2])
+    if source.stream is not None:  # Streamed: each image is resized as it is decoded.
+        decode = source.stream.decode
+        stream = dataclasses.replace(source.stream, decode=lambda record: one(decode(record)))
+        return dataclasses.replace(source, stream=stream, image_shape=shape, notes=notes)
+    return dataclasses.replace(source, train=resize(source.train), test=resize(source.test), image_shape=shape, notes=notes)
 
 
 def digits() -> Source:
@@ -479,10 +497,14 @@ def _note_lines(notes: dict[str, Any], shape: tuple[int, int, int], total: int) 
     return lines
 
 
-def tfds_source(dataset: str, data_dir: str | None = None, extra: bool = False, sized: bool = False) -> Source:
+def tfds_source(
+    dataset: str, data_dir: str | None = None, extra: bool = False, sized: bool = False, stream: bool = False
+) -> Source:
     """A TFDS dataset with `image` and `label` features, downloaded and prepared if needed.
     Images of varying size (ImageNet's, say) need `sized`: `--image_size`, which `resized`
-    applies to each example as it is read; their `image_shape` is `(None, None, C)` here."""
+    applies to each example as it is read; their `image_shape` is `(None, None, C)` here.
+    With `stream`, the splits hold each image as TFDS stored it (`"encoded"`), and
+    `Source.stream` says how to decode it and how to read a range of the training split."""
     import tensorflow_datasets as tfds
 
     name = TFDS_ALIASES.get(dataset, dataset)
@@ -523,9 +545,18 @@ def tfds_source(dataset: str, data_dir: str | None = None, extra: bool = False, 
     has_test = not splits or "test" in splits
 
     def read(split: str) -> Any:
-        ds = builder.as_dataset(split=split, shuffle_files=False)
-        return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+        if not stream:
+            ds = builder.as_dataset(split=split, shuffle_files=False)
+            return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+        ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+        return ds.map(lambda ex: {"encoded": ex["image"], "label": ex["label"]})
 
+    def decode(record: dict[str, Any]) -> dict[str, Any]:
+        kept = {key: value for key, value in record.items() if key != "encoded"}
+        return {**kept, "image": features["image"].decode_example(record["encoded"])}
+
+    if stream:
+        print(f"--dataset={dataset}: images kept encoded, each decoded whenever it is read (--input=stream)", flush=True)
     return Source(
         name=dataset,
         train=read(train_split),
@@ -533,7 +564,24 @@ def tfds_source(dataset: str, data_dir: str | None = None, extra: bool = False, 
         class_names=tuple(features["label"].names),
         image_shape=tuple(None if side is None else int(side) for side in shape),
         flip_safe=name in FLIP_SAFE,
+        stream=TFDSStream(decode, lambda start, stop: read(_split_range(splits, train_split, start, stop))) if stream else None,
     )
+
+
+def _split_range(splits: Any, split: str, start: int, stop: int) -> str:
+    """TFDS's name for examples `start..stop-1` of `split` (`train`, or `train+extra`,
+    whose parts follow each other)."""
+    parts = split.split("+")
+    if len(parts) == 1:
+        return f"{split}[{start}:{stop}]"
+    pieces, offset = [], 0
+    for name in parts:
+        size = splits[name].num_examples
+        first, last = max(start - offset, 0), min(stop - offset, size)
+        if first < last:
+            pieces.append(f"{name}[{first}:{last}]")
+        offset += size
+    return "+".join(pieces)
 
 
 def _download(builder, dataset: str) -> None:
