@@ -6,10 +6,12 @@ one process, several rounds, and reports the median of each plus their ratio.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import math
 import os
+import pathlib
 import statistics
 import time
 from typing import Callable, Iterator
@@ -84,6 +86,19 @@ def batch_norm(name: str) -> Iterator[None]:
         yield
     finally:
         blocks.BatchNormalization = batchnorm.BatchNormalization
+
+
+# The project's shared real images (see ../shared/data/README.md).
+SHARED_CIFAR = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-train-1000.tar"
+
+
+def run_on_shared_images(main: Callable[[int, pathlib.Path], object], doc: str) -> None:
+    """The command line of a benchmark of the shared images: `--rounds` and `--tar`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tar", type=pathlib.Path, default=SHARED_CIFAR)
+    args = parser.parse_args()
+    main(args.rounds, args.tar)
 
 
 def alternate(contenders: dict[str, Callable[[], float]], rounds: int = 3) -> dict[str, float]:

@@ -14,17 +14,22 @@ splits, once per run. Target: >= 10,000 img/s per core.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import subprocess
 import tempfile
 
-from bench.common import BATCH, alternate, machine, rate, report
+from bench.common import (
+    BATCH,
+    SHARED_CIFAR,
+    alternate,
+    machine,
+    rate,
+    report,
+    run_on_shared_images,
+)
 from krefinery.config import Config
 from krefinery.runtime.device import apply_determinism
-
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-train-1000.tar"
 
 
 def drain(dataset) -> None:
@@ -48,7 +53,7 @@ def jpeg_first_pass(folder: str) -> float:
     return rate(load, count)
 
 
-def main(rounds: int = 3, tar: pathlib.Path = DATA, model_steps: int = 10) -> dict[str, float]:
+def main(rounds: int = 3, tar: pathlib.Path = SHARED_CIFAR, model_steps: int = 10) -> dict[str, float]:
     from krefinery.chain.experiment import prepare_experiment
 
     cores = len(os.sched_getaffinity(0))
@@ -96,8 +101,4 @@ def main(rounds: int = 3, tar: pathlib.Path = DATA, model_steps: int = 10) -> di
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tar", type=pathlib.Path, default=DATA)
-    args = parser.parse_args()
-    main(args.rounds, args.tar)
+    run_on_shared_images(main, __doc__)

@@ -18,17 +18,22 @@ ResNet-18 at 64x64 (float32, the run's settings otherwise); figures are img/s, m
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import shutil
 import subprocess
 import tempfile
 
-from bench.common import alternate, machine, rate, report
+from bench.common import (
+    SHARED_CIFAR,
+    alternate,
+    machine,
+    rate,
+    report,
+    run_on_shared_images,
+)
 from krefinery.config import Config
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-train-1000.tar"
 PER_CLASS = 200
 BATCH = 64
 PIPELINES = {
@@ -55,7 +60,7 @@ def subset(tar: pathlib.Path, folder: pathlib.Path) -> int:
     return count
 
 
-def main(rounds: int = 3, tar: pathlib.Path = DATA) -> dict[str, float]:
+def main(rounds: int = 3, tar: pathlib.Path = SHARED_CIFAR) -> dict[str, float]:
     from krefinery.chain.experiment import prepare_experiment
 
     print(f"# The paper's input pipeline at 64x64, batch {BATCH}; {machine()}")
@@ -100,8 +105,4 @@ def main(rounds: int = 3, tar: pathlib.Path = DATA) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tar", type=pathlib.Path, default=DATA)
-    args = parser.parse_args()
-    main(args.rounds, args.tar)
+    run_on_shared_images(main, __doc__)

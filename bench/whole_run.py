@@ -30,25 +30,22 @@ import time
 from pathlib import Path
 
 import run
-from bench.common import BATCH_NORMS, batch_norm, machine
-
-ROOT = Path(__file__).resolve().parents[1]
-CIFAR_TAR = ROOT.parent / "shared" / "data" / "cifar10-train-1000.tar"
+from bench.common import BATCH_NORMS, SHARED_CIFAR, batch_norm, machine
 
 
 def cifar_folder(root: Path, per_class: int = 500) -> Path:
     """The first `per_class` JPEGs (by name) of each class of the shared CIFAR-10 archive, unpacked
     under `root` in the `folder:` layout."""
-    if not CIFAR_TAR.is_file():
-        raise SystemExit(f"error: {CIFAR_TAR} is missing: the cifar job reads ../shared/data.")
-    names = subprocess.run(["tar", "-tf", CIFAR_TAR], check=True, capture_output=True, text=True).stdout.split()
+    if not SHARED_CIFAR.is_file():
+        raise SystemExit(f"error: {SHARED_CIFAR} is missing: the cifar job reads ../shared/data.")
+    names = subprocess.run(["tar", "-tf", SHARED_CIFAR], check=True, capture_output=True, text=True).stdout.split()
     by_class: dict[str, list[str]] = {}
     for name in sorted(names):
         if name.endswith(".jpg"):
             by_class.setdefault(Path(name).parent.name, []).append(name)
     keep = [name for files in by_class.values() for name in files[:per_class]]
     root.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-xf", CIFAR_TAR, "-C", root, *keep], check=True)
+    subprocess.run(["tar", "-xf", SHARED_CIFAR, "-C", root, *keep], check=True)
     return root
 
 
