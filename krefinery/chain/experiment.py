@@ -209,7 +209,7 @@ def prepare_experiment(config: Config, feed: Feed | None = None) -> Experiment:
             "jit_compile": bool(first.jit_compile),
             "deterministic": runtime.deterministic,
             **replication.runtime(),
-            "input": "memory" if isinstance(feed, MemoryFeed) else "stream" if feed.info.decode else "tfdata",
+            "input": "memory" if isinstance(feed, MemoryFeed) else "stream" if getattr(feed.info, "decode", None) else "tfdata",
         },
         replication=replication,
         precision_measured=measured,
