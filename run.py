@@ -69,7 +69,7 @@ flags.DEFINE_string("crop_ratio", _DEFAULTS.crop_ratio, "--crop=inception: MIN,M
 flags.DEFINE_float(
     "crop_center",
     _DEFAULTS.crop_center,
-    f"--crop=inception: the share of each side evaluation's centre crop keeps, for validation, "
+    "--crop=inception: the share of each side evaluation's centre crop keeps, for validation, "
     f"test, offline relabelling and the served export (unset: {CROP_CENTER}, torchvision's 224/256; "
     "1: the whole image).",
 )

@@ -115,3 +115,16 @@ def test_a_run_streamed_from_tfds_trains_as_the_cached_one(data_dir, tmp_path):
         weights = [read_weights(tmp_path / path / f"gen_{generation}.weights.h5") for path in ("tfdata", "stream")]
         for name in weights[0]:
             np.testing.assert_array_equal(weights[0][name], weights[1][name])
+
+
+def test_a_range_of_a_joined_split_names_the_parts_that_hold_it():
+    """`--svhn_extra` trains on `train+extra`: a block's range is cut into each part's."""
+    from types import SimpleNamespace
+
+    from krefinery.data.sources import _split_range
+
+    splits = {"train": SimpleNamespace(num_examples=10), "extra": SimpleNamespace(num_examples=30)}
+    assert _split_range(splits, "train", 3, 7) == "train[3:7]"
+    assert _split_range(splits, "train+extra", 2, 8) == "train[2:8]"
+    assert _split_range(splits, "train+extra", 8, 15) == "train[8:10]+extra[0:5]"
+    assert _split_range(splits, "train+extra", 12, 40) == "extra[2:30]"
