@@ -35,8 +35,24 @@ from krefinery.config import (  # noqa: E402
     RELABEL_MODES,
     Config,
 )
-from krefinery.errors import DiskFull, Diverged, Interrupted, SearchDiverged, UserError  # noqa: E402
+from krefinery.errors import (  # noqa: E402
+    DiskFull,
+    Diverged,
+    Interrupted,
+    PeerLost,
+    SearchDiverged,
+    UserError,
+)
 from krefinery.runtime import console  # noqa: E402
+from krefinery.runtime.hosts import (  # noqa: E402
+    ALONE,
+    WORKDIR_NEEDED,
+    exit_now,
+    is_peer_failure,
+    join,
+    lost,
+    requested,
+)
 
 _DEFAULTS = Config()
 
@@ -345,8 +361,21 @@ def command(argv: list[str]) -> None:
             f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value; image "
             "files are only taken with --predict)."
         )
+    hosts = ALONE
     try:
         config = config_from_flags()
+        if requested() > 1:
+            if FLAGS.tune or config.repeats > 1 or config.control:
+                raise UserError(
+                    "a run on several processes trains one chain (a plain run): drop --tune, "
+                    "--repeats and --control."
+                )
+            if not config.workdir:
+                raise UserError(WORKDIR_NEEDED)
+            from krefinery.runtime import distribute
+
+            distribute.check_several(config.distribute, os.environ.get("KERAS_BACKEND", "tensorflow"))
+            hosts = join()
         if FLAGS.tune and (config.repeats > 1 or config.control):
             raise UserError(
                 "--repeats and --control do not combine with --tune: run the study on the "
@@ -374,9 +403,11 @@ def command(argv: list[str]) -> None:
         from krefinery.commands import train
         from krefinery.outputs import report
 
-        results = train.train_and_evaluate(config)
+        results = train.train_and_evaluate(config, hosts)
+    except PeerLost as error:
+        exit_now(error)
     except Diverged as error:
-        if error.results:
+        if error.results and hosts.writer:
             from krefinery.outputs import report
 
             print(report.format_table(error.results))
@@ -386,13 +417,18 @@ def command(argv: list[str]) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except Exception as error:
+        if hosts.several and is_peer_failure(error):
+            exit_now(lost(hosts, error))
         # A full disk that a writer reported its own way (TensorBoard's, say): exit 4 too.
         full = files.disk_full(error)
         if full is None:
             raise
         print(f"error: {full}", file=sys.stderr)
         sys.exit(full.exit_code)
-    print(report.format_table(results))
+    if hosts.writer:
+        print(report.format_table(results))
+    else:
+        print(f"process {hosts.index} of {hosts.count} done; process 0 reports.")
 
 
 if __name__ == "__main__":

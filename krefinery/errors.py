@@ -29,6 +29,13 @@ class DiskFull(OSError):
         self.path = path
 
 
+class PeerLost(RuntimeError):
+    """A run on several processes lost one (it never joined, or it died): every process
+    that is left stops, since each step needs them all; the checkpoints on disk stay."""
+
+    exit_code = 5
+
+
 class Damaged(Exception):
     """A file read back that fails its check (`krefinery.files`): `path` names it,
     `problem` says how; `str()` is the two as a sentence ("<path> is missing").

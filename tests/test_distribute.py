@@ -37,6 +37,7 @@ from helpers import (
 )
 
 from krefinery.core.resnet import build_resnet
+from krefinery.errors import UserError
 
 TOLERANCE = 1e-4
 
@@ -183,25 +184,41 @@ def test_a_device_choice_this_backend_or_cluster_cannot_honour_is_one_line(tmp_p
     assert not workdir.exists()
 
 
-def test_a_launch_of_several_processes_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
-    """Processes started as Keras's multi-host guide says, or under a TF_CONFIG of several
-    tasks, would each train a chain of their own into one work directory and exit 0: no
-    `--distribute` joins them yet (seen before this check, in issue 19: two versions in
-    one export folder). Refused with one line before anything is read or written."""
-    from krefinery.runtime import distribute
+def test_a_launch_of_several_processes_that_cannot_be_one_chain_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    """Processes started as Keras's multi-host guide says train one chain on JAX
+    (tests/test_hosts.py); anywhere else each would train a chain of its own into one
+    work directory and exit 0 (seen in issue 19: two versions in one export folder), and
+    under a TF_CONFIG of several tasks the same. Refused with one line before anything is
+    read or written."""
+    from krefinery.runtime import distribute, hosts
 
     workdir = tmp_path / "run"
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "127.0.0.1:29500")
     monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "1")
-    monkeypatch.setenv(distribute.NUM_PROCESSES, "2")
+    monkeypatch.setenv(hosts.NUM_PROCESSES, "2")
     for flags in ((), ("--distribute=none",), ("--distribute=mirrored",)):
         assert exit_line(capsys, *flags, f"--workdir={workdir}").startswith(
-            "error: KERAS_DISTRIBUTION_NUM_PROCESSES=2 asks for one run across several processes"
+            "error: KERAS_DISTRIBUTION_NUM_PROCESSES asks for one run across several processes, "
+            "which trains on KERAS_BACKEND=jax (here: tensorflow)"
         ), flags
-    monkeypatch.setenv(distribute.NUM_PROCESSES, "1")  # A job of one process is a run as any other.
+    assert exit_line(capsys).startswith("error: a run on several processes needs --workdir=PATH")
+    assert exit_line(capsys, "--repeats=2", f"--workdir={workdir}").startswith(
+        "error: a run on several processes trains one chain (a plain run)"
+    )
+    for choice in ("none", "mirrored", "multi_worker"):  # What JAX's processes are refused.
+        with pytest.raises(UserError, match=f"--distribute={choice} trains in one process"):
+            distribute.check_several(choice, "jax")
+    for value in ("two", "0"):
+        monkeypatch.setenv(hosts.NUM_PROCESSES, value)
+        assert exit_line(capsys, f"--workdir={workdir}") == (
+            f"error: KERAS_DISTRIBUTION_NUM_PROCESSES={value} must be a whole number of processes, 1 or more."
+        )
+    monkeypatch.setenv(hosts.NUM_PROCESSES, "1")  # A job of one process is a run as any other.
     assert distribute.resolve("none", 32) == distribute.ONE_DEVICE
-    monkeypatch.delenv(distribute.NUM_PROCESSES)
+    monkeypatch.delenv(hosts.NUM_PROCESSES)
 
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": CLUSTER, "task": {"type": "worker", "index": 1}}))
     for choice in ("none", "mirrored"):

@@ -28,6 +28,7 @@ from krefinery.runtime.device import (
     resolve_input,
     resolve_runtime,
 )
+from krefinery.runtime.hosts import ALONE, Hosts
 
 # A trainer's shape: its classifier's architecture and its teacher slot's (None: no teacher).
 TrainerShape = tuple[Architecture, Architecture | None]
@@ -95,8 +96,19 @@ class Experiment:
         return self.build_classifier(generation, generation_seed(self.config.seed, generation))
 
     def training_batches(self, generation: int, initial_epoch: int = 0) -> Any:
-        """Generation `generation`'s batches from epoch `initial_epoch` on (0-based)."""
-        return self.feed.training(generation, initial_epoch)
+        """Generation `generation`'s batches from epoch `initial_epoch` on (0-based): of
+        each, this process's share (`Replication.shares`)."""
+        return self.replication.shares(self.feed.training(generation, initial_epoch))
+
+    def exportable(self, weights: str | os.PathLike, generation: int) -> keras.Model:
+        """A classifier of generation `generation`'s architecture holding `weights`, to
+        export. Across processes, a model of its own, built where it is called: within
+        `Replication.here`, since process 0 exports alone."""
+        if not self.replication.hosts.several:
+            return self.stored(weights, generation).classifier
+        classifier = self.fresh_classifier(generation)
+        classifier.load_weights(weights)
+        return classifier
 
     def stored(self, weights: str | os.PathLike, generation: int) -> Trainer:
         """The reader of generation `generation`'s architecture, holding `weights` (a
@@ -119,7 +131,7 @@ def trainer_shape(config: Config, generation: int) -> TrainerShape:
     return classifier, classifier if classifier == config.architecture(2) else None
 
 
-def prepare_experiment(config: Config, feed: Feed | None = None) -> Experiment:
+def prepare_experiment(config: Config, feed: Feed | None = None, hosts: Hosts = ALONE) -> Experiment:
     """Loads and splits the data and builds the feed and the trainers; trains nothing.
 
     `feed`: data already at hand (`chain.runner.train_chain`'s arrays); None loads
@@ -130,7 +142,7 @@ def prepare_experiment(config: Config, feed: Feed | None = None) -> Experiment:
     here, before anything is written.
     """
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
-    replication = distribute.resolve(config.distribute, config.batch_size)
+    replication = distribute.resolve(config.distribute, config.batch_size, hosts)
     replication.check_batch_size(config.batch_size)
     runtime = resolve_runtime(config.precision, config.jit_compile, config.deterministic)
     if feed is None:

@@ -27,6 +27,7 @@ damaged, never one resumed from a wrong figure or weight.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 import tempfile
@@ -318,6 +319,18 @@ class ChainRunner:
             resume = f"resumes from the end of epoch {done}" if done else f"starts generation {generation} again"
             raise stop.locate(f"in generation {generation}, epoch {epoch}", resume)
 
+    def _check_labels_alike(self, student: Trainer) -> None:
+        """Of several processes, each labelled every training image itself: their label
+        tables must be the same, or their shares of each batch would train on labels
+        from different models."""
+        hosts = self.experiment.replication.hosts
+        if not hosts.several or student.teaching is not None:
+            return  # Online, the teacher labels each batch within the step they share.
+        table = self.experiment.relabeller.labels_in_use(student)
+        apart = hosts.differing({"labels": hashlib.sha256(table.tobytes()).hexdigest()}).get("labels")
+        if apart:
+            raise RuntimeError(f"processes {apart} refined other labels than process 0.")
+
     def _labels_finite(self, trainer: Trainer) -> bool:
         """Whether the labels `trainer` trained on are finite for every training example:
         a diverged generation whose labels were not (a temperature so small that the
@@ -339,6 +352,7 @@ class ChainRunner:
             previous = last[1] if known else relabeller.labels_in_use(trainer)
         relabeller.hand_on(trainer.classifier, student, refinement)
         self._labels_for = keys[generation]
+        self._check_labels_alike(student)
         if not observe:
             return {}
         refined = relabeller.labels_in_use(student)

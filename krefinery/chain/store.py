@@ -40,7 +40,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -49,6 +49,7 @@ from krefinery import files
 from krefinery.chain import refinery_model
 from krefinery.config import LEARNED, REFINERY_FIELDS, Config, Refinement
 from krefinery.errors import Damaged
+from krefinery.runtime.hosts import ALONE, Hosts
 
 # The runtime entries of what every run trained on before the backend, --distribute and
 # --input were recorded (TensorFlow, one device, tf.data), left out of keys so that
@@ -107,12 +108,27 @@ def chain_keys(config: Config, runtime: Mapping[str, Any], refinement: Refinemen
 
 
 class GenerationStore:
-    """A folder of trained generations; safe for concurrent processes on one host."""
+    """A folder of trained generations; safe for concurrent processes on one host.
 
-    def __init__(self, folder: os.PathLike | str):
+    In a run of several processes (`hosts`), every process makes each call, process 0
+    alone writes, and no call returns before the write is done (`Hosts.barrier`).
+    """
+
+    def __init__(self, folder: os.PathLike | str, hosts: Hosts = ALONE):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        files.remove_stale_temporaries(self.folder)
+        self.hosts = hosts
+
+        def make() -> None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            files.remove_stale_temporaries(self.folder)
+
+        self._written("store", make)
+
+    def _written(self, name: str, write: Callable[[], None]) -> None:
+        """`write()` on the writing process only; returns once every process is past it."""
+        if self.hosts.writer:
+            write()
+        self.hosts.barrier(f"store:{name}")
 
     def weights_path(self, key: str) -> Path:
         return self.folder / f"{key}.weights.h5"
@@ -144,17 +160,25 @@ class GenerationStore:
         """Weights first (none for a diverged generation), then the record naming their
         size and SHA-256, each by rename: readers never see half an entry. The
         generation's checkpoint goes."""
-        entry: dict[str, Any] = {"key": key}
-        if classifier is not None:
-            files.atomic_write(self.weights_path(key), classifier.save_weights)
-            entry["weights"] = files.file_entry(self.weights_path(key))
-        files.write_sealed(self._record_path(key), {**record, ENTRY: entry})
-        self.drop_checkpoint(key)
+
+        def write() -> None:
+            entry: dict[str, Any] = {"key": key}
+            if classifier is not None:
+                files.atomic_write(self.weights_path(key), classifier.save_weights)
+                entry["weights"] = files.file_entry(self.weights_path(key))
+            files.write_sealed(self._record_path(key), {**record, ENTRY: entry})
+            self._drop_checkpoint(key)
+
+        self._written(f"{key}.stored", write)
 
     def discard(self, key: str) -> None:
         """Removes a generation's entry (record first): one found damaged, to train again."""
-        _remove(self._record_path(key))
-        _remove(self.weights_path(key))
+
+        def remove() -> None:
+            _remove(self._record_path(key))
+            _remove(self.weights_path(key))
+
+        self._written(f"{key}.discarded", remove)
 
     def save_checkpoint(
         self, key: str, arrays: Sequence[np.ndarray], state: dict[str, Any]
@@ -166,12 +190,16 @@ class GenerationStore:
         bench/RESULTS.md, "Checkpoints").
         """
         weights = self.folder / f"{key}.ckpt-{state['epoch']}.npz"
-        files.atomic_write(weights, lambda temporary: _save_arrays(temporary, arrays))
-        sealed = {**state, "key": key, "weights": files.file_entry(weights)}
-        files.write_sealed(self._checkpoint_state(key), sealed)
-        for older in self._checkpoint_arrays(key):
-            if older != weights:
-                _remove(older)
+
+        def write() -> None:
+            files.atomic_write(weights, lambda temporary: _save_arrays(temporary, arrays))
+            sealed = {**state, "key": key, "weights": files.file_entry(weights)}
+            files.write_sealed(self._checkpoint_state(key), sealed)
+            for older in self._checkpoint_arrays(key):
+                if older != weights:
+                    _remove(older)
+
+        self._written(f"{key}.ckpt-{state['epoch']}", write)
 
     def checkpoint(self, key: str) -> tuple[dict[str, Any], list[np.ndarray]] | None:
         """The last checkpoint: its state (`epoch`, `logs`, `seconds`) and its arrays in
@@ -195,6 +223,9 @@ class GenerationStore:
     def drop_checkpoint(self, key: str) -> None:
         """Removes a generation's checkpoint, state first; by the names the store gives,
         never by one read from a record."""
+        self._written(f"{key}.ckpt-dropped", lambda: self._drop_checkpoint(key))
+
+    def _drop_checkpoint(self, key: str) -> None:
         _remove(self._checkpoint_state(key))
         for arrays in self._checkpoint_arrays(key):
             _remove(arrays)
@@ -230,14 +261,19 @@ class GenerationStore:
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """Exclusive while held, across processes: one of them trains `key`, others wait."""
-        with files.exclusive(self.folder / f"{key}.lock"):
+        """Exclusive while held, across processes: one of them trains `key`, others wait.
+        (The processes of one run train it together: the writer holds the lock for them.)"""
+        with files.exclusive(self.folder / f"{key}.lock") if self.hosts.writer else contextlib.nullcontext():
             yield
 
     def log_training(self, entry: dict[str, Any]) -> None:
         """Appends one line to `trained.jsonl`; a single short append is atomic."""
-        with open(self.folder / TRAINED_LOG, "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+
+        def append() -> None:
+            with open(self.folder / TRAINED_LOG, "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+        self._written("trained", append)
 
     def trained(self) -> list[dict[str, Any]]:
         """Every generation trained into this store, in order, by any process."""

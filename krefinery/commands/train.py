@@ -22,11 +22,12 @@ from krefinery.errors import Damaged, Diverged
 from krefinery.outputs import report, workdirs
 from krefinery.outputs.export import intact, prepare_export_dir
 from krefinery.outputs.run_outputs import CONTROL_OF, RunOutputs
+from krefinery.runtime.hosts import ALONE, Hosts
 
 STORE = "generations"
 
 
-def train_and_evaluate(config: Config) -> dict[str, Any]:
+def train_and_evaluate(config: Config, hosts: Hosts = ALONE) -> dict[str, Any]:
     """Runs (or resumes) the refinery chain that `config` describes; returns the results.
 
     Bad input (flags, dataset, folder, export folder, a work directory holding another
@@ -34,17 +35,23 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     A generation that diverges raises `Diverged` once the results are written and the
     best earlier generation, if any, is exported; `error.results` holds the record.
     A full disk raises `DiskFull`; the same command resumes once space is freed.
+
+    `hosts`: the processes of a run on several (`runtime.hosts.join`): each runs this
+    with the same flags and code (checked first), on one work directory they all see
+    (checked once claimed); process 0 alone claims and writes it.
     """
+    if hosts.several:
+        workdirs.check_alike(config, hosts)
     marker = workdirs.marker_of(config)
     workdir = workdirs.check(config, workdirs.RUN, marker)
-    with workdirs.claim(config, workdirs.RUN, workdir) as held:
+    with workdirs.claim(config, workdirs.RUN, workdir, hosts=hosts) as held:
         results = _finished(held.path) if held.marked else None
         if results is None:
-            prepare_export_dir(config)  # Cheap checks first: no data is read before them.
-            experiment = prepare_experiment(config)
+            hosts.on_writer(lambda: prepare_export_dir(config))  # Cheap checks first: before any data.
+            experiment = prepare_experiment(config, hosts=hosts)
             workdirs.check_runtime(held.path, experiment.runtime)
             held.mark({**marker, "runtime": experiment.runtime})
-            results = _run(experiment, held.path)
+            results = _run(experiment, held.path, hosts)
     if results["diverged"] is not None:
         diverged = results["diverged"]
         # Labels that are not finite, refined below T = 1, say the temperature overflowed
@@ -55,11 +62,11 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     return results
 
 
-def _run(experiment: Experiment, workdir: Path) -> dict[str, Any]:
+def _run(experiment: Experiment, workdir: Path, hosts: Hosts) -> dict[str, Any]:
     """The chain, and the control if asked for, over the store in `workdir`; the results."""
     config = experiment.config
-    store = GenerationStore(workdir / STORE)
-    outputs = RunOutputs(workdir, experiment, store)
+    store = GenerationStore(workdir / STORE, hosts)
+    outputs = RunOutputs(workdir, experiment, store, hosts)
     runner = ChainRunner(experiment, store, on_relabel=outputs.on_relabel, label_figures=True)
     refinement = config.refinement
     try:
@@ -71,7 +78,9 @@ def _run(experiment: Experiment, workdir: Path) -> dict[str, Any]:
                 # no labels on, so the run observes no relabel of it.
                 control = dataclasses.replace(refinement, generations=CONTROL_OF, alpha=1.0)
                 runner.run(control, callbacks=outputs.control_callbacks, on_generation=outputs.on_control)
-        return outputs.finish()
+        results = outputs.finish()
+        hosts.barrier("finished")  # Process 0's exports and results are on disk.
+        return results
     finally:
         outputs.close()
 

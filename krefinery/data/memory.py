@@ -54,8 +54,10 @@ class DeviceLabelTable:
         num_ids: int,
         num_classes: int,
         view: crops.View = None,
+        batch_size: int = INFERENCE_BATCH_SIZE,
     ):
         self._images, self._labels, self._ids = images, labels, ids
+        self._batch_size = batch_size
         self._view = None if view is None else functools.partial(crops.view, ops, indices=view)
         self._truth = np.zeros((num_ids, num_classes), np.float32)
         self._truth[ids, ops.convert_to_numpy(labels)] = 1.0
@@ -73,7 +75,9 @@ class DeviceLabelTable:
 
     def labelled(self, labeller: RefinedLabels, progress: Progress | None = None) -> np.ndarray:
         table = self.values()
-        table[self._ids] = labeller.of_arrays(self._images, self._labels, progress=progress, view=self._view)
+        table[self._ids] = labeller.of_arrays(
+            self._images, self._labels, self._batch_size, progress=progress, view=self._view
+        )
         return table
 
     def reset(self) -> None:
@@ -99,6 +103,7 @@ class InMemoryData:
         ids: np.ndarray | None = None,
         num_ids: int | None = None,
         crop: Crop = Crop(),
+        evaluation_batch: Callable[[int], int] = lambda count: INFERENCE_BATCH_SIZE,
     ):
         images, labels, classes = _checked(images, labels, num_classes)
         self.num_examples = len(images)
@@ -113,7 +118,10 @@ class InMemoryData:
         self._ids = ops.convert_to_tensor(self.ids.astype(np.int32))
         self.num_ids = self.num_examples if num_ids is None else num_ids
         self.view = crops.centre_indices(self.image_shape[:2], crop.center)
-        self.labels = DeviceLabelTable(self.images, self.ground_truth, self.ids, self.num_ids, classes, self.view)
+        self.labels = DeviceLabelTable(
+            self.images, self.ground_truth, self.ids, self.num_ids, classes, self.view,
+            evaluation_batch(self.num_examples),
+        )
         self._order = _compiled(_permutation, static=("count",))
         self._batch = _compiled(
             functools.partial(_make_batch, pad=_pad(self.image_shape), flip=flip, crop=crop),
@@ -321,6 +329,7 @@ class MemoryFeed:
             ids=splits.train_ids,
             num_ids=info.num_ids,
             crop=crop,
+            **{k: v for k, v in options.items() if k == "evaluation_batch"},
         )
         return cls(data, splits.val, splits.test, info, batch_size, seed, **options)
 

@@ -461,7 +461,8 @@ class TFDataFeed:
         self.info = splits
         self.view = crops.centre_indices(splits.image_shape[:2], crop.center)
         self.labels = onehot_table(
-            splits.train, splits.num_ids, splits.num_classes, view=self.view, records=splits.train_records
+            splits.train, splits.num_ids, splits.num_classes, evaluation_batch(splits.num_train), self.view,
+            splits.train_records,
         )
         self.batch_size, self.seed, self.epochs, self.multiple_of = batch_size, seed, epochs, multiple_of
         self.augment = make_augment(splits.image_shape, splits.flip_safe, crop) if augment else None

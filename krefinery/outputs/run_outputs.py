@@ -31,6 +31,7 @@ from krefinery.core.trainer import Trainer
 from krefinery.errors import Damaged
 from krefinery.outputs import charts, report, summaries, workdirs
 from krefinery.outputs.export import export_once, intact
+from krefinery.runtime.hosts import ALONE, Hosts
 
 # The control mirrors generation 2: its seed and batches, the ground truth for labels.
 CONTROL_OF = 2
@@ -41,8 +42,10 @@ CONTROL_WEIGHTS = "control.weights.h5"
 class RunOutputs:
     """The work directory of one run: its per-generation outputs and its export."""
 
-    def __init__(self, workdir: Path, experiment: Experiment, store: GenerationStore):
+    def __init__(self, workdir: Path, experiment: Experiment, store: GenerationStore, hosts: Hosts = ALONE):
         self.workdir = workdir
+        # Of several processes, each computes every figure; process 0 alone writes.
+        self.writes = hosts.writer
         self.experiment = experiment
         self.config = experiment.config
         self.store = store
@@ -67,13 +70,14 @@ class RunOutputs:
         self.generation_summaries = summaries.GenerationSummaries(generations)
 
     def callbacks(self, generation: int) -> list[keras.callbacks.Callback]:
-        return [report.tensorboard_callback(self.workdir, generation)]
+        return [report.tensorboard_callback(self.workdir, generation)] if self.writes else []
 
     def control_callbacks(self, generation: int) -> list[keras.callbacks.Callback]:
-        return [summaries.EpochSummaries(self.workdir / "tensorboard" / CONTROL)]
+        return [summaries.EpochSummaries(self.workdir / "tensorboard" / CONTROL)] if self.writes else []
 
     def on_relabel(self, generation: int, previous: np.ndarray, refined: np.ndarray) -> None:
-        self.relabel_summaries(generation, previous, refined)
+        if self.writes:
+            self.relabel_summaries(generation, previous, refined)
 
     def on_generation(self, record: dict[str, Any]) -> None:
         """Adds a stored generation to the run's outputs; rewrites `results.json`."""
@@ -84,7 +88,8 @@ class RunOutputs:
             model = self._load(record["key"], generation)
             test = model.evaluate(self.experiment.test, verbose=0, return_dict=True)
             weights = self.workdir / f"gen_{generation}.weights.h5"
-            workdirs.keep_weights(self.store.weights_path(record["key"]), weights)
+            if self.writes:
+                workdirs.keep_weights(self.store.weights_path(record["key"]), weights)
             entry.update(
                 test_accuracy=float(test["accuracy"]),
                 weights=weights.name,
@@ -92,13 +97,14 @@ class RunOutputs:
             )
             entry.update(self._fit_figures(record, model))
             self.fit_check.check(generation, entry)
-            self.generation_summaries.write(entry)
+            if self.writes:
+                self.generation_summaries.write(entry)
             if self.config.export_all_generations:
-                self._export(f"gen_{generation}", model.classifier, record["key"], generation)
+                self._export(f"gen_{generation}", record["key"], generation)
         self.generations.append(entry)
         self._write(finished=False)
         best = best_generation(self.generations)
-        if best is not None:
+        if best is not None and self.writes:
             trained = [g for g in self.generations if not g.get("diverged")]
             charts.accuracy_chart(trained, best, self.workdir / charts.ACCURACY_CHART)
 
@@ -117,7 +123,8 @@ class RunOutputs:
             model = self._load(record["key"], CONTROL_OF)
             test = model.evaluate(self.experiment.test, verbose=0, return_dict=True)
             weights = self.workdir / CONTROL_WEIGHTS
-            workdirs.keep_weights(self.store.weights_path(record["key"]), weights)
+            if self.writes:
+                workdirs.keep_weights(self.store.weights_path(record["key"]), weights)
             entry.update(
                 weight_seed=generation_seed(self.config.seed, CONTROL_OF),
                 test_accuracy=float(test["accuracy"]),
@@ -126,7 +133,8 @@ class RunOutputs:
                 **self._fit_figures(record, model),
             )
         self.control = entry
-        self.generation_summaries.write_control(entry)
+        if self.writes:
+            self.generation_summaries.write_control(entry)
         self._write(finished=False)
 
     def _fit_figures(self, record: dict[str, Any], model: Trainer) -> dict[str, Any]:
@@ -145,8 +153,7 @@ class RunOutputs:
         `results.json`: `finished` is true only if the chain completed and the export landed."""
         best = best_generation(self.generations)
         if best is not None:
-            key = self.generations[best - 1]["key"]
-            self._export("best", self._load(key, best).classifier, key, None)
+            self._export("best", self.generations[best - 1]["key"], best)
         complete = len(self.generations) == self.config.generations and not any(
             g.get("diverged") for g in self.generations
         )
@@ -160,14 +167,19 @@ class RunOutputs:
         self.relabel_summaries.close()
         self.generation_summaries.close()
 
-    def _export(self, name: str, classifier: keras.Model, key: str, generation: int | None) -> None:
-        """Exports once: a version that landed before a kill (its `source` matches) is reused."""
-        if name in self.exports:
+    def _export(self, name: str, key: str, generation: int) -> None:
+        """Exports the stored generation `key` as `name` ("best" or "gen_<k>") once: a
+        version that landed before a kill (its `source` matches) is reused."""
+        if name in self.exports or not self.writes:
             return
-        info = self.experiment.info
-        path = export_once(
-            classifier, info.class_names, info.image_shape, self.config, self.workdir, key, generation
-        )
+        experiment = self.experiment
+        info = experiment.info
+        with experiment.replication.here():  # Process 0 exports alone.
+            path = export_once(
+                experiment.exportable(self.store.weights_path(key), generation),
+                info.class_names, info.image_shape, self.config, self.workdir, key,
+                None if name == "best" else generation,
+            )
         self.exports[name] = os.fspath(path)
 
     def _runtime(self) -> dict[str, Any]:
@@ -187,5 +199,6 @@ class RunOutputs:
         )
         if self.control is not None:
             record["control"] = self.control
-        report.write_results(self.workdir, record)
+        if self.writes:
+            report.write_results(self.workdir, record)
         return record

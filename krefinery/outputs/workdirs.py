@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from krefinery.chain import refinery_model
 from krefinery.chain.store import DEFAULT_RUNTIME
 from krefinery.config import Config, settings_of
 from krefinery.errors import UserError
+from krefinery.runtime.hosts import ALONE, WORKDIR_NEEDED, Hosts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,9 @@ STUDY = Kind("study", "study.json", "study.json", "study-", "pass the same --rep
 KINDS = (RUN, SEARCH, STUDY)
 # Held by the one process at work in a folder (`claim`); it says which process that is.
 LOCK = "krefinery.lock"
+# Written by process 0 of a run on several hosts as it claims the folder, and read by
+# every process to check that they share it (`claim`); removed once read.
+HOSTS_TOKEN = "hosts.token"
 
 
 # A marker's entry for the content of `--refinery_model`'s file: its path is in the config,
@@ -131,21 +136,24 @@ def check_runtime(workdir: Path, runtime: Mapping[str, Any]) -> None:
 class Claim:
     """A work directory held by this process (see `claim`); `mark` records whose it is."""
 
-    def __init__(self, path: Path, kind: Kind, config: Config):
-        self.path, self.kind, self._config = path, kind, config
+    def __init__(self, path: Path, kind: Kind, config: Config, hosts: Hosts = ALONE):
+        self.path, self.kind, self._config, self._hosts = path, kind, config, hosts
         self.marked = (path / kind.marker).exists()
 
     def mark(self, marker: Mapping[str, Any]) -> None:
         """Checks `marker` against the folder's, now that no other process can change it,
         and writes it if the folder has none: from then on the folder is this work's."""
         check(dataclasses.replace(self._config, workdir=os.fspath(self.path)), self.kind, marker)
-        if not (self.path / self.kind.marker).exists():
+        if self._hosts.writer and not (self.path / self.kind.marker).exists():
             files.write_json(self.path / self.kind.marker, dict(marker))
+        self._hosts.barrier("marked")
         self.marked = True
 
 
 @contextlib.contextmanager
-def claim(config: Config, kind: Kind, workdir: Path | None, exclusive: bool = True) -> Iterator[Claim]:
+def claim(
+    config: Config, kind: Kind, workdir: Path | None, exclusive: bool = True, hosts: Hosts = ALONE
+) -> Iterator[Claim]:
     """Holds `workdir` (a new default `runs/<prefix><dataset>-<time>` if None) for this
     process while the `with` block runs.
 
@@ -156,7 +164,22 @@ def claim(config: Config, kind: Kind, workdir: Path | None, exclusive: bool = Tr
     clear: the next claim takes it. A command that ends before it `mark`s the folder
     (refused, say) leaves it as it found it: the folders it made are removed.
     `exclusive=False` (the processes of one distributed search) shares the folder.
+
+    Of the processes of one run on several hosts (`hosts`), process 0 claims the folder
+    for them all; the others wait for it, then check that they see the folder it
+    claimed (`check_shared`): a work directory the hosts do not share is refused on all.
     """
+    if hosts.several:
+        with _claimed_by_writer(config, kind, workdir, hosts) as held:
+            yield held
+        return
+    with _claim_folder(config, kind, workdir, exclusive, hosts) as held:
+        yield held
+
+
+@contextlib.contextmanager
+def _claim_folder(config: Config, kind: Kind, workdir: Path | None, exclusive: bool, hosts: Hosts) -> Iterator[Claim]:
+    """`claim` by this process: for itself, or for the processes of `hosts`."""
     # The folders this claim makes (the work directory and any missing parents), deepest
     # first: what a command that ends before it marks its folder takes away again.
     target = workdir if workdir is not None else _default_path(config, kind.prefix)
@@ -171,7 +194,7 @@ def claim(config: Config, kind: Kind, workdir: Path | None, exclusive: bool = Tr
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"cannot create --workdir={workdir}: {error.strerror}.") from None
-    held = Claim(workdir, kind, config)
+    held = Claim(workdir, kind, config, hosts)
     lock = workdir / LOCK
     had_lock = lock.exists()
     with contextlib.ExitStack() as stack:
@@ -183,6 +206,81 @@ def claim(config: Config, kind: Kind, workdir: Path | None, exclusive: bool = Tr
             if not held.marked:
                 _unmake(made, lock if exclusive and not had_lock else None)
             raise
+
+
+@contextlib.contextmanager
+def _claimed_by_writer(config: Config, kind: Kind, workdir: Path | None, hosts: Hosts) -> Iterator[Claim]:
+    """`claim` for the processes of one run: process 0 claims `workdir` (named: a default
+    one would differ by host) and writes a token with a fresh nonce into it; every
+    process reads the token where its `--workdir` points, and all must read the same."""
+    if workdir is None:
+        raise UserError(WORKDIR_NEEDED)
+    token = workdir / HOSTS_TOKEN
+    with contextlib.ExitStack() as stack:
+
+        def take() -> Claim:
+            held = stack.enter_context(_claim_folder(config, kind, workdir, True, hosts))
+            files.write_text(token, f"{os.urandom(16).hex()} {socket.gethostname()}\n")
+            return held
+
+        held = hosts.on_writer(take)
+        try:
+            seen = token.read_text()
+        except OSError:
+            seen = ""
+        try:
+            apart = hosts.differing({"token": seen}).get("token")
+        finally:
+            hosts.barrier("token read")
+            if hosts.writer:
+                token.unlink(missing_ok=True)
+        if apart:
+            raise UserError(
+                f"process{_plural(apart)} {_listed(apart)} of {hosts.count} cannot see the work "
+                f"directory process 0 claimed (--workdir={workdir} here): every host must see the "
+                "same folder, on storage they share."
+            )
+        yield held if hosts.writer else Claim(workdir, kind, config, hosts)
+
+
+def check_alike(config: Config, hosts: Hosts) -> None:
+    """Refuses, on every process, a run whose processes were started with other settings
+    or another version of krefinery than process 0; the line names the flags."""
+    settings = config.settings()
+    values = {f"--{name}": json.dumps(value) for name, value in sorted(settings.items())}
+    differ = hosts.differing({**values, CODE: _code_digest()})
+    code = differ.pop(CODE, None)
+    if code:
+        raise UserError(
+            f"process{_plural(code)} {_listed(code)} of {hosts.count} run another version of "
+            "krefinery than process 0: install the same version on every host."
+        )
+    if differ:
+        processes = sorted({i for found in differ.values() for i in found})
+        raise UserError(
+            f"process{_plural(processes)} {_listed(processes)} of {hosts.count} started with "
+            f"other flags than process 0 ({', '.join(differ)}): start the same command on every host."
+        )
+
+
+# `check_alike`'s name for the digest of krefinery's code.
+CODE = "code"
+
+
+def _plural(processes: list[int]) -> str:
+    return "es" if len(processes) > 1 else ""
+
+
+def _listed(processes: list[int]) -> str:
+    return ", ".join(map(str, processes))
+
+
+def _code_digest() -> str:
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _unmake(made: list[Path], lock: Path | None) -> None:

@@ -30,17 +30,16 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager, Iterator
 
 import keras
 
 from krefinery.config import DISTRIBUTES
 from krefinery.core.relabel import INFERENCE_BATCH_SIZE
 from krefinery.errors import UserError
+from krefinery.runtime.hosts import ALONE, NUM_PROCESSES, Hosts
 
 TF_CONFIG = "TF_CONFIG"
-# What `keras.distribution.initialize` reads for the size of a multi-process JAX job.
-NUM_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +50,7 @@ class Replication:
     name: str
     replicas: int
     handle: Any = None  # A tf.distribute.Strategy or a keras.distribution.Distribution.
+    hosts: Hosts = ALONE
 
     @property
     def batch_multiple(self) -> int:
@@ -74,6 +74,20 @@ class Replication:
             return self.handle.scope()
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def here(self) -> Iterator[None]:
+        """Where a model built is this process's alone: off JAX's distribution across
+        processes, whose arrays compute only with every process taking part (process 0
+        exports alone)."""
+        if not self.hosts.several:
+            yield
+            return
+        keras.distribution.set_distribution(None)
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(self.handle)
+
     def check_batch_size(self, batch_size: int) -> None:
         if self.name == "data_parallel" and batch_size == INFERENCE_BATCH_SIZE:
             raise UserError(
@@ -89,6 +103,54 @@ class Replication:
                 f"{self.replicas}, e.g. --batch_size={lower}."
             )
 
+    def share(self, batch: Any) -> Any:
+        """This process's rows of a training batch (a dict of tensors of any backend, or
+        of a `tf.data` element): each process feeds its own consecutive share, and JAX
+        joins the shares, in process order, into the global batch. The whole batch
+        when this process trains alone."""
+        hosts = self.hosts
+        if not hosts.several:
+            return batch
+
+        def rows(tensor: Any) -> Any:
+            if not getattr(tensor, "is_fully_addressable", True):
+                # Made on the device from the replicated label table: this process's copy.
+                tensor = tensor.addressable_data(0)
+            count = tensor.shape[0]
+            if count is None:  # A tf.data element, of a batch size known as it runs.
+                import tensorflow as tf
+
+                count = tf.shape(tensor)[0]
+            size = count // hosts.count
+            return tensor[hosts.index * size : (hosts.index + 1) * size]
+
+        return {name: rows(tensor) for name, tensor in batch.items()}
+
+    def shares(self, batches: Any) -> Any:
+        """`batches` (a `tf.data.Dataset` or a `keras.utils.PyDataset` of dict batches)
+        as this process feeds them: its `share` of each."""
+        if not self.hosts.several:
+            return batches
+        if isinstance(batches, keras.utils.PyDataset):
+            return _Shares(batches, self.share)
+        return batches.map(self.share)
+
+    def inference_batch(self, count: int) -> int:
+        """The batch in which every process labels or evaluates a set of `count` examples
+        whole. Across processes, JAX must be told which batches are training shares (split
+        over the devices) and which are whole (replicated): `TrainingDataParallel` tells
+        them by size, so no batch of such a set (nor its last) is a share's size."""
+        if not self.hosts.several:
+            return INFERENCE_BATCH_SIZE
+        share = self.handle.share
+        for size in range(INFERENCE_BATCH_SIZE, 0, -1):
+            batches = {size} if count >= size else set()
+            if count % size:
+                batches.add(count % size)
+            if share not in batches:
+                return size
+        raise UserError(f"--batch_size={self.handle.batch_size} leaves no evaluation batch for {count} examples.")
+
     def evaluation_batch(self, count: int) -> int:
         """The batch size in which to `evaluate` a set of `count` examples.
 
@@ -100,7 +162,7 @@ class Replication:
         large enough (2 replica counts) to allow one. Elsewhere: INFERENCE_BATCH_SIZE.
         """
         if self.name not in ("mirrored", "multi_worker") or self.replicas == 1:
-            return INFERENCE_BATCH_SIZE
+            return self.inference_batch(count)
         size = min(INFERENCE_BATCH_SIZE, count)
         size -= size % self.replicas
         while size > self.replicas and 0 < count % size < self.replicas:
@@ -109,25 +171,47 @@ class Replication:
 
     def runtime(self) -> dict[str, Any]:
         """Its part of `results.json`'s "runtime" (and so of every chain key)."""
-        return {"distribute": self.name, "replicas": self.replicas}
+        several = {"processes": self.hosts.count} if self.hosts.several else {}
+        return {"distribute": self.name, "replicas": self.replicas, **several}
 
 
 ONE_DEVICE = Replication("none", 1)
 
 
-def resolve(requested: str, batch_size: int) -> Replication:
+class _Shares(keras.utils.PyDataset):
+    """A `PyDataset`'s batches, each cut to this process's share."""
+
+    def __init__(self, batches: keras.utils.PyDataset, share: Callable[[Any], Any]):
+        super().__init__()
+        self._batches, self._share = batches, share
+
+    @property
+    def num_batches(self) -> int | None:
+        return self._batches.num_batches
+
+    def __getitem__(self, index: int) -> Any:
+        return self._share(self._batches[index])
+
+
+def resolve(requested: str, batch_size: int, hosts: Hosts = ALONE) -> Replication:
     """`--distribute` -> the strategy or distribution this run trains under.
 
     Call it once, before TensorFlow runs anything (MultiWorkerMirroredStrategy must be
     made first). A choice this backend or machine cannot honour is a `UserError`.
+    `hosts`: the processes `hosts.join` joined; several train one chain under
+    `data_parallel` over all their devices.
     """
     if requested not in DISTRIBUTES:
         raise UserError(f"--distribute={requested} must be one of {', '.join(DISTRIBUTES)}.")
     backend = keras.backend.backend()
     tf_config = os.environ.get(TF_CONFIG)
-    if requested == "auto":
+    if hosts.several:
+        check_several(requested, backend)
+        requested = "data_parallel"
+    elif requested == "auto":
         requested = _auto(backend, tf_config)
-    _refuse_several_processes(requested, tf_config)
+    if not hosts.several:
+        _refuse_several_processes(requested, tf_config)
     if backend == "jax":
         keras.distribution.set_distribution(None)  # Until data_parallel sets one, below.
     if requested == "none":
@@ -156,10 +240,25 @@ def resolve(requested: str, batch_size: int) -> Replication:
         return Replication("mirrored", strategy.num_replicas_in_sync, strategy)
     import jax
 
-    devices = jax.devices()
-    distribution = TrainingDataParallel(batch_size, devices=devices)
+    devices = jax.devices()  # Every process's.
+    distribution = TrainingDataParallel(batch_size, devices=devices, hosts=hosts)
     keras.distribution.set_distribution(distribution)
-    return Replication("data_parallel", len(devices), distribution)
+    return Replication("data_parallel", len(devices), distribution, hosts)
+
+
+def check_several(requested: str, backend: str) -> None:
+    """Several processes train one chain on JAX alone, under `data_parallel` (or `auto`)."""
+    if backend != "jax":
+        raise UserError(
+            f"{NUM_PROCESSES} asks for one run across several processes, which trains on "
+            f"KERAS_BACKEND=jax (here: {backend}); TensorFlow's MultiWorkerMirroredStrategy "
+            "fails in Keras 3's fit (keras-team/keras#20329)."
+        )
+    if requested not in ("auto", "data_parallel"):
+        raise UserError(
+            f"--distribute={requested} trains in one process, but {NUM_PROCESSES} asks for "
+            "several: pass --distribute=data_parallel (or auto) to train one chain across them."
+        )
 
 
 class TrainingDataParallel(keras.distribution.DataParallel):
@@ -174,30 +273,32 @@ class TrainingDataParallel(keras.distribution.DataParallel):
     device evaluates them whole, which gives the same numbers as one device.
     """
 
-    def __init__(self, batch_size: int, devices):
+    def __init__(self, batch_size: int, devices, hosts: Hosts = ALONE):
         super().__init__(devices=devices)
+        # Each process feeds its share of every training batch (`Replication.share`),
+        # and every evaluation batch whole.
+        self.auto_shard_dataset = False
         self.batch_size = batch_size
+        self.share = batch_size // hosts.count
 
     def get_data_layout(self, data_shape):
-        if data_shape and data_shape[0] == self.batch_size:
+        if data_shape and data_shape[0] == self.share:
             return super().get_data_layout(data_shape)
         return keras.distribution.TensorLayout([None] * len(data_shape), self.device_mesh)
 
 
 def _refuse_several_processes(requested: str, tf_config: str | None) -> None:
-    """A launch of several processes is refused before anything is read: no `--distribute`
-    joins processes into one chain yet, so each would train a chain of its own into the
-    same work directory and export folder, and exit 0 (issue 19 saw it: two processes
-    started as Keras's multi-host guide says left two versions in one export folder).
-    `requested` is resolved (not `auto`); a `TF_CONFIG` under `multi_worker` is
-    `_multi_worker`'s."""
+    """A launch of several processes that were not joined into one run (`hosts.join`,
+    which `run.py` calls) is refused before anything is read: each would train a chain of
+    its own into the same work directory and export folder, and exit 0 (issue 19 saw it:
+    two versions in one export folder). So is a `TF_CONFIG` of several tasks under
+    anything but `multi_worker` (`_multi_worker`'s). `requested` is resolved (not `auto`)."""
     processes = os.environ.get(NUM_PROCESSES, "").strip()
     if processes not in ("", "1"):
         raise UserError(
-            f"{NUM_PROCESSES}={processes} asks for one run across several processes, which "
-            "krefinery does not train yet: each process would train a chain of its own into "
-            f"the same work directory. Unset {NUM_PROCESSES} and run one process per machine "
-            "(its devices: --distribute=data_parallel on JAX, mirrored on TensorFlow)."
+            f"{NUM_PROCESSES}={processes} asks for one run across several processes, but this "
+            "process has not joined them: call krefinery.runtime.hosts.join() first and pass "
+            "its Hosts on, as run.py does."
         )
     if requested == "multi_worker" or not tf_config:
         return
