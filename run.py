@@ -47,6 +47,7 @@ from krefinery.runtime import console  # noqa: E402
 from krefinery.runtime.hosts import (  # noqa: E402
     ALONE,
     WORKDIR_NEEDED,
+    Hosts,
     exit_now,
     is_peer_failure,
     join,
@@ -365,10 +366,11 @@ def command(argv: list[str]) -> None:
     try:
         config = config_from_flags()
         if requested() > 1:
-            if FLAGS.tune or config.repeats > 1 or config.control:
+            if FLAGS.tune:
                 raise UserError(
-                    "a run on several processes trains one chain (a plain run): drop --tune, "
-                    "--repeats and --control."
+                    "--tune does not run across the processes of one run: a search across "
+                    "machines runs keras-tuner's chief and workers, one process each "
+                    "(docs/tuning.md)."
                 )
             if not config.workdir:
                 raise UserError(WORKDIR_NEEDED)
@@ -390,7 +392,8 @@ def command(argv: list[str]) -> None:
             from krefinery.commands import study
             from krefinery.outputs import study_report
 
-            print(study_report.format_study(study.run_study(config)))
+            record = study.run_study(config, hosts)
+            print(study_report.format_study(record) if hosts.writer else done(hosts))
             return
         if FLAGS.tune:
             search = tune_config_from_flags()
@@ -425,10 +428,12 @@ def command(argv: list[str]) -> None:
             raise
         print(f"error: {full}", file=sys.stderr)
         sys.exit(full.exit_code)
-    if hosts.writer:
-        print(report.format_table(results))
-    else:
-        print(f"process {hosts.index} of {hosts.count} done; process 0 reports.")
+    print(report.format_table(results) if hosts.writer else done(hosts))
+
+
+def done(hosts: Hosts) -> str:
+    """What a process other than process 0 ends with: the report is process 0's."""
+    return f"process {hosts.index} of {hosts.count} done; process 0 reports."
 
 
 if __name__ == "__main__":

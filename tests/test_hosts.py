@@ -19,6 +19,7 @@ from helpers import (
     CHAIN,
     ROOT,
     comparable,
+    read_json,
     read_results,
     read_weights,
     trained_generations,
@@ -169,3 +170,22 @@ def test_a_process_whose_peers_never_come_stops_with_one_line(tmp_path):
     (line,) = errors(alone[1])
     assert line.startswith("error: process 1 of 2: not every process joined within 3 s; check that process 0 (at 127.0.0.1:")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_study_runs_across_processes_and_process_0_reports_it(tmp_path):
+    """--repeats: each repeat is a run across both processes; process 0 writes the
+    study, its repeats and the one export, and prints the report."""
+    study = launch(
+        *CHAIN, "--epochs=1", "--generations=1", "--input=memory", "--repeats=2",
+        f"--workdir={tmp_path / 'study'}", f"--export_dir={tmp_path / 'models'}",
+    )
+    for result in study.values():
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "Study: 2 repeat(s), training seeds 0, 1" in study[0].stdout
+    assert study[1].stdout.strip().splitlines()[-1] == "process 1 of 2 done; process 0 reports."
+    record = read_json(tmp_path / "study" / "study.json")
+    assert record["repeats"] == 2 and record["seeds"] == [0, 1]
+    for repeat in (0, 1):
+        results = read_results(tmp_path / "study" / f"repeat_{repeat}")
+        assert results["runtime"]["processes"] == 2 and results["finished"]
+    assert os.listdir(tmp_path / "models" / "digits") == ["1"]

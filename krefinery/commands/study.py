@@ -37,6 +37,7 @@ from krefinery.commands import train
 from krefinery.config import Config
 from krefinery.errors import Interrupted
 from krefinery.outputs import export, report, study_report, workdirs
+from krefinery.runtime.hosts import ALONE, Hosts
 
 REPEAT_DIR = "repeat_{}"
 
@@ -54,22 +55,26 @@ def repeat_config(config: Config, repeat: int, root: Path) -> Config:
     )
 
 
-def run_study(config: Config) -> dict[str, Any]:
+def run_study(config: Config, hosts: Hosts = ALONE) -> dict[str, Any]:
     """Trains (or resumes) the repeats and controls that `config` asks for; returns the
     study record. `study.json` is rewritten after every repeat, so an interrupted study
     keeps what it finished. Bad input is reported before anything is trained or written.
+    `hosts`: the processes of a study on several (each repeat a run across them all;
+    process 0 alone writes, as in `train.train_and_evaluate`).
     """
+    if hosts.several:
+        workdirs.check_alike(config, hosts)
     root = workdirs.check(config, workdirs.STUDY, workdirs.marker_of(config))
-    with workdirs.claim(config, workdirs.STUDY, root) as held:
-        export.prepare_export_dir(config)
+    with workdirs.claim(config, workdirs.STUDY, root, hosts=hosts) as held:
+        hosts.on_writer(lambda: export.prepare_export_dir(config))
         check_data(config)  # Bad data or batch size fails here, before anything is written.
         # The study's record is its marker: its settings now, its figures after each repeat.
         held.mark({**workdirs.marker_of(config), "config": config.to_dict()})
-        return _study(config, held.path)
+        return _study(config, held.path, hosts)
 
 
-def _study(config: Config, root: Path) -> dict[str, Any]:
-    """The repeats in `root`, then the study's record, chart and export."""
+def _study(config: Config, root: Path, hosts: Hosts) -> dict[str, Any]:
+    """The repeats in `root`, then the study's record, chart and export (process 0's)."""
     runs: list[dict[str, Any]] = []
     record: dict[str, Any] = {}
     for repeat in range(config.repeats):
@@ -77,17 +82,20 @@ def _study(config: Config, root: Path) -> dict[str, Any]:
         if config.verbose:
             print(f"Repeat {repeat + 1}/{config.repeats} (seed {own.seed})", flush=True)
         try:
-            results = train.train_and_evaluate(own)
+            results = train.train_and_evaluate(own, hosts)
         except Interrupted as stop:
             raise stop.within(f"repeat {repeat + 1} of {config.repeats}")
         runs.append(results)
         if config.verbose:
             print(report.format_table(results), flush=True)
         record = study_report.study_record(config, runs, root)
+        if hosts.writer:
+            workdirs.write_record(root / study_report.STUDY, record)
+    if hosts.writer:
+        study_report.study_chart(record, runs, root / study_report.CHART)
+        study_report.write_tensorboard(record, runs, root / "tensorboard" / "study")
+        best = runs[record["best"]["repeat"]]
+        record["export"] = os.fspath(export.copy_export(Path(best["exports"]["best"]), config))
         workdirs.write_record(root / study_report.STUDY, record)
-    study_report.study_chart(record, runs, root / study_report.CHART)
-    study_report.write_tensorboard(record, runs, root / "tensorboard" / "study")
-    best = runs[record["best"]["repeat"]]
-    record["export"] = os.fspath(export.copy_export(Path(best["exports"]["best"]), config))
-    workdirs.write_record(root / study_report.STUDY, record)
+    hosts.barrier("study finished")
     return record
