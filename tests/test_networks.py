@@ -160,9 +160,7 @@ def test_killed_in_generation_2_the_same_command_finishes_the_same_run(chain, tm
 
 def test_on_jax_a_resnet18_teaches_a_mobilenet_online(tmp_path):
     data = folder(tmp_path / "data")
-    # At the images' own 32x32 (CHAIN resizes to 64): the networks end at 1x1, and JAX's
-    # compiled steps take a fifth less time on this small a test.
-    args = (*CHAIN, "--epochs=1", "--image_size=32x32", "--relabel=online", "--input=memory", f"--dataset=folder:{data}")
+    args = (*CHAIN, "--epochs=1", "--relabel=online", "--input=memory", f"--dataset=folder:{data}")
     result = run_on_backend("jax", *args, f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'models'}")
     assert result.returncode == 0, result.stderr[-3000:]
     results = read_results(tmp_path / "run")

@@ -91,7 +91,8 @@ class InMemoryData:
     `crop`: translation, or random-resized crops (`data.crops`). `ids`: each image's
     example id (default: its position) among `num_ids`, the ids the label table is
     indexed by. `batches(...)` makes a generation's training batches for
-    `fit`; `labels` is the table a chain refines.
+    `fit`; `labels` is the table a chain refines, relabelling in batches of
+    `evaluation_batch(n)` (`runtime.distribute.Replication.evaluation_batch`).
     """
 
     def __init__(
@@ -317,9 +318,18 @@ class MemoryFeed:
         return cls(data, held_out, held_out, info, batch_size, seed, **options)
 
     @classmethod
-    def of(cls, splits: MemorySplits, batch_size: int, seed: int, crop: Crop = Crop(), **options) -> MemoryFeed:
-        """The feed of a source's splits, its training images cropped as `crop` says;
-        `options`: `__init__`'s keyword arguments."""
+    def of(
+        cls,
+        splits: MemorySplits,
+        batch_size: int,
+        seed: int,
+        crop: Crop = Crop(),
+        evaluation_batch: Callable[[int], int] = lambda count: INFERENCE_BATCH_SIZE,
+        **options,
+    ) -> MemoryFeed:
+        """The feed of a source's splits, its training images cropped as `crop` says, each
+        set evaluated (and the training set relabelled) in `evaluation_batch(count)`;
+        `options`: `__init__`'s other keyword arguments."""
         info = splits.info
         data = InMemoryData(
             splits.train.images,
@@ -329,9 +339,9 @@ class MemoryFeed:
             ids=splits.train_ids,
             num_ids=info.num_ids,
             crop=crop,
-            **{k: v for k, v in options.items() if k == "evaluation_batch"},
+            evaluation_batch=evaluation_batch,
         )
-        return cls(data, splits.val, splits.test, info, batch_size, seed, **options)
+        return cls(data, splits.val, splits.test, info, batch_size, seed, evaluation_batch=evaluation_batch, **options)
 
     def training(self, generation: int, initial_epoch: int = 0) -> keras.utils.PyDataset:
         return self.data.batches(

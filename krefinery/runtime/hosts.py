@@ -9,7 +9,7 @@ files (`Hosts.writer`), each write followed by a `barrier` so that no process re
 the work directory before it is written.
 
 A peer that never joins, or dies, ends every process with one line (`PeerLost`) and
-exit code 5 within `JOIN_TIMEOUT` seconds (at the start) or a few (in a collective):
+exit code 5 within `KREFINERY_JOIN_TIMEOUT` seconds (at the start) or a few (in a collective):
 JAX's own reaction, an abort with a C++ stack trace at exit, is never reached (`exit_now`).
 """
 
@@ -27,8 +27,8 @@ from krefinery.errors import PeerLost, UserError
 ADDRESSES = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 NUM_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
-# Seconds every process waits for all the others to join, and what it says then.
-JOIN_TIMEOUT = float(os.environ.get("KREFINERY_JOIN_TIMEOUT", "120"))
+# Seconds each process waits for all the others to join (default 120).
+JOIN_TIMEOUT = "KREFINERY_JOIN_TIMEOUT"
 # Seconds a process may wait in a collective for the others (one writing an export).
 COLLECTIVE_TIMEOUT = 3600
 # Why a run on several processes is refused without --workdir.
@@ -150,11 +150,12 @@ def join() -> Hosts:
     # XLA's CPU collectives abort after 30 s of that by default.
     flag = f"--xla_cpu_collective_timeout_seconds={COLLECTIVE_TIMEOUT}"
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    wait = join_timeout()
     import jax
 
     # JAX's own timeout aborts the process with a stack trace; the watchdog says one
     # line first and ends it cleanly.
-    watchdog = threading.Timer(JOIN_TIMEOUT, _not_joined, args=(index, count, address))
+    watchdog = threading.Timer(wait, _not_joined, args=(index, count, address, wait))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -162,19 +163,30 @@ def join() -> Hosts:
             coordinator_address=address,
             num_processes=count,
             process_id=index,
-            initialization_timeout=int(JOIN_TIMEOUT) + 60,
-            heartbeat_timeout_seconds=int(JOIN_TIMEOUT) + 60,
+            initialization_timeout=int(wait) + 60,
+            heartbeat_timeout_seconds=int(wait) + 60,
         )
     finally:
         watchdog.cancel()
     return Hosts(index, count)
 
 
-def _not_joined(index: int, count: int, address: str) -> None:
+def join_timeout() -> float:
+    text = os.environ.get(JOIN_TIMEOUT, "120").strip()
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = 0.0
+    if not wait > 0:
+        raise UserError(f"{JOIN_TIMEOUT}={text} must be a number of seconds above 0.")
+    return wait
+
+
+def _not_joined(index: int, count: int, address: str, wait: float) -> None:
     others = "process 0 (at " + address + ")" if index else f"processes 1 to {count - 1}"
     exit_now(
         PeerLost(
-            f"process {index} of {count}: not every process joined within {JOIN_TIMEOUT:g} s; "
+            f"process {index} of {count}: not every process joined within {wait:g} s; "
             f"check that {others} started the same command ({NUM_PROCESSES}={count}, "
             f"{ADDRESSES}={address})."
         )
