@@ -205,8 +205,9 @@ def test_a_launch_of_several_processes_that_cannot_be_one_chain_is_refused_befor
             "which trains on KERAS_BACKEND=jax (here: tensorflow)"
         ), flags
     assert exit_line(capsys).startswith("error: a run on several processes needs --workdir=PATH")
-    assert exit_line(capsys, "--repeats=2", f"--workdir={workdir}").startswith(
-        "error: a run on several processes trains one chain (a plain run)"
+    assert exit_line(capsys, "--tune", f"--workdir={workdir}").startswith(
+        "error: --tune does not run across the processes of one run: a search across machines "
+        "runs keras-tuner's chief and workers"
     )
     for choice in ("none", "mirrored", "multi_worker"):  # What JAX's processes are refused.
         with pytest.raises(UserError, match=f"--distribute={choice} trains in one process"):
