@@ -146,8 +146,8 @@ def join() -> Hosts:
         index = -1
     if not 0 <= index < count:
         raise UserError(f"{PROCESS_ID}={index_text} must be one of 0 to {count - 1}.")
-    # A process waits in a collective while process 0 writes alone (an export, say):
-    # XLA's CPU collectives abort after 30 s of that by default.
+    # A process waits in a collective while process 0 writes alone (an export, say);
+    # XLA's CPU collectives give up after a timeout of their own, raised here.
     flag = f"--xla_cpu_collective_timeout_seconds={COLLECTIVE_TIMEOUT}"
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
     wait = join_timeout()
