@@ -7,10 +7,12 @@ launch has a hard timeout, so a lost peer cannot hold the suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,36 +40,44 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(*args: str, processes: int = 2, each: dict[int, dict] | None = None, only: tuple[int, ...] | None = None,
-           extra: dict[int, tuple[str, ...]] | None = None) -> dict[int, subprocess.CompletedProcess]:
+def launch(
+    *args: str,
+    processes: int = 2,
+    each: dict[int, dict] | None = None,
+    only: tuple[int, ...] | None = None,
+    extra: dict[int, tuple[str, ...]] | None = None,
+) -> dict[int, subprocess.CompletedProcess]:
     """`KERAS_BACKEND=jax python run.py ARGS` as process i of `processes` (all of them, or
     `only` these), each with the environment `each[i]` and the flags `extra[i]` added;
-    their results, by process index, once all have ended."""
+    their results, by process index, once all have ended. Their output goes to files,
+    so that no process blocks on a full pipe while the others wait for it."""
     port = free_port()
     started = {}
-    for index in only or range(processes):
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.fspath(ROOT),
-            "KERAS_BACKEND": "jax",
-            "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
-            "KERAS_DISTRIBUTION_NUM_PROCESSES": str(processes),
-            "KERAS_DISTRIBUTION_PROCESS_ID": str(index),
-            **(each or {}).get(index, {}),
-        }
-        env.pop("XLA_FLAGS", None)
-        command = [sys.executable, os.fspath(ROOT / "run.py"), *args, *(extra or {}).get(index, ())]
-        started[index] = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    results = {}
-    try:
-        for index, process in started.items():
-            out, err = process.communicate(timeout=TIMEOUT)
-            results[index] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
-    finally:
-        for process in started.values():
-            process.kill()
+    with contextlib.ExitStack() as files:
+        for index in only or range(processes):
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.fspath(ROOT),
+                "KERAS_BACKEND": "jax",
+                "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}",
+                "KERAS_DISTRIBUTION_NUM_PROCESSES": str(processes),
+                "KERAS_DISTRIBUTION_PROCESS_ID": str(index),
+                **(each or {}).get(index, {}),
+            }
+            env.pop("XLA_FLAGS", None)
+            out, err = (files.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2))
+            command = [sys.executable, os.fspath(ROOT / "run.py"), *args, *(extra or {}).get(index, ())]
+            started[index] = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err, text=True), out, err)
+        results = {}
+        try:
+            for index, (process, out, err) in started.items():
+                process.wait(timeout=TIMEOUT)
+                out.seek(0)
+                err.seek(0)
+                results[index] = subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read())
+        finally:
+            for process, _, _ in started.values():
+                process.kill()
     return results
 
 
