@@ -142,7 +142,7 @@ class Replication:
         them by size, so no batch of such a set (nor its last) is a share's size."""
         if not self.hosts.several:
             return INFERENCE_BATCH_SIZE
-        share = self.handle.share
+        share = self.handle.share_rows
         for size in range(INFERENCE_BATCH_SIZE, 0, -1):
             batches = {size} if count >= size else set()
             if count % size:
@@ -279,10 +279,10 @@ class TrainingDataParallel(keras.distribution.DataParallel):
         # and every evaluation batch whole.
         self.auto_shard_dataset = False
         self.batch_size = batch_size
-        self.share = batch_size // hosts.count
+        self.share_rows = batch_size // hosts.count
 
     def get_data_layout(self, data_shape):
-        if data_shape and data_shape[0] == self.share:
+        if data_shape and data_shape[0] == self.share_rows:
             return super().get_data_layout(data_shape)
         return keras.distribution.TensorLayout([None] * len(data_shape), self.device_mesh)
 

@@ -15,12 +15,13 @@ JAX's own reaction, an abort with a C++ stack trace at exit, is never reached (`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import sys
 import threading
-from typing import Callable, Mapping, NoReturn, Sequence, TypeVar
+from typing import Callable, Iterator, Mapping, NoReturn, Sequence, TypeVar
 
 from krefinery.errors import PeerLost, UserError
 
@@ -193,20 +194,16 @@ def _not_joined(index: int, count: int, address: str, wait: float) -> None:
     )
 
 
-class lost_peers:
+@contextlib.contextmanager
+def lost_peers(hosts: Hosts) -> Iterator[None]:
     """Turns a collective that fails because a peer is gone (gloo's or NCCL's error,
     raised in this process) into `PeerLost`, said in one line."""
-
-    def __init__(self, hosts: Hosts):
-        self.hosts = hosts
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, error, trace) -> bool:
-        if error is not None and self.hosts.several and is_peer_failure(error):
-            raise lost(self.hosts, error) from None
-        return False
+    try:
+        yield
+    except Exception as error:
+        if hosts.several and is_peer_failure(error):
+            raise lost(hosts, error) from None
+        raise
 
 
 def is_peer_failure(error: BaseException) -> bool:
