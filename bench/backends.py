@@ -32,15 +32,13 @@ def worker(precisions: list[str], steps: int) -> None:
     import keras
     import tensorflow as tf
 
-    from bench.common import BATCH, CLASSES, SHAPE, synthetic_images
+    from bench.common import BATCH, CLASSES, SHAPE, batched, synthetic_images
     from krefinery.core.resnet import build_resnet
     from krefinery.core.trainer import Trainer
     from krefinery.runtime.device import resolve_jit_compile
 
     images, labels = synthetic_images(steps * BATCH)
-    data = tf.data.Dataset.from_tensor_slices(
-        {"image": images, "label": labels, "target": tf.one_hot(labels, CLASSES)}
-    ).batch(BATCH).cache()
+    data = batched({"image": images, "label": labels, "target": tf.one_hot(labels, CLASSES)}, BATCH).cache()
     tf.config.experimental.enable_op_determinism()  # As prepare_experiment does for runs.
     jit_compile = resolve_jit_compile(None)
     trainers = {}

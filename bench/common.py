@@ -28,6 +28,7 @@ from krefinery.core.label_refinery import LabelRefinery  # noqa: E402
 from krefinery.core.networks import seeded_network  # noqa: E402
 from krefinery.core.resnet import build_resnet  # noqa: E402
 from krefinery.core.trainer import Trainer, make_optimizer  # noqa: E402
+from krefinery.data import pipeline  # noqa: E402
 from krefinery.data.pipeline import (  # noqa: E402
     make_augment,
     make_splits,
@@ -58,6 +59,14 @@ def synthetic_images(num: int, seed: int = 0, shape: tuple = SHAPE) -> tuple[np.
     )
 
 
+def batched(data, batch: int) -> tf.data.Dataset:
+    """`data` (arrays, or a dict or tuple of them) in batches of `batch`, fed to Keras as runs
+    feed it: tf.data's autotuner off (`pipeline.PIPELINE_OPTIONS`). With it on, a timed
+    `fit` would return only at the autotuner's next wake-up (2.55 s, 5.11 s, ... after it
+    began), and the rate would read that instead of the step's."""
+    return tf.data.Dataset.from_tensor_slices(data).batch(batch).with_options(pipeline.PIPELINE_OPTIONS)
+
+
 def resnet20(seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)
     return build_resnet(SHAPE, CLASSES, depth=20, weight_decay=1e-4)
@@ -86,6 +95,25 @@ def batch_norm(name: str) -> Iterator[None]:
         yield
     finally:
         blocks.BatchNormalization = batchnorm.BatchNormalization
+
+
+# tf.data's autotuner in the pipelines runs build: on, TensorFlow's default, or off, as runs
+# have it (`tf_data_autotune`).
+AUTOTUNE = ("on", "off")
+
+
+@contextlib.contextmanager
+def tf_data_autotune(name: str) -> Iterator[None]:
+    """Pipelines built meanwhile have tf.data's autotuner `name` ("off" or "on")
+    (`krefinery.data.pipeline` reads PIPELINE_OPTIONS as it builds each one)."""
+    previous = pipeline.PIPELINE_OPTIONS
+    options = tf.data.Options()
+    options.autotune.enabled = name == "on"
+    pipeline.PIPELINE_OPTIONS = options
+    try:
+        yield
+    finally:
+        pipeline.PIPELINE_OPTIONS = previous
 
 
 # The project's shared real images (see ../shared/data/README.md).

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import tensorflow as tf
 
 from bench.common import (
     CLASSES,
     alternate,
+    batched,
     describe,
     machine,
     rate,
@@ -45,7 +45,7 @@ def main(archs: str = "resnet18,mobilenet", sizes: str = "64,224", rounds: int =
         batch, steps = SIZES[side]
         images, classes = synthetic_images(batch * (steps + 1), shape=(side, side, 3))
         targets = np.eye(CLASSES, dtype=np.float32)[classes]
-        data = tf.data.Dataset.from_tensor_slices({"image": images, "label": classes, "target": targets}).batch(batch)
+        data = batched({"image": images, "label": classes, "target": targets}, batch)
         for arch in archs.split(","):
             config = Config(arch=arch, batch_size=batch, epochs=10, lr_schedule="step", warmup_epochs=0, weight_decay=1e-4)
             trainer, runtime = run_trainer(config, steps + 1, shape=(side, side, 3))

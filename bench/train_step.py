@@ -27,6 +27,7 @@ from bench.common import (
     BATCH,
     CLASSES,
     alternate,
+    batched,
     describe,
     dtype_policy,
     machine,
@@ -63,9 +64,7 @@ def batches(steps: int) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """The same batches twice: as our pipeline's dicts and as (image, one-hot) pairs."""
     images, labels = synthetic_images(steps * BATCH)
     targets = tf.one_hot(labels, CLASSES)
-    ours = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "target": targets})
-    plain = tf.data.Dataset.from_tensor_slices((images, targets))
-    return ours.batch(BATCH), plain.batch(BATCH)
+    return batched({"image": images, "label": labels, "target": targets}, BATCH), batched((images, targets), BATCH)
 
 
 def torch_contender(steps: int, precision: str, threads: int | None) -> Callable[[], float] | None:

@@ -1,11 +1,16 @@
-"""Whole runs, Keras's batch normalization vs the fused kernel: where users feel the step.
+"""Whole runs, two ways of one part alternating: where users feel a change.
 
-bench.fused_batchnorm times the training step alone. This times what `python run.py` does
-from its call to its end (data loading, every epoch's validation and checkpoint, the
-relabel pass, test evaluation, reports and the SavedModel export), in this process, with
-the ResNet built with Keras's `BatchNormalization` and with the project's fused one
-(`krefinery.core.batchnorm`), alternating within each round, each run in a fresh work
-directory (nothing comes from a store). Two jobs:
+Times what `python run.py` does from its call to its end (data loading, every epoch's
+validation and checkpoint, the relabel pass, test evaluation, reports and the SavedModel
+export), in this process, each run in a fresh work directory (nothing comes from a
+store), the two contenders alternating within each round. `--compare` picks them:
+
+- `batchnorm`: the ResNet built with Keras's `BatchNormalization` or with the project's
+  fused one (`krefinery.core.batchnorm`; bench.fused_batchnorm times the step alone);
+- `autotune`: the run's tf.data pipelines with tf.data's autotuner off (as runs have it,
+  `krefinery.data.pipeline._prefetched`) or on (TensorFlow's default).
+
+Two jobs:
 
 - `digits`: the default job, `python run.py` (3 generations of 15 epochs, ResNet-20,
   batch 64, 1,437 training images of 8x8);
@@ -13,15 +18,17 @@ directory (nothing comes from a store). Two jobs:
   32x32 CIFAR-10 JPEGs from ../shared/data (500 a class, 5,000 in all: 4,500 train, the
   rest validation and test), ResNet-20, batch 128.
 
-    python -m bench.whole_run [--jobs=digits,cifar] [--rounds=2] [--digits_epochs=15]
+    python -m bench.whole_run [--compare=batchnorm|autotune] [--jobs=digits,cifar] [--rounds=2]
+        [--digits_epochs=15]
 
 Reports each run's wall seconds and its generations' training seconds (results.json's
-`seconds`), medians by contender, and Keras / fused.
+`seconds`), medians by contender, and their ratio (the first contender's over the second's).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -30,7 +37,17 @@ import time
 from pathlib import Path
 
 import run
-from bench.common import BATCH_NORMS, SHARED_CIFAR, batch_norm, machine
+from bench.common import (
+    AUTOTUNE,
+    BATCH_NORMS,
+    SHARED_CIFAR,
+    batch_norm,
+    machine,
+    tf_data_autotune,
+)
+
+# What --compare sets against what: (the contenders, baseline first; the setting for one).
+COMPARISONS = {"batchnorm": (tuple(BATCH_NORMS), batch_norm), "autotune": (AUTOTUNE, tf_data_autotune)}
 
 
 def cifar_folder(root: Path, per_class: int = 500) -> Path:
@@ -49,11 +66,11 @@ def cifar_folder(root: Path, per_class: int = 500) -> Path:
     return root
 
 
-def one_run(flags: list[str], layer: str, workdir: Path) -> dict:
-    """`python run.py FLAGS` in this process with the ResNet's batch norm `layer`."""
+def one_run(flags: list[str], setting: contextlib.AbstractContextManager, workdir: Path) -> dict:
+    """`python run.py FLAGS` in this process, inside `setting` (one contender's)."""
     run.FLAGS.unparse_flags()
     start = time.perf_counter()
-    with batch_norm(layer):
+    with setting:
         run.main(run.parse_flags(["run.py", *flags, f"--workdir={workdir}", f"--export_dir={workdir / 'models'}"]))
     seconds = time.perf_counter() - start
     results = json.loads((workdir / "results.json").read_text())
@@ -66,11 +83,14 @@ def one_run(flags: list[str], layer: str, workdir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="batchnorm")
     parser.add_argument("--jobs", default="digits,cifar")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--digits_epochs", type=int, default=15, help="the default job's epochs")
     args = parser.parse_args(argv)
-    print(f"# Whole runs, Keras batch norm vs fused; {machine()}", flush=True)
+    contenders, setting = COMPARISONS[args.compare]
+    first, second = contenders
+    print(f"# Whole runs, {args.compare}: {first} vs {second}; {machine()}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="whole-run-"))
     jobs = {}
     if "digits" in args.jobs:
@@ -82,24 +102,24 @@ def main(argv: list[str] | None = None) -> None:
         ]
     summary = {}
     for job, flags in jobs.items():
-        runs = {layer: [] for layer in BATCH_NORMS}
+        runs = {name: [] for name in contenders}
         for round_ in range(args.rounds):
             # Alternate which goes first, so neither always pays for a cold process.
-            order = list(BATCH_NORMS) if round_ % 2 == 0 else list(reversed(BATCH_NORMS))
-            for layer in order:
-                record = one_run(flags, layer, scratch / f"{job}-{layer}-{round_}")
-                runs[layer].append(record)
-                print(f"  {job} round {round_ + 1} {layer}: {json.dumps(record)}", flush=True)
-        walls = {layer: statistics.median(r["wall"] for r in records) for layer, records in runs.items()}
+            order = contenders if round_ % 2 == 0 else contenders[::-1]
+            for name in order:
+                record = one_run(flags, setting(name), scratch / f"{job}-{name}-{round_}")
+                runs[name].append(record)
+                print(f"  {job} round {round_ + 1} {name}: {json.dumps(record)}", flush=True)
+        walls = {name: statistics.median(r["wall"] for r in records) for name, records in runs.items()}
         training = {
-            layer: statistics.median(sum(r["generations"]) for r in records) for layer, records in runs.items()
+            name: statistics.median(sum(r["generations"]) for r in records) for name, records in runs.items()
         }
         summary[job] = {"wall": walls, "training": training}
         print(
-            f"{job}: wall median keras {walls['keras']:.1f} s, fused {walls['fused']:.1f} s "
-            f"(keras / fused {walls['keras'] / walls['fused']:.2f}x); training seconds median "
-            f"keras {training['keras']:.1f}, fused {training['fused']:.1f} "
-            f"({training['keras'] / training['fused']:.2f}x)",
+            f"{job}: wall median {first} {walls[first]:.1f} s, {second} {walls[second]:.1f} s "
+            f"({first} / {second} {walls[first] / walls[second]:.2f}x); training seconds median "
+            f"{first} {training[first]:.1f}, {second} {training[second]:.1f} "
+            f"({training[first] / training[second]:.2f}x)",
             flush=True,
         )
     print(json.dumps(summary))

@@ -8,6 +8,7 @@ from krefinery.core.losses import refined_labels
 from krefinery.core.refinement import Relabeller
 from krefinery.core.trainer import Trainer
 from krefinery.data.pipeline import (
+    eval_dataset,
     make_augment,
     make_splits,
     onehot_table,
@@ -125,6 +126,15 @@ def test_pipeline_is_fixed_by_the_seed():
         np.testing.assert_array_equal(ids_a, ids_b)
         np.testing.assert_array_equal(images_a, images_b)
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(same, other))
+
+
+def test_keras_is_fed_without_tf_datas_autotuner():
+    """With it on, each `fit`, `evaluate` and `predict` returns only at the autotuner's next
+    wake-up, up to twice as long as its batches took (bench/RESULTS.md, section 16)."""
+    splits = make_splits(constant_images(60), val_fraction=0.1, seed=0)
+    labels = onehot_table(splits.train, splits.num_ids, splits.num_classes)
+    for dataset in (training_dataset(splits.train, labels, 16, seed=0), eval_dataset(splits.val)):
+        assert dataset.options().autotune.enabled is False
 
 
 def test_each_epoch_is_the_same_stream_wherever_it_starts():

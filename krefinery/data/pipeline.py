@@ -33,6 +33,9 @@ IN_MEMORY_CHUNK = 512
 # The cache holds chunks of examples rather than single ones: per-element bookkeeping
 # otherwise costs about as much memory as the images themselves (bench/memory.py).
 CACHE_CHUNK = 512
+# tf.data's autotuner stays off in the batches Keras consumes (see `_prefetched`).
+PIPELINE_OPTIONS = tf.data.Options()
+PIPELINE_OPTIONS.autotune.enabled = False
 
 Example = dict[str, tf.Tensor]
 
@@ -380,7 +383,20 @@ def training_dataset(
     dataset = dataset.apply(
         tf.data.experimental.assert_cardinality(max(0, epochs - initial_epoch) * steps)
     )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return _prefetched(dataset)
+
+
+def _prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` prefetched, with tf.data's autotuner off.
+
+    With the autotuner on, an iterator that Keras's `fit`, `evaluate` or `predict` used
+    is freed only when the autotuner next wakes, and its wake-ups come 10 ms, 20 ms, 40 ms
+    ... up to a minute apart: a `fit` that trained for 2.7 to 3.3 s returned 5.1 s after
+    it began in 4 of 5 tries (TF 2.21, bench/pipeline_end.py). Without it, parallel maps
+    use one call per core and prefetching keeps its own buffer tuning: the model, not the
+    input, bounds a CPU run (bench/RESULTS.md).
+    """
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)
 
 
 def _cut(batch: Example, multiple_of: int) -> Example:
@@ -520,7 +536,7 @@ def eval_dataset(
     batches = examples.batch(batch_size)
     if view is not None:
         batches = batches.map(lambda batch: {**batch, "image": crops.view(tnp, batch["image"], view)})
-    return batches.prefetch(tf.data.AUTOTUNE)
+    return _prefetched(batches)
 
 
 def count(dataset: tf.data.Dataset) -> int:
