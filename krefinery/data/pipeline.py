@@ -389,12 +389,11 @@ def training_dataset(
 def _prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """`dataset` prefetched, with tf.data's autotuner off.
 
-    With the autotuner on, an iterator that Keras's `fit`, `evaluate` or `predict` used
-    is freed only when the autotuner next wakes, and its wake-ups come 10 ms, 20 ms, 40 ms
-    ... up to a minute apart: a `fit` that trained for 2.7 to 3.3 s returned 5.1 s after
-    it began in 4 of 5 tries (TF 2.21, bench/pipeline_end.py). Without it, parallel maps
-    use one call per core and prefetching keeps its own buffer tuning: the model, not the
-    input, bounds a CPU run (bench/RESULTS.md).
+    With the autotuner on, freeing an iterator that Keras's `fit`, `evaluate` or `predict`
+    drove waits for the autotuner's next wake-up, and those come 10 ms, 30, 70, ... 2.55 s,
+    5.11 s ... after the iterator began: a `fit` whose batches took 2.7 to 3.3 s returned
+    after 5.1 s in 4 of 5 tries (TF 2.21). Off, the pipelines drained as fast as with it
+    on (bench/RESULTS.md, section 16).
     """
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)
 
