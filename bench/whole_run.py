@@ -19,7 +19,7 @@ Two jobs:
   rest validation and test), ResNet-20, batch 128.
 
     python -m bench.whole_run [--compare=batchnorm|autotune] [--jobs=digits,cifar] [--rounds=2]
-        [--digits_epochs=15]
+        [--digits_epochs=15] [--precision=P]
 
 Reports each run's wall seconds and its generations' training seconds (results.json's
 `seconds`), medians by contender, and their ratio (the first contender's over the second's).
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", default="digits,cifar")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--digits_epochs", type=int, default=15, help="the default job's epochs")
+    parser.add_argument("--precision", help="run.py's --precision for every run (default: auto)")
     args = parser.parse_args(argv)
     contenders, setting = COMPARISONS[args.compare]
     first, second = contenders
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         jobs["cifar"] = [
             f"--dataset=folder:{data}", "--generations=2", "--epochs=1", "--batch_size=128", "--verbose=0",
         ]
+    if args.precision:
+        jobs = {job: [*flags, f"--precision={args.precision}"] for job, flags in jobs.items()}
     summary = {}
     for job, flags in jobs.items():
         runs = {name: [] for name in contenders}
